@@ -1,0 +1,244 @@
+//! Docker Engine API (bollard), synchronous at the edge: one small
+//! current-thread runtime, made once, with `block_on` inside each method.
+//! The sync `postgres` client must never be called from inside these.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use bollard::query_parameters::{
+    InspectContainerOptions, ListContainersOptions, LogsOptionsBuilder,
+};
+use futures_util::StreamExt;
+
+pub struct Docker {
+    rt: tokio::runtime::Runtime,
+    client: bollard::Docker,
+    /// Where the engine is, for messages.
+    pub host: String,
+}
+
+/// What `docker inspect` says about one container, reduced to what the
+/// runbook looks at.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Container {
+    pub name: String,
+    /// The Compose service, from the container's labels.
+    pub service: Option<String>,
+    /// created, running, exited, restarting, ...
+    pub state: String,
+    /// healthy, unhealthy, starting; None when the image has no healthcheck.
+    pub health: Option<String>,
+    /// The last healthcheck's output, to explain an unhealthy container.
+    pub health_output: Option<String>,
+    pub image: String,
+    pub ports: Vec<String>,
+    pub exit_code: Option<i64>,
+}
+
+/// The engine to use: the environment's setting in ops.toml, else
+/// `DOCKER_HOST`, else the local socket.
+pub fn resolve_host(configured: Option<&str>) -> String {
+    configured
+        .map(str::to_string)
+        .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+}
+
+impl Docker {
+    pub fn connect(host: &str) -> Result<Docker> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("could not start the async runtime for the Docker client")?;
+        let hint = "is the Docker daemon running (`systemctl start docker`), and do you have access to it? \
+                    The engine is chosen by `docker_host` in ops.toml, else DOCKER_HOST";
+        let version = bollard::API_DEFAULT_VERSION;
+        let client = {
+            let _guard = rt.enter();
+            if host.starts_with("unix://") {
+                bollard::Docker::connect_with_unix(host, 30, version)
+            } else if host.starts_with("tcp://") || host.starts_with("http://") {
+                bollard::Docker::connect_with_http(host, 30, version)
+            } else {
+                bail!(
+                    "Docker host `{host}` is not supported: use unix:///path/to/docker.sock or tcp://HOST:PORT \
+                     (for a remote engine over SSH, forward its socket: `ssh -NL /tmp/docker.sock:/var/run/docker.sock HOST` \
+                     and set docker_host = \"unix:///tmp/docker.sock\")"
+                )
+            }
+        }
+        .with_context(|| format!("cannot reach the Docker engine at {host}: {hint}"))?;
+        // The engine here may be older than the crate's default API version.
+        let client = rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?
+                    .map_err(anyhow::Error::from)
+            })
+            .with_context(|| format!("cannot reach the Docker engine at {host}: {hint}"))?;
+        Ok(Docker {
+            rt,
+            client,
+            host: host.to_string(),
+        })
+    }
+
+    /// One container by name; `None` when it does not exist.
+    pub fn container(&self, name: &str) -> Result<Option<Container>> {
+        self.rt.block_on(inspect(&self.client, name))
+    }
+
+    /// Several containers, inspected concurrently.
+    pub fn containers(&self, names: &[String]) -> Vec<Result<Option<Container>>> {
+        self.rt.block_on(futures_util::future::join_all(
+            names.iter().map(|n| inspect(&self.client, n)),
+        ))
+    }
+
+    /// Every container of a Compose project, running or not.
+    pub fn project_containers(&self, project: &str) -> Result<Vec<Container>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("com.docker.compose.project={project}")],
+        )]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let list = self
+            .rt
+            .block_on(self.client.list_containers(Some(options)))
+            .with_context(|| {
+                format!(
+                    "listing the containers of Compose project `{project}` on {}",
+                    self.host
+                )
+            })?;
+        let names: Vec<String> = list
+            .iter()
+            .filter_map(|c| {
+                c.names
+                    .as_ref()?
+                    .first()
+                    .map(|n| n.trim_start_matches('/').to_string())
+            })
+            .collect();
+        let mut found = Vec::new();
+        for c in self.containers(&names) {
+            if let Some(c) = c? {
+                found.push(c);
+            }
+        }
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    pub fn image_exists(&self, image: &str) -> Result<bool> {
+        match self.rt.block_on(self.client.inspect_image(image)) {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => {
+                Err(e).with_context(|| format!("inspecting image `{image}` on {}", self.host))
+            }
+        }
+    }
+
+    /// Copy a container's logs to `sink`; with `follow`, until the container
+    /// stops or the process is interrupted.
+    pub fn logs(
+        &self,
+        container: &str,
+        follow: bool,
+        tail: Option<usize>,
+        sink: &mut dyn Write,
+    ) -> Result<()> {
+        let tail = tail
+            .map(|n| n.to_string())
+            .unwrap_or_else(|| "all".to_string());
+        let options = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(follow)
+            .tail(&tail)
+            .build();
+        self.rt.block_on(async {
+            let mut stream = self.client.logs(container, Some(options));
+            while let Some(item) = stream.next().await {
+                let item = item.with_context(|| format!("reading the logs of `{container}`"))?;
+                let bytes: &[u8] = match &item {
+                    bollard::container::LogOutput::StdOut { message }
+                    | bollard::container::LogOutput::StdErr { message }
+                    | bollard::container::LogOutput::Console { message }
+                    | bollard::container::LogOutput::StdIn { message } => message.as_ref(),
+                };
+                let text = super::output::redact(&String::from_utf8_lossy(bytes));
+                sink.write_all(text.as_bytes())
+                    .context("writing logs to stdout")?;
+                sink.flush().ok();
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn inspect(client: &bollard::Docker, name: &str) -> Result<Option<Container>> {
+    let info = match client
+        .inspect_container(name, None::<InspectContainerOptions>)
+        .await
+    {
+        Ok(info) => info,
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("inspecting container `{name}`")),
+    };
+    let state = info.state.as_ref();
+    let health = state.and_then(|s| s.health.as_ref());
+    let health_output = health
+        .and_then(|h| h.log.as_ref())
+        .and_then(|log| log.last())
+        .and_then(|r| r.output.clone())
+        .map(|o| o.trim().to_string());
+    let config = info.config.as_ref();
+    let mut ports = Vec::new();
+    if let Some(map) = info
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+    {
+        for (port, bindings) in map {
+            for b in bindings.iter().flatten() {
+                let ip = b.host_ip.clone().unwrap_or_default();
+                let hp = b.host_port.clone().unwrap_or_default();
+                ports.push(format!("{ip}:{hp}->{port}"));
+            }
+        }
+        ports.sort();
+    }
+    Ok(Some(Container {
+        name: info
+            .name
+            .clone()
+            .unwrap_or_else(|| name.to_string())
+            .trim_start_matches('/')
+            .to_string(),
+        service: config
+            .and_then(|c| c.labels.as_ref())
+            .and_then(|l| l.get("com.docker.compose.service").cloned()),
+        state: state
+            .and_then(|s| s.status)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "unknown".to_string()),
+        health: health.and_then(|h| h.status).map(|s| s.to_string()),
+        health_output,
+        image: config.and_then(|c| c.image.clone()).unwrap_or_default(),
+        ports,
+        exit_code: state.and_then(|s| s.exit_code),
+    }))
+}

@@ -1,0 +1,58 @@
+//! HTTP (ureq): one GET with a deadline, and failures explained in words an
+//! operator can act on.
+
+use std::time::{Duration, Instant};
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub elapsed: Duration,
+}
+
+/// GET `url`, giving up after `timeout`. Any status is a reply; only a
+/// failure to get one is an error, described for a human.
+pub fn get(url: &str, timeout: Duration) -> Result<Reply, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let start = Instant::now();
+    let mut response = agent
+        .get(url)
+        .call()
+        .map_err(|e| describe(&e, url, timeout))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024)
+        .read_to_string()
+        .map_err(|e| describe(&e, url, timeout))?;
+    Ok(Reply {
+        status,
+        body,
+        elapsed: start.elapsed(),
+    })
+}
+
+fn describe(e: &ureq::Error, url: &str, timeout: Duration) -> String {
+    match e {
+        ureq::Error::Timeout(_) => {
+            format!("no answer from {url} within {} s", timeout.as_secs_f64())
+        }
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("connection refused at {url}: nothing is listening on that port")
+        }
+        ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            format!("no answer from {url} within {} s", timeout.as_secs_f64())
+        }
+        ureq::Error::ConnectionFailed => {
+            format!("connection to {url} failed: nothing is listening, or a firewall drops it")
+        }
+        ureq::Error::HostNotFound => format!("host of {url} not found (DNS)"),
+        ureq::Error::BadUri(u) => format!("`{u}` is not a valid URL"),
+        other => format!("request to {url} failed: {other}"),
+    }
+}

@@ -1,0 +1,59 @@
+//! PostgreSQL (the sync `postgres` crate). It runs a runtime of its own:
+//! never call it from inside the Docker adapter's `block_on`.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+/// Where a connection URL points, without its password, for messages.
+pub fn describe_url(url: &str) -> String {
+    match postgres::Config::from_str(url) {
+        Ok(c) => {
+            let host = c
+                .get_hosts()
+                .first()
+                .map(|h| match h {
+                    postgres::config::Host::Tcp(h) => h.clone(),
+                    postgres::config::Host::Unix(p) => p.display().to_string(),
+                })
+                .unwrap_or_else(|| "localhost".into());
+            let port = c.get_ports().first().copied().unwrap_or(5432);
+            format!(
+                "{}@{host}:{port}/{}",
+                c.get_user().unwrap_or("?"),
+                c.get_dbname().unwrap_or("?")
+            )
+        }
+        Err(_) => "(unparseable connection URL)".to_string(),
+    }
+}
+
+pub fn connect(url: &str, timeout: Duration) -> Result<postgres::Client> {
+    let mut config = postgres::Config::from_str(url).with_context(|| {
+        format!(
+            "the database URL for {} is not a valid PostgreSQL URL",
+            describe_url(url)
+        )
+    })?;
+    config.connect_timeout(timeout);
+    config.application_name("mre-ops");
+    config.connect(postgres::NoTls).with_context(|| {
+        format!(
+            "cannot connect to PostgreSQL at {}: is the database container running (`cargo xtask status`) \
+             and are the host, port and password in ops.toml and its env file right?",
+            describe_url(url)
+        )
+    })
+}
+
+/// `SELECT 1`, as the runbook's connection test does.
+pub fn select_one(url: &str, timeout: Duration) -> Result<()> {
+    let mut client = connect(url, timeout)?;
+    let row = client
+        .query_one("SELECT 1", &[])
+        .context("running `SELECT 1`")?;
+    let one: i32 = row.get(0);
+    anyhow::ensure!(one == 1, "`SELECT 1` returned {one}");
+    Ok(())
+}

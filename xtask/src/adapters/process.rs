@@ -1,0 +1,201 @@
+//! Processes and plans. A command is data (program, arguments, environment,
+//! folder) before it runs, and a plan is a list of named steps, so that
+//! `--dry-run` prints exactly what a real run would execute, from the same
+//! code.
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use super::output::{redact, Output};
+
+#[derive(Clone, Debug)]
+pub struct Command {
+    pub program: String,
+    pub args: Vec<String>,
+    /// Extra environment. Values are never printed: only the names are.
+    pub env: Vec<(String, String)>,
+    pub dir: Option<Utf8PathBuf>,
+}
+
+impl Command {
+    pub fn new<I, S>(program: &str, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Command {
+            program: program.to_string(),
+            args: args.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            dir: None,
+        }
+    }
+
+    pub fn envs(mut self, vars: &[(String, String)]) -> Command {
+        self.env.extend(vars.iter().cloned());
+        self
+    }
+
+    pub fn dir(mut self, dir: &Utf8Path) -> Command {
+        self.dir = Some(dir.to_owned());
+        self
+    }
+
+    /// The command line as an operator would type it; environment values
+    /// are left out and known secrets are masked.
+    pub fn display(&self) -> String {
+        let mut words = vec![quote(&self.program)];
+        words.extend(self.args.iter().map(|a| quote(a)));
+        let mut line = words.join(" ");
+        if !self.env.is_empty() {
+            let names: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+            line.push_str(&format!("   (with {} set)", names.join(", ")));
+        }
+        redact(&line)
+    }
+
+    fn expression(&self) -> duct::Expression {
+        let mut e = duct::cmd(&self.program, &self.args);
+        if let Some(dir) = &self.dir {
+            e = e.dir(dir.as_std_path());
+        }
+        for (k, v) in &self.env {
+            e = e.env(k, v);
+        }
+        e
+    }
+
+    /// Run with the output streamed (to stderr under `--json`, so that
+    /// stdout stays one JSON document).
+    pub fn run(&self, out: &Output) -> Result<()> {
+        out.detail(&format!("$ {}", self.display()));
+        let mut e = self.expression().unchecked();
+        if out.json || out.quiet {
+            e = e.stdout_to_stderr();
+        }
+        let status = e
+            .run()
+            .with_context(|| {
+                format!(
+                    "could not start `{}`: is `{}` installed and on PATH?",
+                    self.display(),
+                    self.program
+                )
+            })?
+            .status;
+        if !status.success() {
+            bail!(
+                "`{}` failed ({status}); its output is above",
+                self.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Run and capture stdout (stderr is captured too and shown on failure).
+    pub fn read(&self) -> Result<String> {
+        let output = self
+            .expression()
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .run()
+            .with_context(|| {
+                format!(
+                    "could not start `{}`: is `{}` installed and on PATH?",
+                    self.display(),
+                    self.program
+                )
+            })?;
+        if !output.status.success() {
+            bail!(
+                "`{}` failed ({}): {}",
+                self.display(),
+                output.status,
+                redact(String::from_utf8_lossy(&output.stderr).trim())
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+fn quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+type Action<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
+
+/// A named, ordered list of steps. `execute` either prints them (dry run)
+/// or runs them in order, stopping at the first failure and saying which
+/// step failed and which steps had already completed.
+pub struct Plan<'a> {
+    title: String,
+    steps: Vec<(String, Vec<String>, Action<'a>)>,
+}
+
+impl<'a> Plan<'a> {
+    pub fn new(title: impl Into<String>) -> Plan<'a> {
+        Plan {
+            title: title.into(),
+            steps: Vec::new(),
+        }
+    }
+
+    /// A step that runs one command.
+    pub fn command(&mut self, title: impl Into<String>, cmd: Command, out: &'a Output) {
+        let shows = vec![format!("$ {}", cmd.display())];
+        self.steps
+            .push((title.into(), shows, Box::new(move || cmd.run(out))));
+    }
+
+    /// A step that runs Rust code; `shows` describes what it does.
+    pub fn action(
+        &mut self,
+        title: impl Into<String>,
+        shows: impl Into<String>,
+        f: impl FnOnce() -> Result<()> + 'a,
+    ) {
+        self.steps
+            .push((title.into(), vec![shows.into()], Box::new(f)));
+    }
+
+    pub fn execute(self, out: &Output, dry_run: bool) -> Result<()> {
+        let total = self.steps.len();
+        if dry_run {
+            out.line(&format!(
+                "Dry run: {} ({total} steps). Nothing will be changed.",
+                self.title
+            ));
+            for (i, (title, shows, _)) in self.steps.into_iter().enumerate() {
+                out.line(&format!("  {}. {title}", i + 1));
+                for s in shows {
+                    out.line(&format!("       {s}"));
+                }
+            }
+            return Ok(());
+        }
+        for (i, (title, _, action)) in self.steps.into_iter().enumerate() {
+            let _section = out.section(&format!("[{}/{total}] {title}", i + 1));
+            action().with_context(|| {
+                let done = if i == 0 {
+                    "none".to_string()
+                } else {
+                    format!("1-{i}")
+                };
+                format!(
+                    "step {}/{total} \"{title}\" failed (steps completed: {done})",
+                    i + 1
+                )
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! The demo stack's images, built offline (not a runbook section: the demo is
+//! the stand-in for the MRE application that this repo deploys). The base
+//! image comes from debootstrap and `docker import`, since no image can be
+//! pulled; the app image holds the `mre-demo` binary built here.
+
+use anyhow::{bail, Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+
+use crate::adapters::docker::Docker;
+use crate::adapters::output::Output;
+use crate::adapters::process::{Command, Plan};
+use crate::deployment_architecture::workspace_root;
+
+pub const BASE_IMAGE: &str = "mre-demo-base:bookworm";
+pub const POSTGRES_IMAGE: &str = "mre-demo-postgres:15";
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    #[command(subcommand)]
+    pub command: DemoCommand,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DemoCommand {
+    /// Build what the demo's Compose file needs (the development
+    /// environment's pre-build step).
+    ///
+    /// The Debian base image (debootstrap of bookworm with postgresql-15 and
+    /// wget, then `docker import`; about a minute, once), the PostgreSQL
+    /// image, and the `mre-demo` binary staged for the app image.
+    Prepare {
+        /// Print the steps without running them.
+        #[arg(long)]
+        dry_run: bool,
+        /// Debian mirror for debootstrap.
+        #[arg(
+            long,
+            env = "MRE_DEMO_MIRROR",
+            default_value = "http://deb.debian.org/debian"
+        )]
+        mirror: String,
+    },
+}
+
+pub fn demo(out: &Output, args: &DemoArgs) -> Result<()> {
+    match &args.command {
+        DemoCommand::Prepare { dry_run, mirror } => prepare(out, *dry_run, mirror),
+    }
+}
+
+fn prepare(out: &Output, dry_run: bool, mirror: &str) -> Result<()> {
+    let root = workspace_root();
+    let docker = Docker::connect(&crate::adapters::docker::resolve_host(None))?;
+    let mut plan = Plan::new("demo prepare");
+
+    if docker.image_exists(BASE_IMAGE)? {
+        out.detail(&format!("{BASE_IMAGE} is present"));
+    } else {
+        let mirror = mirror.to_string();
+        plan.action(
+            format!("Build {BASE_IMAGE} (debootstrap, about a minute)"),
+            format!(
+                "$ debootstrap --variant=minbase --include=postgresql-15,wget bookworm ROOTFS {mirror}\n       \
+                 $ tar -C ROOTFS -c . | docker import - {BASE_IMAGE}"
+            ),
+            move || build_base(out, &mirror),
+        );
+    }
+    let pg_dir = root.join("demo/docker/postgres");
+    plan.command(
+        format!("Build {POSTGRES_IMAGE}"),
+        Command::new(
+            "docker",
+            ["build", "--quiet", "-t", POSTGRES_IMAGE, pg_dir.as_str()],
+        ),
+        out,
+    );
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    plan.command(
+        "Build the mre-demo binary",
+        Command::new(&cargo, ["build", "-p", "mre-demo"]).dir(&root),
+        out,
+    );
+    let built = target_dir(&root).join("debug/mre-demo");
+    let staged = root.join("demo/docker/app/bin/mre-demo");
+    plan.action(
+        "Stage the binary for the app image",
+        format!("copy {built} to {staged} when it changed"),
+        move || stage(&built, &staged),
+    );
+    plan.execute(out, dry_run)
+}
+
+fn target_dir(root: &Utf8Path) -> Utf8PathBuf {
+    match std::env::var("CARGO_TARGET_DIR") {
+        Ok(dir) => root.join(dir),
+        Err(_) => root.join("target"),
+    }
+}
+
+fn build_base(out: &Output, mirror: &str) -> Result<()> {
+    let Ok(which) = Command::new(
+        "sh",
+        ["-c", "command -v debootstrap || ls /usr/sbin/debootstrap"],
+    )
+    .read() else {
+        bail!("debootstrap is not installed: `apt-get install debootstrap` (it builds the demo's base image offline)");
+    };
+    let debootstrap = which
+        .trim()
+        .lines()
+        .next()
+        .unwrap_or("debootstrap")
+        .to_string();
+    let tmp = Utf8PathBuf::from(format!("/tmp/mre-demo-rootfs-{}", std::process::id()));
+    let result = (|| {
+        Command::new(
+            &debootstrap,
+            [
+                "--variant=minbase",
+                "--include=postgresql-15,wget",
+                "bookworm",
+                tmp.as_str(),
+                mirror,
+            ],
+        )
+        .run(out)
+        .context("debootstrap failed: is the Debian mirror reachable, and is this run as root?")?;
+        // Drop the package caches and the cluster the package created: the
+        // image's entrypoint makes its own, like the official image.
+        for dir in [
+            "var/cache/apt/archives",
+            "var/lib/apt/lists",
+            "var/lib/postgresql/15",
+            "etc/postgresql/15",
+        ] {
+            let p = tmp.join(dir);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).with_context(|| format!("cleaning {p}"))?;
+            }
+        }
+        let tar = duct::cmd!("tar", "-C", tmp.as_str(), "-c", ".");
+        let import = duct::cmd!("docker", "import", "-", BASE_IMAGE);
+        tar.pipe(import)
+            .stdout_null()
+            .run()
+            .with_context(|| format!("importing {tmp} as {BASE_IMAGE}"))?;
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
+}
+
+fn stage(built: &Utf8Path, staged: &Utf8Path) -> Result<()> {
+    let new = std::fs::read(built)
+        .with_context(|| format!("reading {built}: did `cargo build -p mre-demo` run?"))?;
+    if std::fs::read(staged).ok().as_deref() == Some(new.as_slice()) {
+        return Ok(());
+    }
+    let dir = staged.parent().expect("staged path has a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+    let tmp = dir.join(".mre-demo.tmp");
+    std::fs::write(&tmp, &new).with_context(|| format!("writing {tmp}"))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("chmod {tmp}"))?;
+    std::fs::rename(&tmp, staged).with_context(|| format!("renaming {tmp} to {staged}"))?;
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! Deployment Procedures: build the images, start the services, wait until
+//! every container is healthy and every health check passes, then show the
+//! services (runbook: Development Deployment; `docker compose build`,
+//! `up -d`, `ps`, `logs -f`).
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::adapters::compose::Compose;
+use crate::adapters::output::Output;
+use crate::adapters::process::{Command, Plan};
+use crate::deployment_architecture::{config_error, Env, Ops};
+use crate::{health_checks, post_deployment_verification};
+
+/// Deploy an environment (runbook: Deployment Procedures).
+///
+/// Steps: create missing development secrets; run the environment's
+/// pre-build commands; `compose build`; `compose up -d`; wait until every
+/// container is healthy and every health check passes; show the services,
+/// their URLs and the logs command. Running it again with nothing changed
+/// changes nothing.
+#[derive(clap::Args, Debug)]
+pub struct DeployArgs {
+    /// Environment from ops.toml.
+    pub env: String,
+    /// Print the steps and commands without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds to wait for health (default: deploy.wait_secs in ops.toml).
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<u64>,
+}
+
+pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
+    let mut env = ops.env(&args.env)?;
+    if env.settings.protected {
+        // The runbook's production procedure starts with a verified backup
+        // and ends with smoke tests; a deploy that skipped them would be
+        // trusted with a database it cannot put back.
+        return Err(config_error(format!(
+            "`{}` is protected, and deploying a protected environment needs the pre-deployment backup, \
+             which mre-ops does not automate yet. Follow the runbook's Production Deployment by hand, \
+             or set protected = false in ops.toml for an environment that holds no data you need",
+            env.name
+        )));
+    }
+
+    let generated = env.ensure_generated_secrets(true)?;
+    let compose = Compose::for_env(&env)?;
+    let wait = Duration::from_secs(args.wait.unwrap_or(env.settings.deploy.wait_secs));
+    let name = env.name.clone();
+    // Steps that run commands resolve the environment again when they run,
+    // so that they carry secrets an earlier step created.
+    let fresh = || ops.env(&name);
+
+    let mut plan = Plan::new(format!("deploy {}", env.name));
+    if !generated.is_empty() {
+        let file = env
+            .env_file
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        plan.action(
+            "Create missing secrets",
+            format!("generate {} into {file} (mode 0600)", generated.join(", ")),
+            move || fresh()?.ensure_generated_secrets(false).map(drop),
+        );
+    }
+    for argv in &env.settings.compose.pre_build {
+        let shown = Command::new(&argv[0], argv[1..].iter().cloned()).dir(&env.dir);
+        plan.action(
+            format!("Pre-build: {}", argv.join(" ")),
+            format!("$ {}", shown.display()),
+            move || shown.envs(&fresh()?.compose_env()).run(out),
+        );
+    }
+    for (title, words) in [
+        ("Build images", &["build"][..]),
+        ("Start services", &["up", "-d"][..]),
+    ] {
+        plan.action(
+            title,
+            format!("$ {}", compose.cmd(words).display()),
+            move || Compose::for_env(&fresh()?)?.cmd(words).run(out),
+        );
+    }
+    plan.action(
+        "Verify health",
+        format!(
+            "poll every health check of `{}` (HTTP, containers, database) until all pass, at most {} s",
+            env.name,
+            wait.as_secs()
+        ),
+        move || wait_healthy(&fresh()?, out, wait),
+    );
+    plan.execute(out, args.dry_run)?;
+    if args.dry_run {
+        return Ok(());
+    }
+
+    post_deployment_verification::show_status(&env, out)?;
+    if !out.json {
+        out.line("");
+        for (svc, s) in &env.settings.services {
+            if let Some(url) = &s.url {
+                out.line(&format!("  {svc:<32} {url}"));
+            }
+        }
+        out.line("");
+        out.line(&format!(
+            "Deployed `{}`. Logs: cargo xtask logs SERVICE -f --env {}",
+            env.name, env.name
+        ));
+    }
+    out.step_summary(&format!("Deployed `{}`", env.name));
+    Ok(())
+}
+
+fn wait_healthy(env: &Env, out: &Output, wait: Duration) -> Result<()> {
+    let checks = health_checks::wait_until_healthy(env, out, wait);
+    let failed: Vec<&health_checks::Check> = checks.iter().filter(|c| !c.ok).collect();
+    if failed.is_empty() {
+        out.detail(&format!("all {} health checks pass", checks.len()));
+        return Ok(());
+    }
+    let mut msg = format!(
+        "after {} s, {} of {} health checks still fail:",
+        wait.as_secs(),
+        failed.len(),
+        checks.len()
+    );
+    for c in failed {
+        msg.push_str(&format!(
+            "\n  - {}: {}\n    next: {}",
+            c.name,
+            c.detail,
+            c.next.as_deref().unwrap_or("-")
+        ));
+    }
+    msg.push_str(&format!(
+        "\nThe services are up but not healthy. `cargo xtask status {}` shows them; `cargo xtask logs SERVICE` says why.",
+        env.name
+    ));
+    bail!(msg)
+}

@@ -1,0 +1,587 @@
+//! Health Check Procedures: the application's `/api/health` (status and the
+//! runbook's JSON shape), the ingestion service's `/health`, each
+//! container's Docker health (`docker ps` STATUS), and the database
+//! connection test (`SELECT 1`), run concurrently, once or until they pass.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::adapters::docker::Docker;
+use crate::adapters::output::{Output, Tone};
+use crate::adapters::{http, postgres};
+use crate::deployment_architecture::{Env, Expect, HealthSettings, Ops};
+
+/// Run the runbook's health checks (runbook: Health Check Procedures).
+///
+/// Checks, concurrently: each service's health URL (the app's /api/health
+/// must answer 200 with the runbook's JSON), each container's Docker health,
+/// and `SELECT 1` on the database. Exit 0 only when every check passes.
+#[derive(clap::Args, Debug)]
+pub struct HealthArgs {
+    /// Environment from ops.toml.
+    #[arg(default_value = "development")]
+    pub env: String,
+    /// Poll until every check passes or SECS have passed.
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<u64>,
+}
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Check {
+    /// What was checked: `mre-app /api/health`, `container mre-app`, `database`.
+    pub name: String,
+    pub kind: &'static str,
+    pub target: String,
+    pub ok: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub got: Option<String>,
+    /// The next thing to try.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    pub millis: u64,
+}
+
+impl Check {
+    fn pass(
+        name: String,
+        kind: &'static str,
+        target: String,
+        detail: String,
+        took: Duration,
+    ) -> Check {
+        Check {
+            name,
+            kind,
+            target,
+            ok: true,
+            detail,
+            expected: None,
+            got: None,
+            next: None,
+            millis: took.as_millis() as u64,
+        }
+    }
+}
+
+pub fn health(ops: &Ops, out: &Output, args: &HealthArgs) -> Result<()> {
+    let env = ops.env(&args.env)?;
+    let start = Instant::now();
+    let checks = match args.wait {
+        Some(secs) => wait_until_healthy(&env, out, Duration::from_secs(secs)),
+        None => run_all(&env),
+    };
+    report(&env, out, &checks, start.elapsed());
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} health checks failed in `{}`: {}",
+            failed.len(),
+            checks.len(),
+            env.name,
+            failed.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Poll every check until all pass or `limit` runs out; the last round's
+/// results. Shows progress on a terminal.
+pub fn wait_until_healthy(env: &Env, out: &Output, limit: Duration) -> Vec<Check> {
+    let start = Instant::now();
+    loop {
+        let round = Instant::now();
+        let checks = run_all(env);
+        let passing = checks.iter().filter(|c| c.ok).count();
+        if passing == checks.len() || start.elapsed() >= limit {
+            out.progress_done();
+            return checks;
+        }
+        let waiting: Vec<&str> = checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        out.progress(&format!(
+            "waiting for health ({passing}/{} passing, {:.0}s of {}s): {}",
+            checks.len(),
+            start.elapsed().as_secs_f64(),
+            limit.as_secs(),
+            waiting.join(", ")
+        ));
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(round.elapsed()));
+    }
+}
+
+/// Every check of the environment, run concurrently, in a stable order:
+/// HTTP endpoints, containers, database.
+pub fn run_all(env: &Env) -> Vec<Check> {
+    std::thread::scope(|s| {
+        let http: Vec<_> = env
+            .settings
+            .services
+            .iter()
+            .filter_map(|(svc, settings)| {
+                let h = settings.health.as_ref()?;
+                Some(s.spawn(move || http_check(svc, h)))
+            })
+            .collect();
+        let containers = s.spawn(|| container_checks(env));
+        let database = env
+            .settings
+            .database
+            .as_ref()
+            .map(|_| s.spawn(|| database_check(env)));
+        let mut checks: Vec<Check> = http
+            .into_iter()
+            .map(|h| h.join().expect("health check thread"))
+            .collect();
+        checks.extend(containers.join().expect("container check thread"));
+        checks.extend(database.map(|h| h.join().expect("database check thread")));
+        checks
+    })
+}
+
+fn http_check(service: &str, h: &HealthSettings) -> Check {
+    let name = format!("{service} {}", path_of(&h.url));
+    let start = Instant::now();
+    let logs = format!("`cargo xtask logs {service}`");
+    let fail = |expected: &str, got: String, next: String| Check {
+        name: name.clone(),
+        kind: "http",
+        target: h.url.clone(),
+        ok: false,
+        detail: format!("expected {expected}, got {got}"),
+        expected: Some(expected.to_string()),
+        got: Some(got),
+        next: Some(next),
+        millis: start.elapsed().as_millis() as u64,
+    };
+    let reply = match http::get(&h.url, Duration::from_secs_f64(h.timeout_secs)) {
+        Ok(r) => r,
+        Err(why) => {
+            return fail(
+                "an answer",
+                why,
+                format!("is {service} running? `cargo xtask status`, then {logs}; check the port in ops.toml"),
+            )
+        }
+    };
+    let excerpt = excerpt(&reply.body);
+    match h.expect {
+        Expect::Http2xx => {
+            if !(200..300).contains(&reply.status) {
+                return fail(
+                    "a 2xx status",
+                    format!("{} with body {excerpt}", reply.status),
+                    format!("read {logs}"),
+                );
+            }
+            Check::pass(
+                name,
+                "http",
+                h.url.clone(),
+                format!("{} in {} ms", reply.status, reply.elapsed.as_millis()),
+                start.elapsed(),
+            )
+        }
+        Expect::RunbookJson => match validate_runbook_json(reply.status, &reply.body) {
+            Ok(detail) => Check::pass(
+                name,
+                "http",
+                h.url.clone(),
+                format!("{detail} in {} ms", reply.elapsed.as_millis()),
+                start.elapsed(),
+            ),
+            Err((expected, got)) => fail(
+                &expected,
+                got,
+                format!("the service answers but is not healthy: read {logs}"),
+            ),
+        },
+    }
+}
+
+/// The runbook's expected response: 200 and
+/// `{"success":true,"data":{"status":"healthy","timestamp":RFC 3339},"message":...}`.
+/// Err holds (what was expected, what came back).
+pub fn validate_runbook_json(status: u16, body: &str) -> Result<String, (String, String)> {
+    if status != 200 {
+        return Err((
+            "status 200".into(),
+            format!("status {status} with body {}", excerpt(body)),
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| {
+        (
+            "a JSON body".to_string(),
+            format!("malformed JSON ({e}): {}", excerpt(body)),
+        )
+    })?;
+    if v.get("success") != Some(&serde_json::Value::Bool(true)) {
+        return Err((
+            "\"success\": true".into(),
+            format!("\"success\": {}", show(v.get("success"))),
+        ));
+    }
+    let status = v.pointer("/data/status");
+    if status.and_then(|s| s.as_str()) != Some("healthy") {
+        return Err((
+            "\"data.status\": \"healthy\"".into(),
+            format!("\"data.status\": {}", show(status)),
+        ));
+    }
+    let ts = v.pointer("/data/timestamp");
+    let Some(secs) = ts.and_then(|t| t.as_str()).and_then(parse_rfc3339) else {
+        return Err((
+            "\"data.timestamp\" in RFC 3339".into(),
+            format!("\"data.timestamp\": {}", show(ts)),
+        ));
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    if (now - secs).abs() > 300 {
+        return Err((
+            "a current \"data.timestamp\" (within 5 minutes)".into(),
+            format!(
+                "{} ({} s off): a cached or stuck answer?",
+                show(ts),
+                now - secs
+            ),
+        ));
+    }
+    if !v.get("message").is_some_and(|m| m.is_string()) {
+        return Err((
+            "a \"message\" string".into(),
+            format!("\"message\": {}", show(v.get("message"))),
+        ));
+    }
+    Ok("200, healthy".into())
+}
+
+fn show(v: Option<&serde_json::Value>) -> String {
+    v.map(|v| v.to_string())
+        .unwrap_or_else(|| "(missing)".into())
+}
+
+fn excerpt(body: &str) -> String {
+    let one_line: String = body
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if one_line.is_empty() {
+        return "(empty)".into();
+    }
+    let cut: String = one_line.chars().take(160).collect();
+    if cut.len() < one_line.len() {
+        format!("`{cut}…`")
+    } else {
+        format!("`{cut}`")
+    }
+}
+
+fn path_of(url: &str) -> &str {
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or("/")
+}
+
+/// Seconds since the epoch of an RFC 3339 date-time, or None.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &frac[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6
+            && (rest.starts_with('+') || rest.starts_with('-'))
+            && &rest[3..4] == ":" =>
+        {
+            let oh: i64 = rest[1..3].parse().ok()?;
+            let om: i64 = rest[4..6].parse().ok()?;
+            let o = oh * 3600 + om * 60;
+            if rest.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146097 + doe - 719468;
+    Some(days * 86400 + h * 3600 + mi * 60 + sec - offset)
+}
+
+fn container_checks(env: &Env) -> Vec<Check> {
+    let wanted = env.containers();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let start = Instant::now();
+    let host = env.docker_host();
+    let docker = match Docker::connect(&host) {
+        Ok(d) => d,
+        Err(e) => {
+            let why = format!("{e:#}");
+            return wanted
+                .into_iter()
+                .map(|(_, c)| Check {
+                    name: format!("container {c}"),
+                    kind: "container",
+                    target: c,
+                    ok: false,
+                    detail: why.clone(),
+                    expected: Some("a reachable Docker engine".into()),
+                    got: Some(why.clone()),
+                    next: Some(format!("check `docker info` works against {host}; set docker_host in ops.toml or DOCKER_HOST")),
+                    millis: start.elapsed().as_millis() as u64,
+                })
+                .collect();
+        }
+    };
+    let names: Vec<String> = wanted.iter().map(|(_, c)| c.clone()).collect();
+    let results = docker.containers(&names);
+    let took = start.elapsed();
+    wanted
+        .into_iter()
+        .zip(results)
+        .map(|((service, name), result)| {
+            let fail = |expected: &str, got: String, next: String| Check {
+                name: format!("container {name}"),
+                kind: "container",
+                target: name.clone(),
+                ok: false,
+                detail: format!("expected {expected}, got {got}"),
+                expected: Some(expected.into()),
+                got: Some(got),
+                next: Some(next),
+                millis: took.as_millis() as u64,
+            };
+            match result {
+                Err(e) => fail("an answer from the Docker engine", format!("{e:#}"), "retry; check `docker info`".into()),
+                Ok(None) => fail(
+                    "the container to exist",
+                    "no such container".into(),
+                    format!("deploy it: `cargo xtask deploy {}`", env.name),
+                ),
+                Ok(Some(c)) if c.state != "running" => fail(
+                    "state running",
+                    format!("state {}{}", c.state, c.exit_code.map(|x| format!(" (exit code {x})")).unwrap_or_default()),
+                    format!("read `cargo xtask logs {service} --tail 100`, then `cargo xtask deploy {}`", env.name),
+                ),
+                Ok(Some(c)) => match c.health.as_deref() {
+                    Some("healthy") => Check::pass(format!("container {name}"), "container", name.clone(), "running, healthy".into(), took),
+                    None | Some("none") | Some("") => Check::pass(
+                        format!("container {name}"),
+                        "container",
+                        name.clone(),
+                        "running (no healthcheck configured)".into(),
+                        took,
+                    ),
+                    Some(h) => fail(
+                        "health healthy",
+                        format!(
+                            "health {h}{}",
+                            c.health_output.as_deref().map(|o| format!(" (last check said: {})", excerpt(o))).unwrap_or_default()
+                        ),
+                        if h == "starting" {
+                            "wait: `cargo xtask health --wait 60`".into()
+                        } else {
+                            format!("read `cargo xtask logs {service} --tail 100`")
+                        },
+                    ),
+                },
+            }
+        })
+        .collect()
+}
+
+fn database_check(env: &Env) -> Check {
+    let start = Instant::now();
+    let fail = |target: String, got: String, next: &str| Check {
+        name: "database".into(),
+        kind: "database",
+        target,
+        ok: false,
+        detail: format!("expected `SELECT 1` to answer 1, got {got}"),
+        expected: Some("`SELECT 1` answers 1".into()),
+        got: Some(got),
+        next: Some(next.into()),
+        millis: start.elapsed().as_millis() as u64,
+    };
+    let url = match env.database_url() {
+        Ok(u) => u,
+        Err(e) => {
+            return fail(
+                "(no URL)".into(),
+                format!("{e:#}"),
+                "set the variable named in ops.toml [database]",
+            )
+        }
+    };
+    let target = postgres::describe_url(&url);
+    match postgres::select_one(&url, Duration::from_secs(5)) {
+        Ok(()) => Check::pass("database".into(), "database", target, "SELECT 1 ok".into(), start.elapsed()),
+        Err(e) => fail(
+            target,
+            format!("{e:#}"),
+            "is the database container healthy? `cargo xtask status`, then `cargo xtask logs mre-postgres`",
+        ),
+    }
+}
+
+fn report(env: &Env, out: &Output, checks: &[Check], took: Duration) {
+    let passed = checks.iter().filter(|c| c.ok).count();
+    if out.json {
+        out.json_doc(&serde_json::json!({
+            "environment": env.name,
+            "ok": passed == checks.len(),
+            "passed": passed,
+            "failed": checks.len() - passed,
+            "millis": took.as_millis() as u64,
+            "checks": checks,
+        }));
+    } else {
+        out.line(&format!(
+            "Health of `{}`: {passed}/{} checks pass ({} ms)",
+            env.name,
+            checks.len(),
+            took.as_millis()
+        ));
+        for c in checks {
+            let mark = if c.ok {
+                out.paint(Tone::Good, "✓")
+            } else {
+                out.paint(Tone::Bad, "✗")
+            };
+            if c.ok {
+                out.line(&format!("  {mark} {:<36} {}", c.name, c.detail));
+            } else {
+                out.line(&format!(
+                    "  {mark} {:<36} {}",
+                    c.name,
+                    out.paint(Tone::Bad, "FAILED")
+                ));
+                out.line(&format!(
+                    "      expected: {}",
+                    c.expected.as_deref().unwrap_or("-")
+                ));
+                out.line(&format!(
+                    "      got:      {}",
+                    c.got.as_deref().unwrap_or("-")
+                ));
+                out.line(&format!(
+                    "      next:     {}",
+                    c.next.as_deref().unwrap_or("-")
+                ));
+            }
+        }
+    }
+    for c in checks.iter().filter(|c| !c.ok) {
+        out.annotate_error(&format!("health check {} failed: {}", c.name, c.detail));
+    }
+    let mut md = format!(
+        "### Health of `{}`: {passed}/{} pass\n\n| check | result | detail |\n|---|---|---|\n",
+        env.name,
+        checks.len()
+    );
+    for c in checks {
+        md.push_str(&format!(
+            "| {} | {} | {} |\n",
+            c.name,
+            if c.ok { "✅" } else { "❌" },
+            c.detail.replace('|', "\\|")
+        ));
+    }
+    out.step_summary(&md);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339() {
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2025-01-27T00:00:00.000Z"), Some(1737936000));
+        assert_eq!(parse_rfc3339("2025-01-27T01:00:00+01:00"), Some(1737936000));
+        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(parse_rfc3339("2025-13-27T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("2025-01-27 00:00:00"), None);
+    }
+
+    #[test]
+    fn runbook_shape() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let days = now / 86400;
+        // Today at midnight is within the window only near midnight; build "now" instead.
+        let _ = days;
+        assert!(validate_runbook_json(500, "{}").is_err());
+        assert!(validate_runbook_json(200, "{\"success\":tru")
+            .unwrap_err()
+            .1
+            .contains("malformed JSON"));
+        let wrong = r#"{"success":true,"data":{"status":"degraded","timestamp":"2025-01-27T00:00:00.000Z"},"message":"x"}"#;
+        assert!(validate_runbook_json(200, wrong)
+            .unwrap_err()
+            .1
+            .contains("degraded"));
+        let stale = r#"{"success":true,"data":{"status":"healthy","timestamp":"2025-01-27T00:00:00.000Z"},"message":"x"}"#;
+        assert!(validate_runbook_json(200, stale)
+            .unwrap_err()
+            .1
+            .contains("cached"));
+    }
+}

@@ -1,0 +1,114 @@
+//! mre-ops: the MRE deployment runbook as `cargo xtask` commands. Each runbook
+//! section is one file, named after it; `adapters/` holds the thin edges
+//! (Docker, Compose, PostgreSQL, HTTP, processes, output).
+//!
+//! Exit codes: 0 success; 1 a check or a step failed; 2 usage or
+//! configuration error.
+
+mod adapters;
+mod demo;
+mod deployment;
+mod deployment_architecture;
+mod health_checks;
+mod post_deployment_verification;
+
+use std::process::ExitCode;
+
+use camino::Utf8PathBuf;
+use clap::{Parser, Subcommand};
+
+use adapters::output::{redact, Output};
+use deployment_architecture::{ConfigError, Ops};
+
+/// The MRE deployment runbook, runnable. Each command automates one section
+/// of docs/deployment-runbook (see README.md); every command that changes
+/// something has --dry-run.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// ops.toml to use (default: ops.toml at the workspace root).
+    #[arg(long, global = true, value_name = "PATH", env = "MRE_OPS_CONFIG")]
+    config: Option<Utf8PathBuf>,
+    /// Print a machine-readable JSON report on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// More detail (the commands run, timings).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Validate ops.toml and show an environment's resolved settings, secrets
+    /// redacted (runbook: Deployment Architecture; Configuration Checks).
+    Config(deployment_architecture::ConfigArgs),
+    /// Build, start, wait until healthy and show the services (runbook:
+    /// Deployment Procedures).
+    Deploy(deployment::DeployArgs),
+    /// Run every health check concurrently: HTTP endpoints, containers,
+    /// database (runbook: Health Check Procedures).
+    Health(health_checks::HealthArgs),
+    /// Show each service's container, state, health, image and ports
+    /// (runbook: Verify services, `docker compose ps`).
+    Status(post_deployment_verification::StatusArgs),
+    /// Print or follow a service's logs (runbook: Post-Deployment
+    /// Verification, Check Logs).
+    Logs(post_deployment_verification::LogsArgs),
+    /// Build the bundled demo stack's offline images (the stand-in for the
+    /// MRE application).
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Output::new(cli.json, cli.quiet, cli.verbose);
+    match run(&cli, &out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let code = if e.downcast_ref::<ConfigError>().is_some() {
+                2
+            } else {
+                1
+            };
+            let text = redact(&format!("{e:#}"));
+            out.annotate_error(&text);
+            let label = out.paint(adapters::output::Tone::Bad, "error:");
+            eprintln!("{label} {text}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
+    if let Cmd::Demo(args) = &cli.command {
+        return demo::demo(out, args);
+    }
+    let ops = Ops::load(cli.config.as_deref())?;
+    match &cli.command {
+        Cmd::Config(args) => deployment_architecture::config(&ops, out, args),
+        Cmd::Deploy(args) => deployment::deploy(&ops, out, args),
+        Cmd::Health(args) => health_checks::health(&ops, out, args),
+        Cmd::Status(args) => post_deployment_verification::status(&ops, out, args),
+        Cmd::Logs(args) => post_deployment_verification::logs(&ops, out, args),
+        Cmd::Demo(_) => unreachable!("handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}
