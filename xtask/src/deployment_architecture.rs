@@ -268,6 +268,12 @@ impl Ops {
                     line_of(text, name, field)
                 )
             };
+            let at_value = |field: &str, value: &str| match locate(text, &format!("\"{value}\"")) {
+                Some((line, col)) => {
+                    format!("{}:{line}:{col}: environments.{name}.{field}", self.path)
+                }
+                None => at(field),
+            };
             if env.compose.files.is_empty() {
                 return Err(config_error(format!(
                     "{}: needs at least one Compose file",
@@ -287,7 +293,7 @@ impl Ops {
                     if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
                         return Err(config_error(format!(
                             "{}: `{}` is not an http:// or https:// URL",
-                            at(&format!("services.{svc}.health.url")),
+                            at_value(&format!("services.{svc}.health.url"), &h.url),
                             h.url
                         )));
                     }
@@ -315,7 +321,7 @@ impl Ops {
                 {
                     return Err(config_error(format!(
                         "{}: `{host}` is not unix:///path or tcp://host:port",
-                        at("docker_host")
+                        at_value("docker_host", host)
                     )));
                 }
             }
@@ -360,6 +366,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
         .unwrap_or(0)
         + 1;
     (line, col)
+}
+
+/// Line and column of the first occurrence of `needle`.
+fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
+    text.find(needle).map(|offset| line_col(text, offset))
 }
 
 /// Best-effort line of `field` inside `[environments.NAME...]`, for

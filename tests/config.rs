@@ -1,0 +1,191 @@
+//! ops.toml is strict: bad input is refused before anything runs, with
+//! `FILE:LINE:COL`, the field's path and what is expected; secrets never
+//! show.
+
+mod common;
+
+use common::*;
+
+const GOOD: &str = r#"
+[environments.development]
+env_file = ".env.test"
+
+[environments.development.compose]
+files = ["compose.yml"]
+project = "cfgtest"
+
+[environments.development.services.mre-app]
+container = "mre-app"
+health = { url = "http://localhost:3001/api/health", expect = "runbook-json" }
+
+[environments.development.database]
+user = "pacetracer"
+name = "pacetracer"
+password_env = "POSTGRES_PASSWORD"
+"#;
+
+fn with(text: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new("config");
+    dir.write("compose.yml", "services: {}\n");
+    let p = dir.write("ops.toml", text);
+    (dir, p)
+}
+
+#[test]
+fn the_shipped_ops_toml_is_valid() {
+    let r = xtask(&workspace_root().join("ops.toml"), &["config"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for env in ["development", "staging", "production"] {
+        assert!(r.stdout.contains(&format!("environment: {env}")), "{r:?}");
+    }
+}
+
+#[test]
+fn syntax_error_names_line_and_column() {
+    let (_d, p) = with("[environments.development\nfiles = 1\n");
+    let r = xtask(&p, &["health"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("ops.toml:1:"), "{r:?}");
+    assert!(r.stdout.is_empty(), "nothing may run: {r:?}");
+}
+
+#[test]
+fn unknown_key_names_field_path_and_line() {
+    let text = GOOD.replace(
+        "project = \"cfgtest\"",
+        "project = \"cfgtest\"\nprojekt = \"typo\"",
+    );
+    let (_d, p) = with(&text);
+    let r = xtask(&p, &["deploy", "development"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("ops.toml:8:1"), "{r:?}");
+    assert!(
+        r.stderr.contains("environments.development.compose"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("unknown field `projekt`"), "{r:?}");
+}
+
+#[test]
+fn wrong_type_names_field_path_and_expectation() {
+    let text = GOOD.replace(
+        "user = \"pacetracer\"",
+        "user = \"pacetracer\"\nport = \"5432\"",
+    );
+    let (_d, p) = with(&text);
+    let r = xtask(&p, &["status"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("environments.development.database.port"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("ops.toml:15:8"), "{r:?}");
+    assert!(
+        r.stderr.contains("u16") || r.stderr.contains("integer"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn missing_required_field_is_named() {
+    let text = GOOD.replace("project = \"cfgtest\"\n", "");
+    let (_d, p) = with(&text);
+    let r = xtask(&p, &["config"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("missing field `project`"), "{r:?}");
+    assert!(
+        r.stderr.contains("environments.development.compose"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn invalid_value_names_field_and_line() {
+    let text = GOOD.replace(
+        "http://localhost:3001/api/health",
+        "localhost:3001/api/health",
+    );
+    let (_d, p) = with(&text);
+    let r = xtask(&p, &["health"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("environments.development.services.mre-app.health.url"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("ops.toml:11:18"), "{r:?}");
+}
+
+#[test]
+fn unknown_environment_lists_the_known_ones() {
+    let (_d, p) = with(GOOD);
+    let r = xtask(&p, &["deploy", "prod", "--dry-run"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("unknown environment `prod`"), "{r:?}");
+    assert!(r.stderr.contains("development"), "{r:?}");
+}
+
+#[test]
+fn missing_config_file_says_what_to_do() {
+    let r = xtask(std::path::Path::new("/nonexistent/ops.toml"), &["status"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("/nonexistent/ops.toml") && r.stderr.contains("--config"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn config_never_prints_secrets() {
+    let (d, p) = with(GOOD);
+    d.write(
+        ".env.test",
+        "POSTGRES_PASSWORD=s3cret-from-file-123\nAPI_TOKEN=tok-abcdef-987\n",
+    );
+    let r = xtask(&p, &["config", "development"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.all().contains("s3cret-from-file-123"), "{r:?}");
+    assert!(!r.all().contains("tok-abcdef-987"), "{r:?}");
+    assert!(
+        r.stdout.contains("POSTGRES_PASSWORD: set (env file)"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("pacetracer@localhost:5432/pacetracer"),
+        "{r:?}"
+    );
+    let j = xtask_env(
+        &p,
+        &["--json", "config", "development"],
+        &[("POSTGRES_PASSWORD", "from-env-456789")],
+    );
+    assert_eq!(j.code, 0, "{j:?}");
+    assert!(!j.all().contains("from-env-456789"), "{j:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&j.stdout).expect("--json prints one JSON document");
+    assert_eq!(
+        v["environments"][0]["secrets"]["POSTGRES_PASSWORD"],
+        "set (process environment)"
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let text = GOOD.replace(
+        "env_file = \".env.test\"",
+        "env_file = \".env.test\"\ngenerate_secrets = [\"POSTGRES_PASSWORD\"]",
+    );
+    let (d, p) = with(&text);
+    let r = xtask(&p, &["deploy", "development", "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Dry run: deploy development"), "{r:?}");
+    assert!(r.stdout.contains("Create missing secrets"), "{r:?}");
+    assert!(
+        r.stdout.contains("-p cfgtest") && r.stdout.contains(" up -d"),
+        "{r:?}"
+    );
+    assert!(
+        !d.path().join(".env.test").exists(),
+        "a dry run must not create the env file"
+    );
+}
