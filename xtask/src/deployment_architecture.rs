@@ -62,6 +62,11 @@ pub struct EnvironmentSettings {
     pub database: Option<DatabaseSettings>,
     #[serde(default)]
     pub deploy: DeploySettings,
+    /// Prisma migrations: where they are and how they are applied.
+    #[serde(default)]
+    pub migrations: crate::database_migrations::MigrationSettings,
+    /// Database backups: where they go, how they are taken, how long kept.
+    pub backups: Option<crate::disaster_recovery::BackupSettings>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug)]

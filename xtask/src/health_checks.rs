@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::adapters::docker::Docker;
 use crate::adapters::output::{Output, Tone};
-use crate::adapters::{http, postgres};
+use crate::adapters::{clock, http, postgres};
 use crate::deployment_architecture::{Env, Expect, HealthSettings, Ops};
 
 /// Run the runbook's health checks (runbook: Health Check Procedures).
@@ -240,7 +240,7 @@ pub fn validate_runbook_json(status: u16, body: &str) -> Result<String, (String,
         ));
     }
     let ts = v.pointer("/data/timestamp");
-    let Some(secs) = ts.and_then(|t| t.as_str()).and_then(parse_rfc3339) else {
+    let Some(secs) = ts.and_then(|t| t.as_str()).and_then(clock::parse_rfc3339) else {
         return Err((
             "\"data.timestamp\" in RFC 3339".into(),
             format!("\"data.timestamp\": {}", show(ts)),
@@ -295,70 +295,6 @@ fn path_of(url: &str) -> &str {
     url.split_once("://")
         .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
         .unwrap_or("/")
-}
-
-/// Seconds since the epoch of an RFC 3339 date-time, or None.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !(b[10] == b'T' || b[10] == b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        part.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| part.parse().ok())?
-    };
-    let (y, mo, d, h, mi, sec) = (
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6
-            && (rest.starts_with('+') || rest.starts_with('-'))
-            && &rest[3..4] == ":" =>
-        {
-            let oh: i64 = rest[1..3].parse().ok()?;
-            let om: i64 = rest[4..6].parse().ok()?;
-            let o = oh * 3600 + om * 60;
-            if rest.starts_with('-') {
-                -o
-            } else {
-                o
-            }
-        }
-        _ => return None,
-    };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if mo > 2 { mo - 3 } else { mo + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(days * 86400 + h * 3600 + mi * 60 + sec - offset)
 }
 
 fn container_checks(env: &Env) -> Vec<Check> {
@@ -548,16 +484,6 @@ fn report(env: &Env, out: &Output, checks: &[Check], took: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2025-01-27T00:00:00.000Z"), Some(1737936000));
-        assert_eq!(parse_rfc3339("2025-01-27T01:00:00+01:00"), Some(1737936000));
-        assert_eq!(parse_rfc3339("yesterday"), None);
-        assert_eq!(parse_rfc3339("2025-13-27T00:00:00Z"), None);
-        assert_eq!(parse_rfc3339("2025-01-27 00:00:00"), None);
-    }
 
     #[test]
     fn runbook_shape() {

@@ -6,9 +6,11 @@
 //! configuration error.
 
 mod adapters;
+mod database_migrations;
 mod demo;
 mod deployment;
 mod deployment_architecture;
+mod disaster_recovery;
 mod health_checks;
 mod post_deployment_verification;
 
@@ -55,6 +57,9 @@ enum Cmd {
     /// Build, start, wait until healthy and show the services (runbook:
     /// Deployment Procedures).
     Deploy(deployment::DeployArgs),
+    /// Apply, check, create and review Prisma migrations (runbook: Database
+    /// Migration Procedures).
+    Migrate(database_migrations::MigrateArgs),
     /// Run every health check concurrently: HTTP endpoints, containers,
     /// database (runbook: Health Check Procedures).
     Health(health_checks::HealthArgs),
@@ -64,6 +69,15 @@ enum Cmd {
     /// Print or follow a service's logs (runbook: Post-Deployment
     /// Verification, Check Logs).
     Logs(post_deployment_verification::LogsArgs),
+    /// Create, list, verify and prune database backups (runbook: Disaster
+    /// Recovery Procedures).
+    Backup(disaster_recovery::BackupArgs),
+    /// Restore an environment's database from a backup (runbook: Database
+    /// Rollback; Migration Rollback).
+    Restore(disaster_recovery::RestoreArgs),
+    /// Rehearse recovery into a scratch database and write a report (runbook:
+    /// Disaster Recovery, Recovery Procedures).
+    Drill(disaster_recovery::DrillArgs),
     /// Build the bundled demo stack's offline images (the stand-in for the
     /// MRE application).
     Demo(demo::DemoArgs),
@@ -97,6 +111,10 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
     match &cli.command {
         Cmd::Config(args) => deployment_architecture::config(&ops, out, args),
         Cmd::Deploy(args) => deployment::deploy(&ops, out, args),
+        Cmd::Migrate(args) => database_migrations::migrate(&ops, out, args),
+        Cmd::Backup(args) => disaster_recovery::backup(&ops, out, args),
+        Cmd::Restore(args) => disaster_recovery::restore(&ops, out, args),
+        Cmd::Drill(args) => disaster_recovery::drill(&ops, out, args),
         Cmd::Health(args) => health_checks::health(&ops, out, args),
         Cmd::Status(args) => post_deployment_verification::status(&ops, out, args),
         Cmd::Logs(args) => post_deployment_verification::logs(&ops, out, args),

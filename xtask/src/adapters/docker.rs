@@ -187,6 +187,124 @@ impl Docker {
     }
 }
 
+/// What a `docker exec` ended with.
+pub struct ExecOutcome {
+    pub exit_code: i64,
+    /// Its standard error, for messages (known secrets masked).
+    pub stderr: String,
+}
+
+impl Docker {
+    /// Run `cmd` inside `container` (the runbook's `docker exec` pattern)
+    /// without a shell or a TTY: `stdin`, if given, is streamed in and then
+    /// closed; standard output is streamed into `stdout` byte for byte (safe
+    /// for binary dumps); standard error is collected. Nothing is left
+    /// behind in the container.
+    pub fn exec(
+        &self,
+        container: &str,
+        cmd: &[&str],
+        env: &[String],
+        stdin: Option<&mut (dyn std::io::Read + Send)>,
+        stdout: &mut dyn Write,
+    ) -> Result<ExecOutcome> {
+        use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+        use tokio::io::AsyncWriteExt;
+        let what = format!(
+            "`docker exec {container} {}`",
+            cmd.first().copied().unwrap_or("")
+        );
+        self.rt.block_on(async {
+            let created = self
+                .client
+                .create_exec(
+                    container,
+                    CreateExecOptions {
+                        cmd: Some(cmd.iter().map(|s| s.to_string()).collect::<Vec<String>>()),
+                        env: Some(env.to_vec()),
+                        attach_stdin: Some(stdin.is_some()),
+                        attach_stdout: Some(true),
+                        attach_stderr: Some(true),
+                        tty: Some(false),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "starting {what} on {}: is the container running?",
+                        self.host
+                    )
+                })?;
+            let started = self
+                .client
+                .start_exec(
+                    &created.id,
+                    Some(StartExecOptions {
+                        detach: false,
+                        tty: false,
+                        output_capacity: None,
+                    }),
+                )
+                .await
+                .with_context(|| format!("starting {what}"))?;
+            let StartExecResults::Attached {
+                mut output,
+                mut input,
+            } = started
+            else {
+                bail!("{what} started detached; expected an attached stream");
+            };
+            let mut stderr = Vec::new();
+            let feed = async {
+                if let Some(reader) = stdin {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    loop {
+                        let n = reader
+                            .read(&mut buf)
+                            .context("reading the input for docker exec")?;
+                        if n == 0 {
+                            break;
+                        }
+                        input
+                            .write_all(&buf[..n])
+                            .await
+                            .with_context(|| format!("sending input to {what}"))?;
+                    }
+                }
+                input.shutdown().await.ok();
+                anyhow::Ok(())
+            };
+            let drain = async {
+                while let Some(item) = output.next().await {
+                    match item.with_context(|| format!("reading the output of {what}"))? {
+                        bollard::container::LogOutput::StdOut { message } => stdout
+                            .write_all(&message)
+                            .with_context(|| format!("writing the output of {what}"))?,
+                        bollard::container::LogOutput::StdErr { message } => {
+                            stderr.extend_from_slice(&message)
+                        }
+                        _ => {}
+                    }
+                }
+                anyhow::Ok(())
+            };
+            let (fed, drained) = futures_util::future::join(feed, drain).await;
+            drained?;
+            fed?;
+            let inspected = self
+                .client
+                .inspect_exec(&created.id)
+                .await
+                .with_context(|| format!("asking how {what} ended"))?;
+            Ok(ExecOutcome {
+                exit_code: inspected.exit_code.unwrap_or(-1),
+                stderr: super::output::redact(String::from_utf8_lossy(&stderr).trim()),
+            })
+        })
+    }
+}
+
 async fn inspect(client: &bollard::Docker, name: &str) -> Result<Option<Container>> {
     let info = match client
         .inspect_container(name, None::<InspectContainerOptions>)

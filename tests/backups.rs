@@ -1,0 +1,1 @@
+//! Disaster Recovery Procedures (tests being written).

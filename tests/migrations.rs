@@ -1,0 +1,1 @@
+//! Database Migration Procedures (tests being written).
