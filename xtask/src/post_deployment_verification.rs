@@ -61,10 +61,17 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
     let expected = env.containers();
     let names: Vec<String> = expected.iter().map(|(_, c)| c.clone()).collect();
     for ((service, container), found) in expected.into_iter().zip(docker.containers(&names)) {
+        let found = found?;
+        // The Compose service name where the container says it (mre-postgres
+        // rather than ops.toml's `database`).
+        let service = found
+            .as_ref()
+            .and_then(|c| c.service.clone())
+            .unwrap_or(service);
         rows.push(Row {
             service,
             container,
-            found: found?,
+            found,
             expected: true,
         });
     }
