@@ -22,12 +22,13 @@ use clap::{Parser, Subcommand};
 use adapters::output::{redact, Output};
 use deployment_architecture::{ConfigError, Ops};
 
-/// The MRE deployment runbook, runnable. Each command automates one section
-/// of docs/deployment-runbook (see README.md); every command that changes
-/// something has --dry-run.
+/// The MRE deployment runbook, runnable: each command automates one section
+/// of the runbook (see README.md). Every command that changes something has
+/// --dry-run.
 #[derive(Parser, Debug)]
 #[command(
     name = "cargo xtask",
+    bin_name = "cargo xtask",
     version,
     propagate_version = true,
     max_term_width = 100
@@ -51,32 +52,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Validate ops.toml and show an environment's resolved settings, secrets
-    /// redacted (runbook: Deployment Architecture; Configuration Checks).
     Config(deployment_architecture::ConfigArgs),
-    /// Build, start, wait until healthy and show the services (runbook:
-    /// Deployment Procedures).
     Deploy(deployment::DeployArgs),
-    /// Apply, check, create and review Prisma migrations (runbook: Database
-    /// Migration Procedures).
     Migrate(database_migrations::MigrateArgs),
-    /// Run every health check concurrently: HTTP endpoints, containers,
-    /// database (runbook: Health Check Procedures).
     Health(health_checks::HealthArgs),
-    /// Show each service's container, state, health, image and ports
-    /// (runbook: Verify services, `docker compose ps`).
     Status(post_deployment_verification::StatusArgs),
-    /// Print or follow a service's logs (runbook: Post-Deployment
-    /// Verification, Check Logs).
     Logs(post_deployment_verification::LogsArgs),
-    /// Create, list, verify and prune database backups (runbook: Disaster
-    /// Recovery Procedures).
     Backup(disaster_recovery::BackupArgs),
-    /// Restore an environment's database from a backup (runbook: Database
-    /// Rollback; Migration Rollback).
     Restore(disaster_recovery::RestoreArgs),
-    /// Rehearse recovery into a scratch database and write a report (runbook:
-    /// Disaster Recovery, Recovery Procedures).
     Drill(disaster_recovery::DrillArgs),
     /// Build the bundled demo stack's offline images (the stand-in for the
     /// MRE application).

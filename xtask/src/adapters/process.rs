@@ -169,6 +169,17 @@ impl<'a> Plan<'a> {
 
     pub fn execute(self, out: &Output, dry_run: bool) -> Result<()> {
         let total = self.steps.len();
+        if dry_run && out.json {
+            let steps: Vec<serde_json::Value> = self
+                .steps
+                .iter()
+                .map(|(title, shows, _)| serde_json::json!({ "title": title, "does": shows }))
+                .collect();
+            out.json_doc(
+                &serde_json::json!({ "dry_run": true, "plan": self.title, "steps": steps }),
+            );
+            return Ok(());
+        }
         if dry_run {
             out.line(&format!(
                 "Dry run: {} ({total} steps). Nothing will be changed.",
