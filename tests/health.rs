@@ -257,3 +257,35 @@ fn missing_container_fails() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("no such container"), "{r:?}");
 }
+
+#[test]
+fn github_actions_get_annotations_a_summary_and_masks() {
+    let dir = TempDir::new("health");
+    let p = ops_http(
+        &dir,
+        &format!("http://127.0.0.1:{}/api/health", free_port()),
+        1.0,
+    );
+    let summary = dir.path().join("summary.md");
+    let summary_s = summary.display().to_string();
+    let env = [
+        ("GITHUB_ACTIONS", "true"),
+        ("GITHUB_STEP_SUMMARY", summary_s.as_str()),
+    ];
+    let r = xtask_env(&p, &["health", "t"], &env);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("::error::health check mre-app /api/health failed"),
+        "{r:?}"
+    );
+    let md = std::fs::read_to_string(&summary).expect("a step summary is written");
+    assert!(md.contains("| mre-app /api/health | ❌ |"), "{md}");
+    // Under --json, stdout stays one JSON document.
+    let j = xtask_env(&p, &["--json", "health", "t"], &env);
+    assert_eq!(j.code, 1, "{j:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&j.stdout).expect("stdout is JSON under GITHUB_ACTIONS too");
+    assert_eq!(v["ok"], false);
+    assert!(j.stderr.contains("::error::"), "{j:?}");
+}

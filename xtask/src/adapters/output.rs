@@ -22,8 +22,10 @@ pub fn register_secret(value: &str) {
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
     if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
-        // Ask the runner to mask it in its own logs as well.
-        println!("::add-mask::{value}");
+        // Ask the runner to mask it in its own logs as well. On stderr, which
+        // the runner reads for workflow commands too, so that a `--json`
+        // stdout stays one document.
+        eprintln!("::add-mask::{value}");
     }
 }
 
@@ -109,7 +111,17 @@ impl Output {
     /// An error annotation; the process's final error is printed by `main`.
     pub fn annotate_error(&self, text: &str) {
         if self.github {
-            println!("::error::{}", escape_annotation(&redact(text)));
+            self.workflow_command(&format!("::error::{}", escape_annotation(&redact(text))));
+        }
+    }
+
+    /// A GitHub Actions workflow command: on stdout, in order with the
+    /// human lines, except under `--json`, where stdout is the document.
+    fn workflow_command(&self, line: &str) {
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
         }
     }
 
@@ -141,7 +153,7 @@ impl Output {
     pub fn section(&self, title: &str) -> Section<'_> {
         if !self.quiet {
             if self.github {
-                println!("::group::{title}");
+                self.workflow_command(&format!("::group::{title}"));
             } else {
                 eprintln!("{} {}", self.paint(Tone::Dim, "==>"), redact(title));
             }
@@ -182,7 +194,7 @@ impl Drop for Section<'_> {
         }
         let took = format!("{:.1}s", self.start.elapsed().as_secs_f64());
         if self.out.github {
-            println!("::endgroup::");
+            self.out.workflow_command("::endgroup::");
         }
         self.out
             .detail(&format!("    ({} took {took})", self.title));
