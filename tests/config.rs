@@ -189,3 +189,23 @@ fn dry_run_changes_nothing() {
         "a dry run must not create the env file"
     );
 }
+
+#[test]
+fn deploy_with_docker_unreachable_changes_nothing() {
+    let text = GOOD.replace(
+        "env_file = \".env.test\"",
+        "env_file = \".env.test\"\ngenerate_secrets = [\"POSTGRES_PASSWORD\"]\ndocker_host = \"unix:///nonexistent/docker.sock\"",
+    );
+    let (d, p) = with(&text);
+    let r = xtask(&p, &["deploy", "development"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("cannot reach the Docker engine at unix:///nonexistent/docker.sock"),
+        "{r:?}"
+    );
+    assert!(
+        !d.path().join(".env.test").exists(),
+        "nothing may be done: {r:?}"
+    );
+}

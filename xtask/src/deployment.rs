@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::adapters::compose::Compose;
+use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
 use crate::adapters::process::{Command, Plan};
 use crate::deployment_architecture::{config_error, Env, Ops};
@@ -53,6 +54,11 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     // Steps that run commands resolve the environment again when they run,
     // so that they carry secrets an earlier step created.
     let fresh = || ops.env(&name);
+
+    if !args.dry_run {
+        // Fail before changing anything when the engine cannot be reached.
+        Docker::connect(&env.docker_host())?;
+    }
 
     let mut plan = Plan::new(format!("deploy {}", env.name));
     if !generated.is_empty() {

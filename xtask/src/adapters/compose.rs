@@ -52,7 +52,11 @@ impl Compose {
             program: detect(env.settings.compose.command)?,
             files: env.compose_files(),
             project: env.settings.compose.project.clone(),
-            env: env.compose_env(),
+            // Compose talks to the same engine as the Engine API calls.
+            env: [("DOCKER_HOST".to_string(), env.docker_host())]
+                .into_iter()
+                .chain(env.compose_env())
+                .collect(),
             dir: env.dir.clone(),
         })
     }
