@@ -556,3 +556,29 @@ fn prisma_runner_execs_in_the_app_container() {
         "{r:?}"
     );
 }
+
+/// "Backup database before migration": a protected environment with no
+/// backups configured is refused before anything runs, by `migrate deploy`
+/// and by `deploy`.
+#[test]
+fn protected_without_backups_is_refused() {
+    let s = Setup::new("");
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "[environments.staging]\n",
+        "[environments.staging]\nprotected = true\n",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    s.migration("20250101000000_init", "CREATE TABLE t (x int);\n");
+    for args in [
+        &["migrate", "deploy", "staging"][..],
+        &["deploy", "staging", "--dry-run"][..],
+    ] {
+        let r = s.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("needs a backup first"), "{r:?}");
+    }
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0"
+    );
+}

@@ -926,21 +926,8 @@ fn warn_edited(env: &Env, out: &Output, state: &State) {
 /// is its own autocommit statement (so the failure is recorded even when the
 /// migration's own transaction is rolled back).
 fn apply_one(env: &Env, out: &Output, db: &mut Db, l: &Local, mode: &Mode) -> Result<()> {
-    // Another migrator may have applied it while we waited for the lock.
-    let rows = db.rows()?;
-    if let Some(r) = rows.iter().find(|r| r.failed()) {
-        bail!(failed_message(env, r));
-    }
-    if rows
-        .iter()
-        .any(|r| r.migration_name == l.name && r.rolled_back_at.is_none())
-    {
-        out.line(&format!(
-            "  {} was applied meanwhile by another migrator: skipped",
-            l.name
-        ));
-        return Ok(());
-    }
+    // The lock has been held since before the state was read: nobody else
+    // can have applied it meanwhile.
     let sql = l.sql.as_deref().unwrap_or_default();
     let text = String::from_utf8_lossy(sql).into_owned();
     let id = uuid_v4()?;

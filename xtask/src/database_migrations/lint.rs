@@ -508,13 +508,13 @@ pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
                     let first = w.first().copied().unwrap_or("");
                     let mut a: Vec<&'static str> = Vec::new();
                     match first {
-                        "drop" => {
+                        "drop"
                             if !matches!(
                                 w.get(1),
                                 Some(&"constraint") | Some(&"default") | Some(&"not")
-                            ) {
-                                a.push("ban-drop-column");
-                            }
+                            ) =>
+                        {
+                            a.push("ban-drop-column");
                         }
                         "add" => {
                             let constraint = matches!(
