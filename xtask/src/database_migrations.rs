@@ -185,6 +185,7 @@ pub fn migrate(ops: &Ops, out: &Output, args: &MigrateArgs) -> Result<()> {
                     dry_run: *dry_run,
                     allow_risky: *allow_risky,
                     backup,
+                    report: true,
                 },
             )
         }
@@ -545,8 +546,8 @@ fn quote_ident(s: &str) -> String {
 }
 
 fn uuid_v4() -> Result<String> {
-    let mut b: Vec<u8> = (0..16).map(|_| 0u8).collect::<Vec<_>>();
     let hex = random_hex(16)?;
+    let mut b = [0u8; 16];
     for (i, byte) in b.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex from random_hex");
     }
@@ -775,6 +776,9 @@ pub struct DeployOptions {
     /// Back the database up (disaster_recovery::create_backup) before
     /// applying anything, when something is pending.
     pub backup: bool,
+    /// Print the JSON document under `--json` (not when a step of `deploy`,
+    /// which prints its own).
+    pub report: bool,
 }
 
 fn lint_blocks(env: &Env) -> bool {
@@ -852,6 +856,9 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
             db.target,
             db.schema
         ));
+        if out.json && opts.report {
+            out.json_doc(&serde_json::json!({ "environment": env.name, "applied": [], "dry_run": opts.dry_run }));
+        }
         return Ok(());
     }
     lint_pending(env, out, &pending, opts.allow_risky)?;
@@ -893,6 +900,17 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
         );
     }
     plan.execute(out, opts.dry_run)?;
+    if out.json && opts.report {
+        let names: Vec<&str> = pending.iter().map(|l| l.name.as_str()).collect();
+        let key = if opts.dry_run {
+            "would_apply"
+        } else {
+            "applied"
+        };
+        out.json_doc(
+            &serde_json::json!({ "environment": env.name, key: names, "dry_run": opts.dry_run }),
+        );
+    }
     if !opts.dry_run {
         out.line(&format!(
             "All migrations have been successfully applied ({}).",

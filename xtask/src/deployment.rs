@@ -115,6 +115,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
                     dry_run: false,
                     allow_risky,
                     backup: false,
+                    report: false,
                 };
                 database_migrations::deploy(&fresh()?, out, &opts)
             },
