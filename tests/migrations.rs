@@ -1,1 +1,584 @@
-//! Database Migration Procedures (tests being written).
+//! `cargo xtask migrate` against a real PostgreSQL 15 (tests/common/pg.rs):
+//! Prisma's bookkeeping byte for byte, failures, baselining, concurrency,
+//! drift, the lint and the prisma runner.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::pg::{Pg, PASSWORD};
+use common::{xtask_env, Run, TempDir};
+
+const PW_VAR: &str = "MIG_TEST_PASSWORD";
+
+/// Prisma's DDL, as shared/reference/prisma-migrate.md quotes it from
+/// prisma-engines (`create_migrations_table`).
+const PRISMA_DDL: &str = "CREATE TABLE _prisma_migrations (
+  id                  VARCHAR(36) PRIMARY KEY NOT NULL,
+  checksum            VARCHAR(64) NOT NULL,
+  finished_at         TIMESTAMPTZ,
+  migration_name      VARCHAR(255) NOT NULL,
+  logs                TEXT,
+  rolled_back_at      TIMESTAMPTZ,
+  started_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+  applied_steps_count INTEGER NOT NULL DEFAULT 0
+);";
+
+struct Setup {
+    pg: Pg,
+    dir: TempDir,
+    config: PathBuf,
+}
+
+impl Setup {
+    fn new(extra: &str) -> Setup {
+        let pg = Pg::start();
+        let dir = TempDir::new("migrations");
+        std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
+        let mut toml = String::new();
+        for env in ["development", "staging"] {
+            toml.push_str(&format!(
+                "[environments.{env}]\n[environments.{env}.compose]\nfiles = [\"none.yml\"]\nproject = \"mig-test\"\n\
+                 [environments.{env}.database]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pacetracer\"\nname = \"pacetracer\"\n\
+                 password_env = \"{PW_VAR}\"\n[environments.{env}.migrations]\ndir = \"migrations\"\nlock_wait_secs = 30\n{extra}\n",
+                pg.port
+            ));
+        }
+        let config = dir.write("ops.toml", &toml);
+        Setup { pg, dir, config }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        xtask_env(&self.config, args, &[(PW_VAR, PASSWORD)])
+    }
+
+    fn migration(&self, name: &str, sql: &str) -> PathBuf {
+        let d = self.dir.path().join("migrations").join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join("migration.sql");
+        std::fs::write(&f, sql).unwrap();
+        f
+    }
+
+    fn rows(&self) -> Vec<Vec<String>> {
+        self.pg
+            .psql(
+                "SELECT id, checksum, migration_name, finished_at IS NOT NULL, rolled_back_at IS NOT NULL, \
+                 replace(coalesce(logs, '<null>'), E'\\n', ' '), applied_steps_count FROM _prisma_migrations ORDER BY started_at, migration_name",
+            )
+            .lines()
+            .map(|l| l.split('|').map(str::to_string).collect())
+            .collect()
+    }
+}
+
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("running sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn demo_migration(name: &str) -> String {
+    std::fs::read_to_string(
+        common::workspace_root()
+            .join("prisma/migrations")
+            .join(name)
+            .join("migration.sql"),
+    )
+    .unwrap()
+}
+
+fn columns(pg: &Pg, schema: &str) -> String {
+    pg.psql(&format!(
+        "SELECT column_name, data_type, character_maximum_length, is_nullable, column_default \
+         FROM information_schema.columns WHERE table_schema = '{schema}' AND table_name = '_prisma_migrations' \
+         ORDER BY ordinal_position"
+    ))
+}
+
+#[test]
+fn deploy_writes_prisma_bookkeeping() {
+    let s = Setup::new("");
+    let f1 = s.migration(
+        "20250101000000_init",
+        &demo_migration("20250101000000_init"),
+    );
+    let f2 = s.migration(
+        "20250115000000_laps",
+        &demo_migration("20250115000000_laps"),
+    );
+    let r = s.run(&["migrate", "status"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("pending"), "{r:?}");
+
+    let r = s.run(&["migrate", "deploy", "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Apply 20250115000000_laps"), "{r:?}");
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0"
+    );
+
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("in a transaction"), "{r:?}");
+    let rows = s.rows();
+    assert_eq!(rows.len(), 2);
+    for (row, (file, name)) in rows
+        .iter()
+        .zip([(&f1, "20250101000000_init"), (&f2, "20250115000000_laps")])
+    {
+        let id = &row[0];
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4", "UUID v4: {id}");
+        assert!(id
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase() || c == '-'));
+        assert_eq!(row[1], sha256sum(file));
+        assert_eq!(row[2], name);
+        assert_eq!(&row[3..], ["t", "f", "<null>", "1"]);
+    }
+    // The table exactly as Prisma creates it.
+    s.pg.psql(&format!(
+        "CREATE SCHEMA reference; SET search_path TO reference; {PRISMA_DDL}"
+    ));
+    assert_eq!(columns(&s.pg, "public"), columns(&s.pg, "reference"));
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_indexes WHERE tablename = '_prisma_migrations' AND schemaname = 'public'"),
+        "1",
+        "the primary key only: no unique index on migration_name"
+    );
+    assert!(s.pg.psql("SELECT count(*) FROM laps").starts_with('0'));
+
+    let r = s.run(&["migrate", "status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Database schema is up to date!"), "{r:?}");
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("No pending migrations"), "{r:?}");
+    let r = s.run(&["--json", "migrate", "status"]);
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(doc["up_to_date"], true);
+}
+
+#[test]
+fn a_failed_migration_changes_nothing_and_blocks_until_resolved() {
+    let s = Setup::new("");
+    s.migration("20250101000000_one", "CREATE TABLE one (x int);\n");
+    let bad = s.migration(
+        "20250102000000_two",
+        "CREATE TABLE two (x int);\nALTER TABLE one ADD COLUMN y int;\nINSERT INTO nope VALUES (1);\n",
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("schema is exactly as it was"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("resolve --rolled-back 20250102000000_two"),
+        "{r:?}"
+    );
+    // Half-way: the first statements were rolled back with the rest.
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'two'"),
+        "0"
+    );
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM information_schema.columns WHERE table_name = 'one' AND column_name = 'y'"),
+        "0"
+    );
+    let rows = s.rows();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1][2], "20250102000000_two");
+    assert_eq!(rows[1][3], "f", "finished_at stays NULL");
+    assert!(
+        rows[1][5].contains("Database error code: 42P01") && rows[1][5].contains("nope"),
+        "{:?}",
+        rows[1]
+    );
+    assert_eq!(rows[1][6], "0");
+
+    // The next deploy refuses, naming it, with its logs and both resolve commands.
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    for needle in [
+        "20250102000000_two",
+        "started at",
+        "nope",
+        "resolve --rolled-back",
+        "resolve --applied",
+    ] {
+        assert!(r.stderr.contains(needle), "{needle}: {r:?}");
+    }
+    let r = s.run(&["migrate", "status"]);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains("failed"), "{r:?}");
+
+    // Fix, resolve, deploy.
+    std::fs::write(
+        &bad,
+        "CREATE TABLE two (x int);\nALTER TABLE one ADD COLUMN y int;\n",
+    )
+    .unwrap();
+    let r = s.run(&[
+        "migrate",
+        "resolve",
+        "--rolled-back",
+        "20250102000000_two",
+        "--dry-run",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s.rows()[1][4], "f", "dry run changes nothing");
+    let r = s.run(&["migrate", "resolve", "--rolled-back", "20250102000000_two"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = s.run(&["migrate", "resolve", "--rolled-back", "20250102000000_two"]);
+    assert_eq!(r.code, 2, "nothing failed any more: {r:?}");
+    let r = s.run(&["migrate", "deploy", "development"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let rows = s.rows();
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[1][4], "t", "the failed row is rolled back");
+    assert_eq!(&rows[2][2..5], ["20250102000000_two", "t", "f"]);
+    assert_eq!(rows[2][1], sha256sum(&bad));
+}
+
+#[test]
+fn baselining_with_resolve_applied() {
+    let s = Setup::new("");
+    let f = s.migration(
+        "20250101000000_init",
+        "CREATE TABLE users (id text PRIMARY KEY);\n",
+    );
+    s.migration("20250102000000_more", "CREATE TABLE more (id int);\n");
+    s.pg.psql("CREATE TABLE users (id text PRIMARY KEY)");
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("resolve --applied"), "{r:?}");
+    assert!(r.stderr.contains("users"), "{r:?}");
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_tables WHERE tablename = '_prisma_migrations'"),
+        "0"
+    );
+
+    let r = s.run(&["migrate", "resolve", "--applied", "20250101000000_init"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let rows = s.rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][1], sha256sum(&f));
+    assert_eq!(&rows[0][3..], ["t", "f", "", "0"]);
+    let r = s.run(&["migrate", "resolve", "--applied", "20250101000000_init"]);
+    assert_eq!(r.code, 2, "already applied: {r:?}");
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s.rows().len(), 2);
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'more'"),
+        "1"
+    );
+}
+
+#[test]
+fn two_deploys_at_once_apply_once() {
+    let s = Setup::new("");
+    s.migration(
+        "20250101000000_slow",
+        "SELECT pg_sleep(2);\nCREATE TABLE slow (x int);\n",
+    );
+    let spawn = || {
+        Command::new(common::XTASK)
+            .arg("--config")
+            .arg(&s.config)
+            .args(["migrate", "deploy"])
+            .env(PW_VAR, PASSWORD)
+            .env_remove("GITHUB_ACTIONS")
+            .output()
+            .unwrap()
+    };
+    let (a, b) = std::thread::scope(|sc| {
+        let a = sc.spawn(spawn);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let b = sc.spawn(spawn);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(a.status.success(), "{}", text(&a));
+    assert!(b.status.success(), "{}", text(&b));
+    assert_eq!(s.rows().len(), 1, "exactly one applied it");
+    let both = format!("{}\n{}", text(&a), text(&b));
+    assert!(both.contains("Waiting for the migration lock"), "{both}");
+    assert!(
+        both.contains("applied meanwhile by another migrator")
+            || both.contains("No pending migrations"),
+        "{both}"
+    );
+
+    // A lock held by someone else: a bounded wait and a clear message.
+    let holder = Command::new(format!("{}/psql", common::pg::PG_BIN))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &s.pg.port.to_string(),
+            "-U",
+            "pacetracer",
+            "-d",
+            "pacetracer",
+        ])
+        .args([
+            "-c",
+            "SELECT pg_advisory_lock(72707369); SELECT pg_sleep(8);",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .spawn()
+        .unwrap();
+    let _holder = common::Child(holder);
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    s.migration("20250102000000_next", "CREATE TABLE next (x int);\n");
+    let config = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("lock_wait_secs = 30", "lock_wait_secs = 1");
+    std::fs::write(&s.config, config).unwrap();
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("still holds the migration lock") && r.stderr.contains("PID"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn drift_crlf_missing_files_and_an_empty_folder() {
+    let s = Setup::new("");
+    let r = s.run(&["migrate", "status"]);
+    assert_eq!(r.code, 0, "empty folder: {r:?}");
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+
+    let crlf = s.migration(
+        "20250101000000_crlf",
+        "CREATE TABLE a (x int);\r\nCREATE TABLE b (x int);\r\n",
+    );
+    let gone = s.migration("20250102000000_gone", "CREATE TABLE c (x int);\n");
+    let edited = s.migration("20250103000000_edited", "CREATE TABLE d (x int);\n");
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        s.rows()[0][1],
+        sha256sum(&crlf),
+        "the checksum of the bytes, not normalised"
+    );
+
+    std::fs::write(&crlf, "CREATE TABLE a (x int);\nCREATE TABLE b (x int);\n").unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    std::fs::write(&edited, "CREATE TABLE d (x int, y int);\n").unwrap();
+    s.pg.psql("INSERT INTO _prisma_migrations (id, checksum, migration_name, finished_at) VALUES ('x', 'y', '20240101000000_elsewhere', now())");
+    let r = s.run(&["migrate", "status"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = |name: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or("")
+            .to_string()
+    };
+    assert!(
+        line("_crlf").contains("applied"),
+        "CRLF to LF still matches: {r:?}"
+    );
+    assert!(line("_gone").contains("missing"), "{r:?}");
+    assert!(line("_edited").contains("edited"), "{r:?}");
+    assert!(line("_elsewhere").contains("not-on-disk"), "{r:?}");
+
+    std::fs::create_dir_all(s.dir.path().join("migrations/20250104000000_empty")).unwrap();
+    let r = s.run(&["migrate", "status"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("migration.sql is missing"), "{r:?}");
+    assert!(
+        r.stdout.contains("warning") && r.stdout.contains("_edited"),
+        "deploy warns about drift: {r:?}"
+    );
+
+    std::fs::write(
+        s.dir.path().join("migrations/migration_lock.toml"),
+        "provider = \"mysql\"\n",
+    )
+    .unwrap();
+    let r = s.run(&["migrate", "status"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("P3019"), "{r:?}");
+}
+
+#[test]
+fn the_lint_blocks_staging_not_development() {
+    let s = Setup::new("");
+    s.migration(
+        "20250101000000_init",
+        "CREATE TABLE users (id int, name text);\nCREATE INDEX users_name ON users (name);\n",
+    );
+    assert_eq!(
+        s.run(&["migrate", "deploy", "staging"]).code,
+        0,
+        "new tables are not risky"
+    );
+    let risky = s.migration(
+        "20250102000000_drop",
+        "ALTER TABLE users DROP COLUMN name;\n",
+    );
+    let r = s.run(&["migrate", "review", "staging"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("ban-drop-column") && r.stdout.contains("require-lock-timeout"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("1 | ALTER TABLE users DROP COLUMN name;"),
+        "{r:?}"
+    );
+
+    let r = s.run(&["migrate", "deploy", "staging"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("ban-drop-column") && r.stderr.contains("--allow-risky"),
+        "{r:?}"
+    );
+    assert_eq!(s.rows().len(), 1, "nothing applied");
+
+    std::fs::write(
+        &risky,
+        "SET lock_timeout = '5s';\n-- mre-ops:allow ban-drop-column\nALTER TABLE users DROP COLUMN name;\n",
+    )
+    .unwrap();
+    let r = s.run(&["migrate", "review", "staging"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("accepted"), "{r:?}");
+    let r = s.run(&["migrate", "deploy", "staging"]);
+    assert_eq!(r.code, 0, "{r:?}");
+
+    s.migration(
+        "20250103000000_index",
+        "CREATE INDEX users_id ON users (id);\n",
+    );
+    let r = s.run(&["migrate", "deploy", "staging"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let r = s.run(&["migrate", "deploy", "staging", "--allow-risky"]);
+    assert_eq!(r.code, 0, "{r:?}");
+
+    s.migration(
+        "20250104000000_concurrent",
+        "CREATE INDEX CONCURRENTLY users_pos ON users (id) WHERE id > 0;\n",
+    );
+    s.migration("20250105000000_dev", "DROP TABLE users;\n");
+    let r = s.run(&["migrate", "deploy", "development"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("without a transaction (line 1: CONCURRENTLY)"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn new_creates_a_timestamped_folder() {
+    let s = Setup::new("");
+    let r = s.run(&["migrate", "new", "add_lap_sector"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let dir = s.dir.path().join("migrations");
+    let lock = std::fs::read_to_string(dir.join("migration_lock.toml")).unwrap();
+    assert!(lock.contains("provider = \"postgresql\""));
+    let made: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("_add_lap_sector"))
+        .collect();
+    assert_eq!(made.len(), 1);
+    assert_eq!(made[0].len(), 14 + 1 + "add_lap_sector".len());
+    assert!(made[0][..14].chars().all(|c| c.is_ascii_digit()));
+    assert!(dir.join(&made[0]).join("migration.sql").exists());
+    for bad in ["Add", "1x", "a-b", "", "a b"] {
+        let r = s.run(&["migrate", "new", bad]);
+        assert_eq!(r.code, 2, "{bad}: {r:?}");
+    }
+}
+
+/// The `prisma` runner runs the runbook's `npx prisma migrate deploy` in the
+/// app container; the demo image has no npx, so this checks the call and
+/// the message for exit 127 (no fake Prisma).
+#[test]
+fn prisma_runner_execs_in_the_app_container() {
+    common::require_docker();
+    common::ensure_demo_images();
+    let name = format!("mig-test-prisma-{}", std::process::id());
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+        }
+    }
+    let _gone = Gone(name.clone());
+    common::docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--entrypoint",
+        "sleep",
+        "mre-demo-base:bookworm",
+        "300",
+    ]);
+    let s = Setup::new(&format!("runner = \"prisma\"\ncontainer = \"{name}\"\n"));
+    s.migration("20250101000000_init", "CREATE TABLE t (x int);\n");
+    let r = s.run(&["migrate", "deploy", "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("$ docker exec {name} npx prisma migrate deploy")),
+        "{r:?}"
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("`npx` is not installed") && r.stderr.contains("runner = \"native\""),
+        "{r:?}"
+    );
+}
+
+/// "Backup database before migration": a protected environment with no
+/// backups configured is refused before anything runs, by `migrate deploy`
+/// and by `deploy`.
+#[test]
+fn protected_without_backups_is_refused() {
+    let s = Setup::new("");
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "[environments.staging]\n",
+        "[environments.staging]\nprotected = true\n",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    s.migration("20250101000000_init", "CREATE TABLE t (x int);\n");
+    for args in [
+        &["migrate", "deploy", "staging"][..],
+        &["deploy", "staging", "--dry-run"][..],
+    ] {
+        let r = s.run(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("needs a backup first"), "{r:?}");
+    }
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0"
+    );
+}

@@ -54,8 +54,11 @@ port = {postgres}
 user = "pacetracer"
 name = "pacetracer"
 password_env = "POSTGRES_PASSWORD"
+[environments.e2e.migrations]
+dir = "{migrations}"
 "#,
                 compose = compose.display(),
+                migrations = workspace_root().join("prisma/migrations").display(),
                 xtask = XTASK,
             ),
         );
@@ -87,39 +90,21 @@ password_env = "POSTGRES_PASSWORD"
         ])
     }
 
-    /// The migrations, applied with psql inside the database container (the
-    /// migrate command has its own tests).
-    fn apply_migrations(&self) {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("prisma/migrations"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_dir())
-            .collect();
-        dirs.sort();
-        for d in dirs {
-            let sql = std::fs::read(d.join("migration.sql")).unwrap();
-            let mut child = Command::new("docker")
-                .args([
-                    "exec",
-                    "-i",
-                    &format!("{}-postgres", self.prefix),
-                    "psql",
-                    "-q",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-U",
-                    "pacetracer",
-                    "-d",
-                    "pacetracer",
-                ])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(&sql).unwrap();
-            assert!(child.wait().unwrap().success(), "applying {}", d.display());
-        }
+    /// How many migrations `deploy` recorded as finished (it applies them;
+    /// the migrate command has its own tests).
+    fn migrations_applied(&self) -> String {
+        docker(&[
+            "exec",
+            &format!("{}-postgres", self.prefix),
+            "psql",
+            "-tA",
+            "-U",
+            "pacetracer",
+            "-d",
+            "pacetracer",
+            "-c",
+            "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL",
+        ])
     }
 }
 
@@ -246,7 +231,11 @@ fn deploy_development_end_to_end() {
     assert!(unknown.stderr.contains("mre-app"), "{unknown:?}");
 
     // The auth boundary: public endpoints answer, every other /api/* is 401.
-    s.apply_migrations();
+    assert_eq!(
+        s.migrations_applied(),
+        "2",
+        "deploy applies the demo's migrations"
+    );
     let base = format!("http://127.0.0.1:{}", s.app);
     let (code, _) = http("GET", &format!("{base}/api/health"), None, None);
     assert_eq!(code, 200);

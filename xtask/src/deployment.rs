@@ -11,13 +11,16 @@ use crate::adapters::compose::Compose;
 use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
 use crate::adapters::process::{Command, Plan};
-use crate::deployment_architecture::{config_error, Env, Ops};
-use crate::{health_checks, post_deployment_verification};
+use crate::deployment_architecture::{Env, Ops};
+use crate::{database_migrations, health_checks, post_deployment_verification};
 
 /// Deploy an environment (runbook: Deployment Procedures).
 ///
 /// Steps: create missing development secrets; run the environment's
-/// pre-build commands; `compose build`; `compose up -d`; wait until every
+/// pre-build commands; `compose build`; `compose up -d`; wait for the
+/// database; on protected environments and those with backups configured,
+/// back it up; apply pending migrations (the lint blocks risky ones outside
+/// development unless --allow-risky); wait until every
 /// container is healthy and every health check passes; show the services,
 /// their URLs and the logs command. Running it again with nothing changed
 /// changes nothing.
@@ -31,21 +34,18 @@ pub struct DeployArgs {
     /// Seconds to wait for health (default: deploy.wait_secs in ops.toml).
     #[arg(long, value_name = "SECS")]
     pub wait: Option<u64>,
+    /// Apply migrations even when the lint finds risky statements (staging
+    /// and production block on them otherwise).
+    #[arg(long)]
+    pub allow_risky: bool,
 }
 
 pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     let mut env = ops.env(&args.env)?;
-    if env.settings.protected {
-        // The runbook's production procedure starts with a verified backup
-        // and ends with smoke tests; a deploy that skipped them would be
-        // trusted with a database it cannot put back.
-        return Err(config_error(format!(
-            "`{}` is protected, and deploying a protected environment needs the pre-deployment backup, \
-             which mre-ops does not automate yet. Follow the runbook's Production Deployment by hand, \
-             or set protected = false in ops.toml for an environment that holds no data you need",
-            env.name
-        )));
-    }
+    // "Backup database before migration": protected environments, and those
+    // with backups configured, back up before migrating; a protected one
+    // without backups configured is refused here, before anything changes.
+    let backup = database_migrations::needs_backup(&env)?;
 
     let generated = env.ensure_generated_secrets(true)?;
     let compose = Compose::for_env(&env)?;
@@ -89,6 +89,42 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
             title,
             format!("$ {}", compose.cmd(words).display()),
             move || Compose::for_env(&fresh()?)?.cmd(words).run(out),
+        );
+    }
+    if env.settings.database.is_some() {
+        let dir = env.dir.join(&env.settings.migrations.dir);
+        let allow_risky = args.allow_risky;
+        plan.action(
+            "Wait for the database",
+            format!(
+                "SELECT 1 on the database of `{}` until it answers, at most {} s",
+                env.name,
+                wait.as_secs()
+            ),
+            move || database_migrations::wait_for_database(&fresh()?, out, wait),
+        );
+        if backup {
+            plan.action(
+                "Back up the database",
+                "lint the pending migrations, then a backup before migrating (runbook: Backup database before migration)",
+                move || database_migrations::backup_before_migrating(&fresh()?, out, allow_risky),
+            );
+        }
+        plan.action(
+            "Apply pending migrations",
+            format!(
+                "cargo xtask migrate deploy {} (migrations in {dir})",
+                env.name
+            ),
+            move || {
+                let opts = database_migrations::DeployOptions {
+                    dry_run: false,
+                    allow_risky,
+                    backup: false,
+                    report: false,
+                };
+                database_migrations::deploy(&fresh()?, out, &opts)
+            },
         );
     }
     plan.action(
