@@ -298,6 +298,83 @@ fn round_trip_corruption_guard_and_failed_restore() {
 }
 
 #[test]
+fn an_interrupted_dump_leaves_nothing_that_looks_like_a_backup() {
+    let pg = Pg::start();
+    pg.psql("CREATE TABLE held (id int); INSERT INTO held VALUES (1)");
+    let dir = TempDir::new("interrupted");
+    let config = host_config(&dir, &pg, "");
+    // Another session holds a lock, so the dump is under way (partial file
+    // created, pg_dump waiting) when the process is killed.
+    let mut holder = Command::new(format!("{PG_BIN}/psql"))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "pacetracer",
+            "-d",
+            "pacetracer",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lock = holder.stdin.take().unwrap();
+    use std::io::Write;
+    lock.write_all(b"BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE;\n")
+        .unwrap();
+    lock.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut child = Command::new(XTASK)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "backup",
+            "create",
+            "t",
+        ])
+        .env("TEST_PG_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let folder = dir.path().join("backups/t");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let files = || -> Vec<String> {
+        std::fs::read_dir(&folder)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while !files().iter().any(|f| f.contains(".partial-")) {
+        assert!(
+            Instant::now() < deadline,
+            "the dump never started: {:?}",
+            files()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    lock.write_all(b"COMMIT;\n").unwrap();
+    drop(lock);
+    holder.wait().unwrap();
+    let left = files();
+    assert!(!left.iter().any(|f| f.ends_with(".dump")), "{left:?}");
+    let l = run(&config, &["backup", "list", "t"]);
+    assert!(l.stdout.contains("No backups"), "{l:?}");
+    let v = run(&config, &["backup", "verify", "t", "latest"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.stderr.contains("there is no backup"), "{v:?}");
+}
+
+#[test]
 fn retention_by_age_keeps_the_newest_verified() {
     let pg = Pg::start();
     pg.psql("CREATE TABLE x (id int); INSERT INTO x VALUES (1)");
@@ -337,7 +414,7 @@ fn retention_by_age_keeps_the_newest_verified() {
         "{r:?}"
     );
     assert!(
-        !r.stdout.contains(&name(0)),
+        !r.stdout.contains(&format!("{} (", dumps[0].display())),
         "the newest verified backup must stay: {r:?}"
     );
     assert!(
