@@ -216,6 +216,45 @@ fn round_trip_corruption_guard_and_failed_restore() {
         count_before
     );
 
+    // On a terminal: the database name must be typed.
+    let on_terminal = |typed: &str| -> (i32, String) {
+        use std::io::Write;
+        let line = format!(
+            "{XTASK} --config {} restore prod {} --wait 10",
+            config.display(),
+            dump.display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("TEST_PG_PASSWORD", PASSWORD)
+            .env_remove("GITHUB_ACTIONS")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("`script` (util-linux) gives the command a terminal");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{typed}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = on_terminal("production");
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("is not the database name"), "{text}");
+    let (code, text) = on_terminal("pacetracer");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("Type the database name") && text.contains("Restored `prod`"),
+        "{text}"
+    );
+    assert_eq!(fingerprint(&pg), original);
+
     // Corruption: one byte changed, and a truncated copy.
     let altered = copy_backup(&dump, "pacetracer-altered");
     let mut bytes = std::fs::read(&altered).unwrap();
