@@ -1834,16 +1834,26 @@ pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
             format!("`{}` in {}", args.backup, t.folder),
             || Ok(()),
         );
-        plan.action("Check the SHA-256 against the manifest", "", || Ok(()));
         plan.action(
-            "Restore into a scratch database",
-            format!("CREATE DATABASE mre_ops_verify_PID_RAND; pg_restore --exit-on-error ...   ({:?} method)", t.method),
+            "Check the SHA-256 against the manifest",
+            "SHA-256 and size of the file, against its manifest",
             || Ok(()),
         );
-        plan.action("Compare per-table row counts with the manifest", "", || {
-            Ok(())
-        });
-        plan.action("Drop the scratch database", "", || Ok(()));
+        plan.action(
+            "Restore into a scratch database",
+            format!("CREATE DATABASE mre_ops_verify_PID_RAND; pg_restore --exit-on-error ...   (method {})", if t.method == Method::Container { "container" } else { "host" }),
+            || Ok(()),
+        );
+        plan.action(
+            "Compare per-table row counts with the manifest",
+            "SELECT count(*) per table in the scratch database",
+            || Ok(()),
+        );
+        plan.action(
+            "Drop the scratch database",
+            "DROP DATABASE mre_ops_verify_PID_RAND WITH (FORCE)   (also when a step fails)",
+            || Ok(()),
+        );
         plan.action(
             "Write the report",
             format!("{}/drill-TIMESTAMP.md", t.folder),
