@@ -1,1 +1,761 @@
-//! Disaster Recovery Procedures (tests being written).
+//! Disaster Recovery Procedures against real PostgreSQL: backups of a
+//! throwaway server from the host (round trip with content equality,
+//! corruption, truncation, a failed dump, a failed restore, retention, the
+//! production guard), and of the demo stack from inside its database
+//! container (dump inside vs from the host, restore of a running stack).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::pg::{Pg, PASSWORD, PG_BIN};
+use common::*;
+
+/// ops.toml for a throwaway server: `t` (plain) and `prod` (protected), both
+/// on its `pacetracer` database, backups from the host.
+fn host_config(dir: &TempDir, pg: &Pg, extra: &str) -> PathBuf {
+    let mut text = String::new();
+    for (env, protected) in [("t", false), ("prod", true)] {
+        text.push_str(&format!(
+            r#"
+[environments.{env}]
+protected = {protected}
+[environments.{env}.compose]
+files = ["unused.yml"]
+project = "unused-{env}"
+[environments.{env}.database]
+host = "127.0.0.1"
+port = {port}
+user = "pacetracer"
+name = "pacetracer"
+password_env = "TEST_PG_PASSWORD"
+[environments.{env}.backups]
+method = "host"
+offsite = "offsite"
+{extra}
+"#,
+            port = pg.port
+        ));
+    }
+    dir.write("ops.toml", &text)
+}
+
+fn run(config: &Path, args: &[&str]) -> Run {
+    xtask_env(config, args, &[("TEST_PG_PASSWORD", PASSWORD)])
+}
+
+/// Every table's rows, as text, hashed: equal fingerprints, equal contents.
+fn fingerprint(pg: &Pg) -> String {
+    pg.psql(
+        "SELECT string_agg(t || ':' || h, ' ' ORDER BY t) FROM ( \
+           SELECT 'public.kinds' t, md5(coalesce(string_agg(k::text, '|' ORDER BY k::text), '')) h FROM public.kinds k \
+           UNION ALL SELECT 'public.laps', md5(coalesce(string_agg(l::text, '|' ORDER BY l::text), '')) FROM public.laps l \
+           UNION ALL SELECT 'other.notes', md5(coalesce(string_agg(n::text, '|' ORDER BY n::text), '')) FROM other.notes n) x",
+    )
+}
+
+fn seed(pg: &Pg) {
+    pg.psql(
+        r#"
+CREATE TABLE kinds (
+  id serial PRIMARY KEY, raw bytea, txt text, doc jsonb, num numeric(30,10),
+  at timestamptz, flag boolean, arr int[]);
+INSERT INTO kinds (raw, txt, doc, num, at, flag, arr)
+  SELECT decode(string_agg(lpad(to_hex(b), 2, '0'), ''), 'hex'), 'ünïcødé ✓ ' || repeat('x', 3000) || E'\n\t\\',
+         '{"a": [1, 2, {"b": null}]}', 12345678901234567890.0123456789, '2025-01-27T00:00:00Z', true, ARRAY[1,NULL,3]
+  FROM generate_series(0, 255) b;
+INSERT INTO kinds (raw, txt) VALUES (NULL, NULL), ('\x00', '');
+CREATE TABLE laps (id bigserial PRIMARY KEY, kind int REFERENCES kinds(id), seq bigint UNIQUE, driver text);
+INSERT INTO laps (kind, seq, driver) SELECT 1, g, 'driver ' || (g % 7) FROM generate_series(1, 20000) g;
+CREATE SCHEMA other;
+CREATE TABLE other.notes (id int PRIMARY KEY, body text);
+INSERT INTO other.notes SELECT g, md5(g::text) FROM generate_series(1, 500) g;
+"#,
+    );
+}
+
+fn manifest(dump: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dump.with_extension("json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn last_line(r: &Run) -> PathBuf {
+    PathBuf::from(r.stdout.trim().lines().last().unwrap_or_default())
+}
+
+/// A copy of a backup under another name, with its manifest.
+fn copy_backup(dump: &Path, name: &str) -> PathBuf {
+    let to = dump.with_file_name(format!("{name}.dump"));
+    std::fs::copy(dump, &to).unwrap();
+    let mut m = manifest(dump);
+    m["file"] = format!("{name}.dump").into();
+    std::fs::write(to.with_extension("json"), m.to_string()).unwrap();
+    to
+}
+
+fn databases(pg: &Pg) -> String {
+    pg.psql_db(
+        "postgres",
+        "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database",
+    )
+}
+
+#[test]
+fn round_trip_corruption_guard_and_failed_restore() {
+    let pg = Pg::start();
+    seed(&pg);
+    let dir = TempDir::new("backups");
+    let config = host_config(&dir, &pg, "");
+    let original = fingerprint(&pg);
+
+    // Create: the path on the last line, 0600, a manifest that matches.
+    let r = run(&config, &["backup", "create", "t"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let dump = last_line(&r);
+    assert!(dump.starts_with(dir.path().join("backups/t")), "{r:?}");
+    let name = dump.file_stem().unwrap().to_str().unwrap().to_string();
+    assert!(name.starts_with("pacetracer-20"), "{name}");
+    assert_eq!(
+        std::fs::metadata(&dump).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let m = manifest(&dump);
+    assert_eq!(m["sha256"], sha256(&dump));
+    assert_eq!(m["size"], std::fs::metadata(&dump).unwrap().len());
+    assert_eq!(m["tables"]["public.laps"], 20000, "{m}");
+    assert_eq!(m["tables"]["public.kinds"], 3, "{m}");
+    assert_eq!(m["tables"]["other.notes"], 500, "{m}");
+    assert!(m["pg_dump_version"].as_str().unwrap().contains("15"), "{m}");
+    assert!(!r.all().contains(PASSWORD), "password leaked: {r:?}");
+    // The off-site copy is byte-identical.
+    let off = dir.path().join("offsite/t").join(dump.file_name().unwrap());
+    assert_eq!(sha256(&off), m["sha256"].as_str().unwrap());
+    assert_eq!(m["offsite"]["sha256_ok"], true);
+
+    // Verify: full restore into a scratch database, recorded, scratch dropped.
+    let before = databases(&pg);
+    let v = run(&config, &["backup", "verify", "t", &name]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert_eq!(manifest(&dump)["verifications"][0]["ok"], true);
+    assert_eq!(
+        databases(&pg),
+        before,
+        "the scratch database was left behind"
+    );
+    let l = run(&config, &["--json", "backup", "list", "t"]);
+    let list: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
+    assert_eq!(list["backups"][0]["verified"], true, "{list}");
+
+    // Change the data, then restore: the contents come back exactly.
+    pg.psql("DELETE FROM laps WHERE seq > 100; UPDATE kinds SET txt = 'changed'; DROP TABLE other.notes; CREATE TABLE extra (x int)");
+    let changed_laps = pg.psql("SELECT count(*) FROM laps");
+    let r = run(&config, &["restore", "t", &name, "--yes", "--wait", "10"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        fingerprint(&pg),
+        original,
+        "restored data differs from the dumped data"
+    );
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'extra'"),
+        "0"
+    );
+    assert!(
+        r.stdout.contains(m["started_at"].as_str().unwrap()),
+        "{r:?}"
+    );
+    // The safety backup exists, holds the changed state, and is named.
+    let safety = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Safety backup: "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no safety backup named: {r:?}"));
+    let sm = manifest(&safety);
+    assert_eq!(sm["tables"]["public.laps"].to_string(), changed_laps);
+    assert!(sm["reason"].as_str().unwrap().contains("safety"), "{sm}");
+    assert!(
+        r.stdout.contains(&format!(
+            "cargo xtask restore t {}",
+            safety.file_stem().unwrap().to_str().unwrap()
+        )),
+        "{r:?}"
+    );
+    assert_eq!(
+        databases(&pg),
+        before,
+        "a staged or replaced database was left behind"
+    );
+
+    // The production guard: no terminal, no --yes: exit 2, nothing done.
+    let count_before = std::fs::read_dir(dir.path().join("backups/prod"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let g = run(&config, &["restore", "prod", dump.to_str().unwrap()]);
+    assert_eq!(g.code, 2, "{g:?}");
+    assert!(
+        g.stderr.contains("--yes") && g.stderr.contains("protected"),
+        "{g:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("backups/prod"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        count_before
+    );
+
+    // On a terminal: the database name must be typed.
+    let on_terminal = |typed: &str| -> (i32, String) {
+        use std::io::Write;
+        let line = format!(
+            "{XTASK} --config {} restore prod {} --wait 10",
+            config.display(),
+            dump.display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("TEST_PG_PASSWORD", PASSWORD)
+            .env_remove("GITHUB_ACTIONS")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("`script` (util-linux) gives the command a terminal");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{typed}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, text) = on_terminal("production");
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("is not the database name"), "{text}");
+    let (code, text) = on_terminal("pacetracer");
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("Type the database name") && text.contains("Restored `prod`"),
+        "{text}"
+    );
+    assert_eq!(fingerprint(&pg), original);
+
+    // Corruption: one byte changed, and a truncated copy.
+    let altered = copy_backup(&dump, "pacetracer-altered");
+    let mut bytes = std::fs::read(&altered).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&altered, &bytes).unwrap();
+    let v = run(&config, &["backup", "verify", "t", "pacetracer-altered"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.all().contains("was altered"), "{v:?}");
+    let truncated = copy_backup(&dump, "pacetracer-truncated");
+    std::fs::write(&truncated, &bytes[..mid]).unwrap();
+    let v = run(
+        &config,
+        &["backup", "verify", "t", truncated.to_str().unwrap()],
+    );
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.all().contains("is truncated"), "{v:?}");
+    let l = run(&config, &["backup", "list", "t"]);
+    assert!(l.stdout.contains("FAILED"), "{l:?}");
+    for bad in ["pacetracer-altered", "pacetracer-truncated"] {
+        let r = run(&config, &["restore", "t", bad, "--yes"]);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("refusing to restore"), "{r:?}");
+    }
+    assert_eq!(fingerprint(&pg), original);
+
+    // A backup damaged before its checksum was taken passes the checksum
+    // but fails to restore: the database stays as it was, and says so.
+    pg.psql("INSERT INTO laps (kind, seq, driver) VALUES (1, 999999, 'after')");
+    let current = fingerprint(&pg);
+    let broken = copy_backup(&dump, "pacetracer-broken");
+    let whole = std::fs::read(&dump).unwrap();
+    std::fs::write(&broken, &whole[..whole.len() * 2 / 3]).unwrap();
+    let mut bm = manifest(&broken);
+    bm["sha256"] = sha256(&broken).into();
+    bm["size"] = std::fs::metadata(&broken).unwrap().len().into();
+    std::fs::write(broken.with_extension("json"), bm.to_string()).unwrap();
+    let r = run(&config, &["restore", "t", "pacetracer-broken", "--yes"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("was not changed"), "{r:?}");
+    assert_eq!(
+        fingerprint(&pg),
+        current,
+        "a failed restore changed the database"
+    );
+    assert_eq!(
+        databases(&pg),
+        before,
+        "a failed restore left a database behind"
+    );
+
+    // A failed dump leaves nothing that looks like a backup.
+    pg.psql("CREATE ROLE limited LOGIN PASSWORD 'limited-pw-123'; CREATE TABLE secret (x int); INSERT INTO secret VALUES (1); GRANT SELECT ON laps, kinds TO limited; GRANT USAGE ON SCHEMA other TO limited");
+    let limited = dir.write(
+        "limited.toml",
+        &std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("user = \"pacetracer\"", "user = \"limited\"")
+            .replace("TEST_PG_PASSWORD", "LIMITED_PW")
+            .replace(
+                "[environments.t.backups]",
+                "[environments.t.backups]\ndir = \"limited-backups\"",
+            ),
+    );
+    let r = xtask_env(
+        &limited,
+        &["backup", "create", "t"],
+        &[("LIMITED_PW", "limited-pw-123")],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("nothing was kept"), "{r:?}");
+    let folder = dir.path().join("limited-backups/t");
+    let left: Vec<String> = std::fs::read_dir(&folder)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(left.is_empty(), "a failed dump left {left:?}");
+}
+
+#[test]
+fn an_interrupted_dump_leaves_nothing_that_looks_like_a_backup() {
+    let pg = Pg::start();
+    pg.psql("CREATE TABLE held (id int); INSERT INTO held VALUES (1)");
+    let dir = TempDir::new("interrupted");
+    let config = host_config(&dir, &pg, "");
+    // Another session holds a lock, so the dump is under way (partial file
+    // created, pg_dump waiting) when the process is killed.
+    let mut holder = Command::new(format!("{PG_BIN}/psql"))
+        .args([
+            "-X",
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port.to_string(),
+            "-U",
+            "pacetracer",
+            "-d",
+            "pacetracer",
+        ])
+        .env("PGPASSWORD", PASSWORD)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lock = holder.stdin.take().unwrap();
+    use std::io::Write;
+    lock.write_all(b"BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE;\n")
+        .unwrap();
+    lock.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut child = Command::new(XTASK)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "backup",
+            "create",
+            "t",
+        ])
+        .env("TEST_PG_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let folder = dir.path().join("backups/t");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let files = || -> Vec<String> {
+        std::fs::read_dir(&folder)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    while !files().iter().any(|f| f.contains(".partial-")) {
+        assert!(
+            Instant::now() < deadline,
+            "the dump never started: {:?}",
+            files()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    lock.write_all(b"COMMIT;\n").unwrap();
+    drop(lock);
+    holder.wait().unwrap();
+    let left = files();
+    assert!(!left.iter().any(|f| f.ends_with(".dump")), "{left:?}");
+    let l = run(&config, &["backup", "list", "t"]);
+    assert!(l.stdout.contains("No backups"), "{l:?}");
+    let v = run(&config, &["backup", "verify", "t", "latest"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(v.stderr.contains("there is no backup"), "{v:?}");
+}
+
+#[test]
+fn retention_by_age_keeps_the_newest_verified() {
+    let pg = Pg::start();
+    pg.psql("CREATE TABLE x (id int); INSERT INTO x VALUES (1)");
+    let dir = TempDir::new("retention");
+    let config = host_config(&dir, &pg, "keep_days = 30\nkeep_min = 1");
+    let mut dumps = Vec::new();
+    for _ in 0..4 {
+        let r = run(&config, &["backup", "create", "t"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        dumps.push(last_line(&r));
+    }
+    // Ages (days) and verification, oldest first: only the oldest is verified.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for (dump, (days, verified)) in
+        dumps
+            .iter()
+            .zip([(45, true), (35, false), (10, false), (0, false)])
+    {
+        let mut m = manifest(dump);
+        m["started_unix"] = (now - days * 86400 - 60).into();
+        m["verifications"] = if verified {
+            serde_json::json!([{"at": "2025-01-01T00:00:00.000Z", "ok": true, "seconds": 1.0, "detail": "ok"}])
+        } else {
+            serde_json::json!([])
+        };
+        std::fs::write(dump.with_extension("json"), m.to_string()).unwrap();
+    }
+    let r = run(&config, &["backup", "prune", "t", "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let name = |i: usize| dumps[i].file_stem().unwrap().to_str().unwrap().to_string();
+    assert!(
+        r.stdout
+            .contains(&format!("would delete {}", dumps[1].display())),
+        "{r:?}"
+    );
+    assert!(
+        !r.stdout.contains(&format!("{} (", dumps[0].display())),
+        "the newest verified backup must stay: {r:?}"
+    );
+    assert!(
+        dumps.iter().all(|d| d.exists()),
+        "--dry-run deleted something"
+    );
+    let r = run(&config, &["--json", "backup", "prune", "t"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let kept: Vec<bool> = dumps.iter().map(|d| d.exists()).collect();
+    assert_eq!(kept, [true, false, true, true], "{r:?}");
+    assert!(!dumps[1].with_extension("json").exists());
+    // With keep_min 4 nothing goes.
+    let config4 = host_config(&dir, &pg, "keep_days = 30\nkeep_min = 4");
+    let r = run(&config4, &["backup", "prune", "t"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Deleted 0 of 3"), "{r:?}");
+    // The drill writes a report beside the backups and touches nothing live.
+    let dbs = databases(&pg);
+    let d = run(&config, &["drill", "t"]);
+    assert_eq!(d.code, 0, "{d:?}");
+    assert_eq!(databases(&pg), dbs);
+    let report = std::fs::read_dir(dir.path().join("backups/t"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("drill-")
+        })
+        .expect("a drill report");
+    let text = std::fs::read_to_string(report).unwrap();
+    assert!(
+        text.contains("**passed**") && text.contains(&name(3)),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The demo stack, with backups taken inside its database container.
+
+struct Stack {
+    dir: TempDir,
+    config: PathBuf,
+    project: String,
+    prefix: String,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        let dir = TempDir::new("dr-stack");
+        let project = format!("mre-dr-{}", std::process::id());
+        let prefix = project.clone();
+        let (app, ingestion, postgres) = (free_port(), free_port(), free_port());
+        let compose = workspace_root().join("demo/docker-compose.yml");
+        let config = dir.write(
+            "ops.toml",
+            &format!(
+                r#"
+[environments.e2e]
+env_file = ".env.e2e"
+generate_secrets = ["POSTGRES_PASSWORD"]
+[environments.e2e.compose]
+files = ["{compose}"]
+project = "{project}"
+pre_build = [["{xtask}", "-q", "demo", "prepare"]]
+env = {{ MRE_CONTAINER_PREFIX = "{prefix}", MRE_APP_PORT = "{app}", MRE_INGESTION_PORT = "{ingestion}", MRE_POSTGRES_PORT = "{postgres}", MRE_INGEST_RATE = "20" }}
+[environments.e2e.services.mre-app]
+container = "{prefix}-app"
+health = {{ url = "http://127.0.0.1:{app}/api/health", expect = "runbook-json" }}
+[environments.e2e.services.mre-liverc-ingestion-service]
+container = "{prefix}-liverc-ingestion-service"
+health = {{ url = "http://127.0.0.1:{ingestion}/health" }}
+[environments.e2e.database]
+container = "{prefix}-postgres"
+host = "127.0.0.1"
+port = {postgres}
+user = "pacetracer"
+name = "pacetracer"
+password_env = "POSTGRES_PASSWORD"
+[environments.e2e.backups]
+method = "container"
+"#,
+                compose = compose.display(),
+                xtask = XTASK,
+            ),
+        );
+        Stack {
+            dir,
+            config,
+            project,
+            prefix,
+        }
+    }
+
+    fn password(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(".env.e2e")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("POSTGRES_PASSWORD="))
+            .unwrap_or("unset")
+            .to_string()
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        docker(&[
+            "exec",
+            &format!("{}-postgres", self.prefix),
+            "psql",
+            "-tA",
+            "-U",
+            "pacetracer",
+            "-d",
+            "pacetracer",
+            "-c",
+            sql,
+        ])
+    }
+
+    fn started_at(&self, suffix: &str) -> String {
+        docker(&[
+            "inspect",
+            "-f",
+            "{{.State.StartedAt}}",
+            &format!("{}-{suffix}", self.prefix),
+        ])
+    }
+
+    fn apply_migrations(&self) {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("prisma/migrations"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        for d in dirs {
+            let sql = std::fs::read(d.join("migration.sql")).unwrap();
+            let mut child = Command::new("docker")
+                .args([
+                    "exec",
+                    "-i",
+                    &format!("{}-postgres", self.prefix),
+                    "psql",
+                    "-q",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-U",
+                    "pacetracer",
+                    "-d",
+                    "pacetracer",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&sql).unwrap();
+            assert!(child.wait().unwrap().success(), "applying {}", d.display());
+        }
+    }
+
+    fn laps(&self) -> i64 {
+        self.psql("SELECT count(*) FROM laps").parse().unwrap_or(0)
+    }
+
+    fn wait_for_laps(&self, more_than: i64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.laps() <= more_than {
+            assert!(Instant::now() < deadline, "no new laps after 60 s");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        xtask(&self.config, args)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let compose = workspace_root().join("demo/docker-compose.yml");
+        let program = if Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            vec!["docker", "compose"]
+        } else {
+            vec!["docker-compose"]
+        };
+        let _ = Command::new(program[0])
+            .args(&program[1..])
+            .args([
+                "-p",
+                &self.project,
+                "-f",
+                &compose.display().to_string(),
+                "down",
+                "-v",
+                "--remove-orphans",
+                "-t",
+                "2",
+            ])
+            .env("POSTGRES_PASSWORD", self.password())
+            .env("MRE_CONTAINER_PREFIX", &self.prefix)
+            .output();
+    }
+}
+
+/// The archive as SQL, without comments (versions and timestamps differ).
+fn archive_sql(dump: &Path) -> String {
+    let out = Command::new(format!("{PG_BIN}/pg_restore"))
+        .args(["-f", "-"])
+        .arg(dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| {
+            !l.starts_with("--") && !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn demo_stack_container_backups_and_restore_of_a_running_stack() {
+    ensure_demo_images();
+    let s = Stack::new();
+    let r = s.run(&["deploy", "e2e"]);
+    assert_eq!(r.code, 0, "deploy failed: {r:?}");
+    s.apply_migrations();
+    s.wait_for_laps(5);
+
+    // Inside the container and from the host: equivalent archives. The
+    // ingestion service is paused so that both see the same data.
+    docker(&[
+        "stop",
+        "-t",
+        "1",
+        &format!("{}-liverc-ingestion-service", s.prefix),
+    ]);
+    let inside = s.run(&["backup", "create", "e2e"]);
+    assert_eq!(inside.code, 0, "{inside:?}");
+    let host = s.run(&["backup", "create", "e2e", "--method", "host"]);
+    assert_eq!(host.code, 0, "{host:?}");
+    let (inside, host) = (last_line(&inside), last_line(&host));
+    assert_eq!(manifest(&inside)["method"], "container");
+    assert_eq!(manifest(&host)["method"], "host");
+    assert_eq!(manifest(&inside)["tables"], manifest(&host)["tables"]);
+    assert_eq!(
+        archive_sql(&inside),
+        archive_sql(&host),
+        "the two archives differ"
+    );
+    // The streamed archive survives a full restore (binary-safe both ways).
+    let last_seq: i64 = s.psql("SELECT max(seq) FROM laps").parse().unwrap();
+    let v = s.run(&["backup", "verify", "e2e", inside.to_str().unwrap()]);
+    assert_eq!(v.code, 0, "{v:?}");
+    docker(&["start", &format!("{}-liverc-ingestion-service", s.prefix)]);
+
+    // Restore a running stack: the app is stopped and started, health passes.
+    let backed_up = manifest(&inside)["tables"]["public.laps"].as_i64().unwrap();
+    s.wait_for_laps(backed_up + 10);
+    let app_started = s.started_at("app");
+    let r = s.run(&[
+        "restore",
+        "e2e",
+        inside.file_stem().unwrap().to_str().unwrap(),
+        "--yes",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_ne!(
+        s.started_at("app"),
+        app_started,
+        "the app was not stopped and started"
+    );
+    let safety = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Safety backup: "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no safety backup named: {r:?}"));
+    let safety_laps = manifest(&safety)["tables"]["public.laps"].as_i64().unwrap();
+    assert!(
+        safety_laps >= backed_up + 10,
+        "the safety backup holds the later laps"
+    );
+    // What the restore brought back: no lap newer than the backup's.
+    let restored: i64 = s
+        .psql(&format!(
+            "SELECT count(*) FROM laps WHERE seq <= {last_seq}"
+        ))
+        .parse()
+        .unwrap();
+    assert_eq!(restored, backed_up, "the laps of the backup are back");
+    let h = s.run(&["health", "e2e", "--wait", "60"]);
+    assert_eq!(h.code, 0, "{h:?}");
+    assert!(!r.all().contains(&s.password()), "password leaked: {r:?}");
+}

@@ -360,3 +360,42 @@ async fn inspect(client: &bollard::Docker, name: &str) -> Result<Option<Containe
         exit_code: state.and_then(|s| s.exit_code),
     }))
 }
+
+impl Docker {
+    /// `docker stop -t SECS NAME`; stopping a stopped container is fine.
+    pub fn stop_container(&self, name: &str, timeout_secs: i32) -> Result<()> {
+        let options = bollard::query_parameters::StopContainerOptions {
+            t: Some(timeout_secs),
+            signal: None,
+        };
+        match self
+            .rt
+            .block_on(self.client.stop_container(name, Some(options)))
+        {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("stopping container `{name}` on {}", self.host))
+            }
+        }
+    }
+
+    /// `docker start NAME`; starting a running container is fine.
+    pub fn start_container(&self, name: &str) -> Result<()> {
+        match self.rt.block_on(self.client.start_container(
+            name,
+            None::<bollard::query_parameters::StartContainerOptions>,
+        )) {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => {
+                Err(e).with_context(|| format!("starting container `{name}` on {}", self.host))
+            }
+        }
+    }
+}
