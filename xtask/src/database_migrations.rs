@@ -1402,8 +1402,8 @@ pub fn backup_before_migrating(env: &Env, out: &Output, allow_risky: bool) -> Re
         }
         lint_pending(env, out, &pending, allow_risky)?;
     }
-    let path = crate::disaster_recovery::create_backup(env, out, "before migration")?;
-    out.line(&format!("Backup written: {path}"));
+    // create_backup prints the path it wrote.
+    crate::disaster_recovery::create_backup(env, out, "before migration")?;
     Ok(())
 }
 

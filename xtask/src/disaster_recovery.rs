@@ -1529,7 +1529,6 @@ fn prune(t: &Target, out: &Output, dry_run: bool) -> Result<()> {
 /// Take a verified-checksum backup of `env`'s database now (used by
 /// `migrate deploy` and `deploy` on staging and production: "Backup database
 /// before migration"). Returns the path of the backup written.
-#[allow(dead_code)] // called by `migrate deploy` (issue 3), merged separately
 pub fn create_backup(env: &Env, out: &Output, reason: &str) -> Result<Utf8PathBuf> {
     let t = Target::new(env, None)?;
     let b = t.create(out, reason)?;
