@@ -48,6 +48,11 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     let backup = database_migrations::needs_backup(&env)?;
 
     let generated = env.ensure_generated_secrets(true)?;
+    // A secret that is neither set nor generated would stop the deploy
+    // half-way (Compose refuses, the migrations cannot connect): say so now.
+    if generated.is_empty() && env.settings.database.is_some() {
+        env.database_url()?;
+    }
     let compose = Compose::for_env(&env)?;
     let wait = Duration::from_secs(args.wait.unwrap_or(env.settings.deploy.wait_secs));
     let name = env.name.clone();
