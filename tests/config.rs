@@ -213,9 +213,16 @@ fn deploy_with_docker_unreachable_changes_nothing() {
 #[test]
 fn deploy_with_a_missing_secret_stops_before_anything_runs() {
     let (_d, p) = with(GOOD);
-    let r = xtask_env(&p, &["deploy", "development", "--dry-run"], &[("POSTGRES_PASSWORD", "")]);
+    let r = xtask_env(
+        &p,
+        &["deploy", "development", "--dry-run"],
+        &[("POSTGRES_PASSWORD", "")],
+    );
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("$POSTGRES_PASSWORD, which is not set"), "{r:?}");
+    assert!(
+        r.stderr.contains("$POSTGRES_PASSWORD, which is not set"),
+        "{r:?}"
+    );
     assert!(r.stderr.contains(".env.test"), "{r:?}");
     assert!(!r.stdout.contains("Dry run"), "{r:?}");
 }

@@ -47,3 +47,18 @@ hyperfine -N --warmup 3 --runs 30 --export-markdown "$tmp/out.md" \
   -n "3 containers only" "$x -q --config $tmp/containers.toml health" \
   -n "database SELECT 1 only" "$x -q --config $tmp/database.toml health"
 cat "$tmp/out.md"
+
+# In the same runs: the whole health command's own time against its slowest
+# check's time (both from --json), i.e. how much concurrency leaves on top of
+# the slowest check.
+python3 - "$x" <<'PY'
+import json, statistics, subprocess, sys
+ratios, totals, slowest = [], [], []
+for _ in range(50):
+    d = json.loads(subprocess.run([sys.argv[1], "--json", "health"], capture_output=True, text=True).stdout)
+    m = max(c["millis"] for c in d["checks"])
+    totals.append(d["millis"]); slowest.append(m); ratios.append(d["millis"] / m)
+ratios.sort()
+print(f"in-process, 50 runs: total {statistics.median(totals)} ms, slowest check {statistics.median(slowest)} ms, "
+      f"ratio median {statistics.median(ratios):.2f}, p90 {ratios[44]:.2f}")
+PY

@@ -698,6 +698,8 @@ pub fn config(ops: &Ops, out: &Output, args: &ConfigArgs) -> Result<()> {
             "services": s.services,
             "database": db,
             "deploy": s.deploy,
+            "migrations": s.migrations,
+            "backups": s.backups,
         }));
     }
     if out.json {

@@ -125,6 +125,14 @@ pub fn wait_until_healthy(env: &Env, out: &Output, limit: Duration) -> Vec<Check
 /// HTTP endpoints, containers, database.
 pub fn run_all(env: &Env) -> Vec<Check> {
     std::thread::scope(|s| {
+        // The slow ones (a Docker round trip, a PostgreSQL login) first: the
+        // whole takes as long as the slowest.
+        let database = env
+            .settings
+            .database
+            .as_ref()
+            .map(|_| s.spawn(|| database_check(env)));
+        let containers = s.spawn(|| container_checks(env));
         let http: Vec<_> = env
             .settings
             .services
@@ -134,12 +142,6 @@ pub fn run_all(env: &Env) -> Vec<Check> {
                 Some(s.spawn(move || http_check(svc, h)))
             })
             .collect();
-        let containers = s.spawn(|| container_checks(env));
-        let database = env
-            .settings
-            .database
-            .as_ref()
-            .map(|_| s.spawn(|| database_check(env)));
         let mut checks: Vec<Check> = http
             .into_iter()
             .map(|h| h.join().expect("health check thread"))
