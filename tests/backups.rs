@@ -12,6 +12,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::pg::{Pg, PASSWORD, PG_BIN};
+use common::stack::Stack;
 use common::*;
 
 /// ops.toml for a throwaway server: `t` (plain) and `prod` (protected), both
@@ -496,170 +497,23 @@ fn retention_by_age_keeps_the_newest_verified() {
 // ---------------------------------------------------------------------------
 // The demo stack, with backups taken inside its database container.
 
-struct Stack {
-    dir: TempDir,
-    config: PathBuf,
-    project: String,
-    prefix: String,
+fn demo_stack() -> Stack {
+    Stack::new(
+        "dr",
+        ", MRE_INGEST_RATE = \"20\"",
+        "[environments.e2e.backups]\nmethod = \"container\"",
+    )
 }
 
-impl Stack {
-    fn new() -> Stack {
-        let dir = TempDir::new("dr-stack");
-        let project = format!("mre-dr-{}", std::process::id());
-        let prefix = project.clone();
-        let (app, ingestion, postgres) = (free_port(), free_port(), free_port());
-        let compose = workspace_root().join("demo/docker-compose.yml");
-        let config = dir.write(
-            "ops.toml",
-            &format!(
-                r#"
-[environments.e2e]
-env_file = ".env.e2e"
-generate_secrets = ["POSTGRES_PASSWORD"]
-[environments.e2e.compose]
-files = ["{compose}"]
-project = "{project}"
-pre_build = [["{xtask}", "-q", "demo", "prepare"]]
-env = {{ MRE_CONTAINER_PREFIX = "{prefix}", MRE_APP_PORT = "{app}", MRE_INGESTION_PORT = "{ingestion}", MRE_POSTGRES_PORT = "{postgres}", MRE_INGEST_RATE = "20" }}
-[environments.e2e.services.mre-app]
-container = "{prefix}-app"
-health = {{ url = "http://127.0.0.1:{app}/api/health", expect = "runbook-json" }}
-[environments.e2e.services.mre-liverc-ingestion-service]
-container = "{prefix}-liverc-ingestion-service"
-health = {{ url = "http://127.0.0.1:{ingestion}/health" }}
-[environments.e2e.database]
-container = "{prefix}-postgres"
-host = "127.0.0.1"
-port = {postgres}
-user = "pacetracer"
-name = "pacetracer"
-password_env = "POSTGRES_PASSWORD"
-[environments.e2e.backups]
-method = "container"
-"#,
-                compose = compose.display(),
-                xtask = XTASK,
-            ),
-        );
-        Stack {
-            dir,
-            config,
-            project,
-            prefix,
-        }
-    }
-
-    fn password(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(".env.e2e")).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("POSTGRES_PASSWORD="))
-            .unwrap_or("unset")
-            .to_string()
-    }
-
-    fn psql(&self, sql: &str) -> String {
-        docker(&[
-            "exec",
-            &format!("{}-postgres", self.prefix),
-            "psql",
-            "-tA",
-            "-U",
-            "pacetracer",
-            "-d",
-            "pacetracer",
-            "-c",
-            sql,
-        ])
-    }
-
-    fn started_at(&self, suffix: &str) -> String {
-        docker(&[
-            "inspect",
-            "-f",
-            "{{.State.StartedAt}}",
-            &format!("{}-{suffix}", self.prefix),
-        ])
-    }
-
-    fn apply_migrations(&self) {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(workspace_root().join("prisma/migrations"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.is_dir())
-            .collect();
-        dirs.sort();
-        for d in dirs {
-            let sql = std::fs::read(d.join("migration.sql")).unwrap();
-            let mut child = Command::new("docker")
-                .args([
-                    "exec",
-                    "-i",
-                    &format!("{}-postgres", self.prefix),
-                    "psql",
-                    "-q",
-                    "-v",
-                    "ON_ERROR_STOP=1",
-                    "-U",
-                    "pacetracer",
-                    "-d",
-                    "pacetracer",
-                ])
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(&sql).unwrap();
-            assert!(child.wait().unwrap().success(), "applying {}", d.display());
-        }
-    }
-
-    fn laps(&self) -> i64 {
-        self.psql("SELECT count(*) FROM laps").parse().unwrap_or(0)
-    }
-
-    fn wait_for_laps(&self, more_than: i64) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.laps() <= more_than {
-            assert!(Instant::now() < deadline, "no new laps after 60 s");
-            std::thread::sleep(Duration::from_millis(300));
-        }
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        xtask(&self.config, args)
-    }
+fn laps(s: &Stack) -> i64 {
+    s.psql("SELECT count(*) FROM laps").parse().unwrap_or(0)
 }
 
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let compose = workspace_root().join("demo/docker-compose.yml");
-        let program = if Command::new("docker")
-            .args(["compose", "version"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            vec!["docker", "compose"]
-        } else {
-            vec!["docker-compose"]
-        };
-        let _ = Command::new(program[0])
-            .args(&program[1..])
-            .args([
-                "-p",
-                &self.project,
-                "-f",
-                &compose.display().to_string(),
-                "down",
-                "-v",
-                "--remove-orphans",
-                "-t",
-                "2",
-            ])
-            .env("POSTGRES_PASSWORD", self.password())
-            .env("MRE_CONTAINER_PREFIX", &self.prefix)
-            .output();
+fn wait_for_laps(s: &Stack, more_than: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while laps(s) <= more_than {
+        assert!(Instant::now() < deadline, "no new laps after 60 s");
+        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -687,11 +541,10 @@ fn archive_sql(dump: &Path) -> String {
 #[test]
 fn demo_stack_container_backups_and_restore_of_a_running_stack() {
     ensure_demo_images();
-    let s = Stack::new();
+    let s = demo_stack();
     let r = s.run(&["deploy", "e2e"]);
     assert_eq!(r.code, 0, "deploy failed: {r:?}");
-    s.apply_migrations();
-    s.wait_for_laps(5);
+    wait_for_laps(&s, 5);
 
     // Inside the container and from the host: equivalent archives. The
     // ingestion service is paused so that both see the same data.
@@ -722,7 +575,7 @@ fn demo_stack_container_backups_and_restore_of_a_running_stack() {
 
     // Restore a running stack: the app is stopped and started, health passes.
     let backed_up = manifest(&inside)["tables"]["public.laps"].as_i64().unwrap();
-    s.wait_for_laps(backed_up + 10);
+    wait_for_laps(&s, backed_up + 10);
     let app_started = s.started_at("app");
     let r = s.run(&[
         "restore",

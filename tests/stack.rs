@@ -5,139 +5,10 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::stack::Stack;
 use common::*;
-
-struct Stack {
-    dir: TempDir,
-    config: PathBuf,
-    project: String,
-    prefix: String,
-    app: u16,
-    ingestion: u16,
-    postgres: u16,
-}
-
-impl Stack {
-    fn new() -> Stack {
-        let dir = TempDir::new("stack");
-        let project = format!("mre-e2e-{}", std::process::id());
-        let prefix = project.clone();
-        let (app, ingestion, postgres) = (free_port(), free_port(), free_port());
-        let compose = workspace_root().join("demo/docker-compose.yml");
-        let config = dir.write(
-            "ops.toml",
-            &format!(
-                r#"
-[environments.e2e]
-env_file = ".env.e2e"
-generate_secrets = ["POSTGRES_PASSWORD"]
-[environments.e2e.compose]
-files = ["{compose}"]
-project = "{project}"
-pre_build = [["{xtask}", "-q", "demo", "prepare"]]
-env = {{ MRE_CONTAINER_PREFIX = "{prefix}", MRE_APP_PORT = "{app}", MRE_INGESTION_PORT = "{ingestion}", MRE_POSTGRES_PORT = "{postgres}" }}
-[environments.e2e.services.mre-app]
-container = "{prefix}-app"
-url = "http://localhost:{app}"
-health = {{ url = "http://127.0.0.1:{app}/api/health", expect = "runbook-json" }}
-[environments.e2e.services.mre-liverc-ingestion-service]
-container = "{prefix}-liverc-ingestion-service"
-health = {{ url = "http://127.0.0.1:{ingestion}/health" }}
-[environments.e2e.database]
-container = "{prefix}-postgres"
-host = "127.0.0.1"
-port = {postgres}
-user = "pacetracer"
-name = "pacetracer"
-password_env = "POSTGRES_PASSWORD"
-[environments.e2e.migrations]
-dir = "{migrations}"
-"#,
-                compose = compose.display(),
-                migrations = workspace_root().join("prisma/migrations").display(),
-                xtask = XTASK,
-            ),
-        );
-        Stack {
-            dir,
-            config,
-            project,
-            prefix,
-            app,
-            ingestion,
-            postgres,
-        }
-    }
-
-    fn password(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join(".env.e2e")).unwrap_or_default();
-        text.lines()
-            .find_map(|l| l.strip_prefix("POSTGRES_PASSWORD="))
-            .unwrap_or("unset")
-            .to_string()
-    }
-
-    fn container_started_at(&self, suffix: &str) -> String {
-        docker(&[
-            "inspect",
-            "-f",
-            "{{.Id}} {{.State.StartedAt}}",
-            &format!("{}-{suffix}", self.prefix),
-        ])
-    }
-
-    /// How many migrations `deploy` recorded as finished (it applies them;
-    /// the migrate command has its own tests).
-    fn migrations_applied(&self) -> String {
-        docker(&[
-            "exec",
-            &format!("{}-postgres", self.prefix),
-            "psql",
-            "-tA",
-            "-U",
-            "pacetracer",
-            "-d",
-            "pacetracer",
-            "-c",
-            "SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL",
-        ])
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let compose = workspace_root().join("demo/docker-compose.yml");
-        let program = if Command::new("docker")
-            .args(["compose", "version"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            vec!["docker", "compose"]
-        } else {
-            vec!["docker-compose"]
-        };
-        let _ = Command::new(program[0])
-            .args(&program[1..])
-            .args([
-                "-p",
-                &self.project,
-                "-f",
-                &compose.display().to_string(),
-                "down",
-                "-v",
-                "--remove-orphans",
-                "-t",
-                "2",
-            ])
-            .env("POSTGRES_PASSWORD", self.password())
-            .env("MRE_CONTAINER_PREFIX", &self.prefix)
-            .output();
-    }
-}
 
 fn http(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -165,10 +36,10 @@ fn http(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u1
 #[test]
 fn deploy_development_end_to_end() {
     ensure_demo_images();
-    let s = Stack::new();
+    let s = Stack::new("e2e", "", "");
 
     // Deploy: builds, starts, waits for health, shows the services.
-    let r = xtask(&s.config, &["deploy", "e2e"]);
+    let r = s.run(&["deploy", "e2e"]);
     assert_eq!(r.code, 0, "first deploy failed: {r:?}");
     assert!(
         r.stdout.contains(&format!("{}-app", s.prefix)) && r.stdout.contains("healthy"),
@@ -186,7 +57,7 @@ fn deploy_development_end_to_end() {
     docker(&["network", "inspect", &format!("{}_mre-network", s.project)]);
 
     // Health passes, as JSON.
-    let h = xtask(&s.config, &["--json", "health", "e2e"]);
+    let h = s.run(&["--json", "health", "e2e"]);
     assert_eq!(h.code, 0, "{h:?}");
     let v: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
     assert_eq!(v["ok"], true, "{v}");
@@ -197,19 +68,19 @@ fn deploy_development_end_to_end() {
     );
 
     // A second deploy with nothing changed recreates nothing.
-    let before = s.container_started_at("app");
+    let before = s.started_at("app");
     let started = Instant::now();
-    let r2 = xtask(&s.config, &["deploy", "e2e"]);
+    let r2 = s.run(&["deploy", "e2e"]);
     assert_eq!(r2.code, 0, "{r2:?}");
     assert_eq!(
-        s.container_started_at("app"),
+        s.started_at("app"),
         before,
         "a no-op deploy restarted mre-app"
     );
     eprintln!("second deploy took {:?}", started.elapsed());
 
     // Status and logs through the Engine API.
-    let st = xtask(&s.config, &["status", "e2e"]);
+    let st = s.run(&["status", "e2e"]);
     assert_eq!(st.code, 0, "{st:?}");
     assert!(
         st.stdout
@@ -226,13 +97,13 @@ fn deploy_development_end_to_end() {
     );
     assert_eq!(lg.code, 0, "{lg:?}");
     assert!(!lg.stdout.is_empty(), "{lg:?}");
-    let unknown = xtask(&s.config, &["logs", "nope", "--env", "e2e"]);
+    let unknown = s.run(&["logs", "nope", "--env", "e2e"]);
     assert_eq!(unknown.code, 2, "{unknown:?}");
     assert!(unknown.stderr.contains("mre-app"), "{unknown:?}");
 
     // The auth boundary: public endpoints answer, every other /api/* is 401.
     assert_eq!(
-        s.migrations_applied(),
+        s.psql("SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL"),
         "2",
         "deploy applies the demo's migrations"
     );
@@ -279,18 +150,7 @@ fn deploy_development_end_to_end() {
     // The ingestion service writes laps.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let n = docker(&[
-            "exec",
-            &format!("{}-postgres", s.prefix),
-            "psql",
-            "-tA",
-            "-U",
-            "pacetracer",
-            "-d",
-            "pacetracer",
-            "-c",
-            "SELECT count(*) FROM laps",
-        ]);
+        let n = s.psql("SELECT count(*) FROM laps");
         if n.parse::<i64>().unwrap_or(0) > 0 {
             break;
         }
@@ -305,7 +165,7 @@ fn deploy_development_end_to_end() {
         "1",
         &format!("{}-liverc-ingestion-service", s.prefix),
     ]);
-    let h = xtask(&s.config, &["health", "e2e"]);
+    let h = s.run(&["health", "e2e"]);
     assert_eq!(h.code, 1, "{h:?}");
     assert!(
         h.stdout
@@ -313,7 +173,7 @@ fn deploy_development_end_to_end() {
         "{h:?}"
     );
     assert!(h.stdout.contains("state exited"), "{h:?}");
-    let st = xtask(&s.config, &["status", "e2e"]);
+    let st = s.run(&["status", "e2e"]);
     assert_eq!(st.code, 1, "{st:?}");
     let _ = (s.ingestion, s.postgres);
 }

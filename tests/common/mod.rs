@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod stack;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
