@@ -1018,6 +1018,27 @@ impl Rehearsal {
     fn seconds(&self) -> f64 {
         self.steps.iter().map(|s| s.1).sum()
     }
+
+    fn steps_json(&self) -> Vec<serde_json::Value> {
+        self.steps
+            .iter()
+            .map(
+                |(t, s, ok, d)| serde_json::json!({"step": t, "seconds": s, "ok": ok, "detail": d}),
+            )
+            .collect()
+    }
+
+    /// One line a step: a mark, its title, how long it took, what it found.
+    fn print_steps(&self, out: &Output) {
+        for (title, secs, ok, d) in &self.steps {
+            let mark = if *ok {
+                out.paint(Tone::Good, "✓")
+            } else {
+                out.paint(Tone::Bad, "✗")
+            };
+            out.line(&format!("  {mark} {title} ({secs:.1}s): {d}"));
+        }
+    }
 }
 
 /// A database created by the tool, dropped when this goes out of scope,
@@ -1310,17 +1331,10 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
                 out.json_doc(&serde_json::json!({
                     "environment": env.name, "backup": b.name, "path": b.path.as_str(),
                     "ok": r.failed.is_none(), "seconds": r.seconds(),
-                    "steps": r.steps.iter().map(|(t, s, ok, d)| serde_json::json!({"step": t, "seconds": s, "ok": ok, "detail": d})).collect::<Vec<_>>(),
+                    "steps": r.steps_json(),
                 }));
             } else {
-                for (title, secs, ok, d) in &r.steps {
-                    let mark = if *ok {
-                        out.paint(Tone::Good, "✓")
-                    } else {
-                        out.paint(Tone::Bad, "✗")
-                    };
-                    out.line(&format!("  {mark} {title} ({secs:.1}s): {d}"));
-                }
+                r.print_steps(out);
             }
             match r.failed {
                 None => {
@@ -1935,17 +1949,10 @@ pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
         out.json_doc(&serde_json::json!({
             "environment": env.name, "ok": ok, "backup": backup.name, "report": report.as_str(),
             "seconds": total,
-            "steps": r.steps.iter().map(|(t, s, ok, d)| serde_json::json!({"step": t, "seconds": s, "ok": ok, "detail": d})).collect::<Vec<_>>(),
+            "steps": r.steps_json(),
         }));
     } else {
-        for (title, secs, ok, d) in &r.steps {
-            let mark = if *ok {
-                out.paint(Tone::Good, "✓")
-            } else {
-                out.paint(Tone::Bad, "✗")
-            };
-            out.line(&format!("  {mark} {title} ({secs:.1}s): {d}"));
-        }
+        r.print_steps(out);
         out.line(&format!("Drill report: {report}"));
     }
     out.step_summary(&md);
