@@ -612,3 +612,29 @@ fn demo_stack_container_backups_and_restore_of_a_running_stack() {
     assert_eq!(h.code, 0, "{h:?}");
     assert!(!r.all().contains(&s.password()), "password leaked: {r:?}");
 }
+
+#[test]
+fn verify_with_the_server_down_judges_nothing() {
+    let pg = Pg::start();
+    seed(&pg);
+    let dir = TempDir::new("dr-down");
+    let config = host_config(&dir, &pg, "");
+    let r = run(&config, &["backup", "create", "t"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let dump = last_line(&r);
+    let before = std::fs::read_to_string(dump.with_extension("json")).unwrap();
+    drop(pg);
+    let v = run(&config, &["backup", "verify", "t", "latest"]);
+    assert_eq!(v.code, 1, "{v:?}");
+    assert!(
+        v.stderr.contains("could not verify") && v.stderr.contains("was not judged"),
+        "{v:?}"
+    );
+    let after = std::fs::read_to_string(dump.with_extension("json")).unwrap();
+    assert_eq!(
+        before, after,
+        "an inconclusive verification must not touch the manifest"
+    );
+    let l = run(&config, &["backup", "list", "t"]);
+    assert!(!l.stdout.contains("FAILED"), "{l:?}");
+}

@@ -964,6 +964,7 @@ impl<'a> Target<'a> {
             *scratch.borrow_mut() = Some(s);
             Ok(format!("`{name}` on {}", describe_url(&self.url)))
         });
+        r.inconclusive = r.failed.is_some() && r.steps.len() == 2;
         step(
             &mut r,
             "Restore into it (pg_restore --exit-on-error)",
@@ -1012,6 +1013,9 @@ struct Rehearsal {
     /// (title, seconds, ok, detail)
     steps: Vec<(String, f64, bool, String)>,
     failed: Option<String>,
+    /// The failure was the server's (no scratch database could be made),
+    /// not the backup's: nothing was learnt about the backup.
+    inconclusive: bool,
 }
 
 impl Rehearsal {
@@ -1326,6 +1330,18 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
                 .failed
                 .clone()
                 .unwrap_or_else(|| "checksum, full restore and row counts ok".into());
+            if r.inconclusive {
+                r.print_steps(out);
+                bail!(
+                    "could not verify {}: {}. The backup was not judged and its manifest is unchanged; \
+                     start the database (`cargo xtask status {}`) and run `cargo xtask backup verify {} {}` again",
+                    b.path,
+                    r.failed.as_deref().unwrap_or("?"),
+                    env.name,
+                    env.name,
+                    b.name
+                );
+            }
             t.record(&b, r.failed.is_none(), r.seconds(), &detail)?;
             if out.json {
                 out.json_doc(&serde_json::json!({
