@@ -204,7 +204,15 @@ fn round_trip_corruption_guard_and_failed_restore() {
     let count_before = std::fs::read_dir(dir.path().join("backups/prod"))
         .map(|d| d.count())
         .unwrap_or(0);
-    let g = run(&config, &["restore", "prod", dump.to_str().unwrap()]);
+    let g = run(
+        &config,
+        &[
+            "restore",
+            "prod",
+            dump.to_str().unwrap(),
+            "--from-other-environment",
+        ],
+    );
     assert_eq!(g.code, 2, "{g:?}");
     assert!(
         g.stderr.contains("--yes") && g.stderr.contains("protected"),
@@ -221,7 +229,7 @@ fn round_trip_corruption_guard_and_failed_restore() {
     let on_terminal = |typed: &str| -> (i32, String) {
         use std::io::Write;
         let line = format!(
-            "{XTASK} --config {} restore prod {} --wait 10",
+            "{XTASK} --config {} restore prod {} --from-other-environment --wait 10",
             config.display(),
             dump.display()
         );
@@ -410,8 +418,8 @@ fn an_interrupted_dump_leaves_nothing_that_looks_like_a_backup() {
     let l = run(&config, &["backup", "list", "t"]);
     assert!(l.stdout.contains("No backups"), "{l:?}");
     let v = run(&config, &["backup", "verify", "t", "latest"]);
-    assert_eq!(v.code, 1, "{v:?}");
-    assert!(v.stderr.contains("there is no backup"), "{v:?}");
+    assert_eq!(v.code, 2, "{v:?}");
+    assert!(v.stderr.contains("there is no usable backup"), "{v:?}");
 }
 
 #[test]
@@ -637,4 +645,40 @@ fn verify_with_the_server_down_judges_nothing() {
     );
     let l = run(&config, &["backup", "list", "t"]);
     assert!(!l.stdout.contains("FAILED"), "{l:?}");
+}
+
+#[test]
+fn restore_refuses_another_environments_backup_and_latest_skips_safety_copies() {
+    let pg = Pg::start();
+    seed(&pg);
+    let dir = TempDir::new("dr-guard");
+    let config = host_config(&dir, &pg, "");
+    let r = run(&config, &["backup", "create", "t"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let dump = last_line(&r);
+    let name = dump.file_stem().unwrap().to_string_lossy().to_string();
+
+    // A backup of `t` is not restored into `prod` without saying so.
+    let other = run(
+        &config,
+        &["restore", "prod", &dump.display().to_string(), "--yes"],
+    );
+    assert_eq!(other.code, 2, "{other:?}");
+    assert!(
+        other.stderr.contains("--from-other-environment")
+            && other.stderr.contains("Nothing was changed"),
+        "{other:?}"
+    );
+
+    // After a restore, `latest` is still the backup restored, not the
+    // safety copy of what the restore replaced.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let done = run(&config, &["restore", "t", "latest", "--yes"]);
+    assert_eq!(done.code, 0, "{done:?}");
+    let again = run(&config, &["restore", "t", "latest", "--dry-run"]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        again.stdout.contains(&format!("Backup chosen: {name}")),
+        "{again:?}"
+    );
 }

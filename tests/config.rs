@@ -33,10 +33,14 @@ fn with(text: &str) -> (TempDir, std::path::PathBuf) {
 
 #[test]
 fn the_shipped_ops_toml_is_valid() {
-    let r = xtask(&workspace_root().join("ops.toml"), &["config"]);
+    let r = xtask_env(
+        &workspace_root().join("ops.toml"),
+        &["config"],
+        &[("POSTGRES_PASSWORD", "test-only-value")],
+    );
     assert_eq!(r.code, 0, "{r:?}");
     for env in ["development", "staging", "production"] {
-        assert!(r.stdout.contains(&format!("environment: {env}")), "{r:?}");
+        assert!(r.stdout.contains(&format!("[{env}]")), "{r:?}");
     }
 }
 
@@ -213,16 +217,61 @@ fn deploy_with_docker_unreachable_changes_nothing() {
 #[test]
 fn deploy_with_a_missing_secret_stops_before_anything_runs() {
     let (_d, p) = with(GOOD);
-    let r = xtask_env(
-        &p,
-        &["deploy", "development", "--dry-run"],
-        &[("POSTGRES_PASSWORD", "")],
-    );
+    let r = xtask_env(&p, &["deploy", "development"], &[("POSTGRES_PASSWORD", "")]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(
         r.stderr.contains("$POSTGRES_PASSWORD, which is not set"),
         "{r:?}"
     );
     assert!(r.stderr.contains(".env.test"), "{r:?}");
-    assert!(!r.stdout.contains("Dry run"), "{r:?}");
+    assert!(
+        !r.stdout.contains("==>") && !r.stderr.contains("==>"),
+        "no step may run: {r:?}"
+    );
+    // A dry run shows the plan and says where a real run would stop.
+    let d = xtask_env(
+        &p,
+        &["deploy", "development", "--dry-run"],
+        &[("POSTGRES_PASSWORD", "")],
+    );
+    assert_eq!(d.code, 0, "{d:?}");
+    assert!(
+        d.stdout.contains("warning: a real run would stop here"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn config_exits_1_when_an_environment_could_not_run() {
+    let (_d, p) = with(&GOOD.replace("files = [\"compose.yml\"]", "files = [\"missing.yml\"]"));
+    let r = xtask_env(&p, &["config", "development"], &[("POSTGRES_PASSWORD", "")]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("the database secret is not set ($POSTGRES_PASSWORD)"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("missing.yml does not exist"), "{r:?}");
+    let j = xtask_env(
+        &p,
+        &["--json", "config", "development"],
+        &[("POSTGRES_PASSWORD", "")],
+    );
+    let v: serde_json::Value = serde_json::from_str(&j.stdout).expect("one JSON document");
+    assert_eq!(v["ready"], false, "{v}");
+}
+
+#[test]
+fn json_errors_are_json_too() {
+    let (_d, p) = with(GOOD);
+    let r = xtask(&p, &["--json", "deploy", "nope"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).expect("stdout is JSON even on error");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["exit_code"], 2);
+    assert!(
+        v["error"].as_str().unwrap().contains("unknown environment"),
+        "{v}"
+    );
 }

@@ -158,6 +158,21 @@ fn deploy_development_end_to_end() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // A lost env file: deploy refuses to generate a new password for a
+    // database that keeps the old one, and changes nothing.
+    let env_file = s.dir.path().join(".env.e2e");
+    let kept = s.dir.path().join("env.kept");
+    std::fs::rename(&env_file, &kept).unwrap();
+    let lost = s.run(&["deploy", "e2e"]);
+    assert_eq!(lost.code, 2, "{lost:?}");
+    assert!(
+        lost.stderr
+            .contains("already exists and keeps the password"),
+        "{lost:?}"
+    );
+    assert!(!env_file.exists(), "nothing may be written: {lost:?}");
+    std::fs::rename(&kept, &env_file).unwrap();
+
     // A stopped container: health and status fail and name it.
     docker(&[
         "stop",

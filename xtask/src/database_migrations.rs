@@ -161,8 +161,10 @@ enum MigrateCmd {
         /// Mark the failed migration NAME rolled back.
         #[arg(long, value_name = "NAME")]
         rolled_back: Option<String>,
+        /// Environment from ops.toml.
         #[arg(default_value = "development")]
         env: String,
+        /// Print what would be recorded without recording it.
         #[arg(long)]
         dry_run: bool,
     },

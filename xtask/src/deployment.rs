@@ -11,7 +11,7 @@ use crate::adapters::compose::Compose;
 use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
 use crate::adapters::process::{Command, Plan};
-use crate::deployment_architecture::{Env, Ops};
+use crate::deployment_architecture::{config_error, Env, Ops};
 use crate::{database_migrations, health_checks, post_deployment_verification};
 
 /// Deploy an environment (runbook: Deployment Procedures).
@@ -19,7 +19,8 @@ use crate::{database_migrations, health_checks, post_deployment_verification};
 /// Steps: create missing development secrets; run the environment's
 /// pre-build commands; `compose build`; `compose up -d`; wait for the
 /// database; on protected environments and those with backups configured,
-/// back it up; apply pending migrations (the lint blocks risky ones outside
+/// when migrations are pending, lint them and back the database up; apply
+/// pending migrations (the lint blocks risky ones outside
 /// development unless --allow-risky); wait until every
 /// container is healthy and every health check passes; show the services,
 /// their URLs and the logs command. Running it again with nothing changed
@@ -51,7 +52,13 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     // A secret that is neither set nor generated would stop the deploy
     // half-way (Compose refuses, the migrations cannot connect): say so now.
     if generated.is_empty() && env.settings.database.is_some() {
-        env.database_url()?;
+        match env.database_url() {
+            Err(e) if args.dry_run => {
+                out.line(&format!("warning: a real run would stop here: {e:#}"))
+            }
+            Err(e) => return Err(e),
+            Ok(_) => {}
+        }
     }
     let compose = Compose::for_env(&env)?;
     let wait = Duration::from_secs(args.wait.unwrap_or(env.settings.deploy.wait_secs));
@@ -62,7 +69,31 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
 
     if !args.dry_run {
         // Fail before changing anything when the engine cannot be reached.
-        Docker::connect(&env.docker_host())?;
+        let docker = Docker::connect(&env.docker_host())?;
+        // A database created with the old password keeps it: a new random
+        // one would lock the application out of its own data.
+        let db_container = env
+            .settings
+            .database
+            .as_ref()
+            .and_then(|d| d.container.clone());
+        if let (false, Some(c)) = (generated.is_empty(), db_container) {
+            if docker.container(&c)?.is_some() {
+                let file = env
+                    .env_file
+                    .as_ref()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default();
+                return Err(config_error(format!(
+                    "{} missing from {file}, but the database container `{c}` already exists and keeps the \
+                     password it was created with: a new random one would lock the application out. Put the old \
+                     value back in {file}; or, to start again from an empty database, remove the stack and its \
+                     volumes (`docker-compose -p {} -f FILE down -v`, which deletes the data) and deploy again",
+                    generated.join(", "),
+                    env.settings.compose.project
+                )));
+            }
+        }
     }
 
     let mut plan = Plan::new(format!("deploy {}", env.name));
@@ -111,7 +142,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
         if backup {
             plan.action(
                 "Back up the database",
-                "lint the pending migrations, then a backup before migrating (runbook: Backup database before migration)",
+                "when migrations are pending: lint them, then back the database up (runbook: Backup database before migration)",
                 move || database_migrations::backup_before_migrating(&fresh()?, out, allow_risky),
             );
         }

@@ -550,7 +550,7 @@ impl Env {
         ))
     }
 
-    fn env_file_hint(&self) -> String {
+    pub fn env_file_hint(&self) -> String {
         match &self.env_file {
             Some(p) => p.to_string(),
             None => "an env file named by `env_file` in ops.toml".into(),
@@ -656,6 +656,7 @@ pub fn config(ops: &Ops, out: &Output, args: &ConfigArgs) -> Result<()> {
         None => ops.file.environments.keys().cloned().collect(),
     };
     let mut docs = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
     for name in &names {
         let env = ops.env(name)?;
         let s = &env.settings;
@@ -667,6 +668,8 @@ pub fn config(ops: &Ops, out: &Output, args: &ConfigArgs) -> Result<()> {
                     "set (process environment)"
                 } else if env.file_vars.contains_key(&k) {
                     "set (env file)"
+                } else if s.generate_secrets.contains(&k) {
+                    "missing (deploy generates it)"
                 } else {
                     "MISSING"
                 };
@@ -681,6 +684,32 @@ pub fn config(ops: &Ops, out: &Output, args: &ConfigArgs) -> Result<()> {
                 "user": d.user, "name": d.name,
             })
         });
+        // What would stop a command half-way, found now.
+        if let Some(db) = &s.database {
+            let needed = db.url_env.iter().chain(db.password_env.iter());
+            if env.database_url().is_err()
+                && !needed.clone().any(|k| s.generate_secrets.contains(k))
+            {
+                let names: Vec<&String> = needed.collect();
+                problems.push(format!(
+                    "`{name}`: the database secret is not set (${}); export it or add it to {}",
+                    names
+                        .iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" or $"),
+                    env.env_file_hint()
+                ));
+            }
+        }
+        for f in env.compose_files() {
+            if !f.exists() {
+                problems.push(format!(
+                    "`{name}`: the Compose file {f} does not exist (paths are relative to {})",
+                    ops.path
+                ));
+            }
+        }
         docs.push(serde_json::json!({
             "environment": name,
             "description": s.description,
@@ -703,22 +732,37 @@ pub fn config(ops: &Ops, out: &Output, args: &ConfigArgs) -> Result<()> {
         }));
     }
     if out.json {
-        out.json_doc(&serde_json::json!({ "config": ops.path.as_str(), "valid": true, "environments": docs }));
-        return Ok(());
-    }
-    out.line(&format!(
-        "{}: valid ({} environments: {})",
-        ops.path,
-        ops.names().len(),
-        ops.names().join(", ")
-    ));
-    for doc in docs {
-        out.line("");
-        let mut lines = Vec::new();
-        tree(&doc, 0, &mut lines);
-        for l in lines {
-            out.line(&l);
+        out.json_doc(&serde_json::json!({
+            "config": ops.path.as_str(), "valid": true, "ready": problems.is_empty(),
+            "problems": problems, "environments": docs,
+        }));
+    } else {
+        out.line(&format!(
+            "{}: valid ({} environments: {})",
+            ops.path,
+            ops.names().len(),
+            ops.names().join(", ")
+        ));
+        for doc in docs {
+            out.line("");
+            out.line(&format!("[{}]", doc["environment"].as_str().unwrap_or("?")));
+            let mut lines = Vec::new();
+            tree(&doc, 1, &mut lines);
+            for l in lines {
+                out.line(&l);
+            }
         }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "the file is valid, but {} would stop a command half-way:\n  - {}",
+            if problems.len() == 1 {
+                "this".to_string()
+            } else {
+                format!("these {}", problems.len())
+            },
+            problems.join("\n  - ")
+        );
     }
     Ok(())
 }

@@ -169,6 +169,9 @@ pub struct RestoreArgs {
     /// Confirm replacing a protected environment's database (for CI).
     #[arg(long)]
     pub yes: bool,
+    /// Accept a backup taken of another environment or database.
+    #[arg(long)]
+    pub from_other_environment: bool,
     /// Print the steps without running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -185,7 +188,8 @@ pub struct RestoreArgs {
 pub struct DrillArgs {
     #[arg(default_value = "development")]
     pub env: String,
-    /// The backup to rehearse with (default: the latest).
+    /// The backup to rehearse with: a path, a name from `backup list`, or
+    /// `latest` (the newest that has not failed verification).
     #[arg(long, default_value = "latest")]
     pub backup: String,
     /// Print the steps without running them.
@@ -600,17 +604,24 @@ impl<'a> Target<'a> {
     /// `latest`, a name from `backup list`, or a path.
     fn resolve(&self, arg: &str) -> Result<Backup> {
         if arg == "latest" {
+            // The newest backup worth going back to: not one whose last
+            // verification failed, and not the safety copy an earlier
+            // restore took of the state it was escaping.
             return self
                 .backups()?
                 .into_iter()
-                .find(|b| b.manifest.is_some())
+                .find(|b| {
+                    b.manifest.as_ref().is_some_and(|m| {
+                        m.verified() != Some(false) && !m.reason.starts_with("safety before restoring")
+                    })
+                })
                 .ok_or_else(|| {
-                    anyhow!(
-                        "there is no backup of `{}` in {}: create one with `cargo xtask backup create {}`",
-                        self.env.name,
-                        self.folder,
-                        self.env.name
-                    )
+                    config_error(format!(
+                        "there is no usable backup of `{}` in {} (failed ones and restore safety copies are \
+                         skipped by `latest`; `cargo xtask backup list {}` shows them all, and takes a name): \
+                         create one with `cargo xtask backup create {}`",
+                        self.env.name, self.folder, self.env.name, self.env.name
+                    ))
                 });
         }
         let path = if arg.contains('/') {
@@ -1321,6 +1332,14 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             list(&t, out)
         }
         BackupCmd::Verify { env, backup } => {
+            if !ops.names().contains(&env.as_str())
+                && (env == "latest" || env.contains('/') || env.ends_with(".dump"))
+            {
+                return Err(config_error(format!(
+                    "`{env}` is a backup, not an environment: the environment comes first, \
+                     e.g. `cargo xtask backup verify development {env}`"
+                )));
+            }
             let env = ops.env(env)?;
             let t = Target::new(&env, None)?;
             let b = t.resolve(backup)?;
@@ -1577,6 +1596,27 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         "refusing to restore: the backup does not match its manifest; nothing was changed",
     )?;
     let m = backup.manifest()?.clone();
+    if (m.environment != env.name || m.database != t.database) && !args.from_other_environment {
+        return Err(config_error(format!(
+            "refusing to restore: {} is a backup of database `{}` of environment `{}`, not of `{}` of `{}`. \
+             If that is really what you want (e.g. seeding staging from production), pass --from-other-environment. \
+             Nothing was changed",
+            backup.name, m.database, m.environment, t.database, env.name
+        )));
+    }
+    out.line(&format!(
+        "Backup chosen: {} ({} of `{}`, taken {}, reason: {}, verified: {})",
+        backup.name,
+        m.database,
+        m.environment,
+        m.started_at,
+        m.reason,
+        match m.verified() {
+            Some(true) => "yes",
+            Some(false) => "FAILED",
+            None => "not yet",
+        }
+    ));
     if !args.dry_run {
         confirm(&t, &backup, args.yes)?;
     }

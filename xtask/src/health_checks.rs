@@ -139,7 +139,7 @@ pub fn run_all(env: &Env) -> Vec<Check> {
             .iter()
             .filter_map(|(svc, settings)| {
                 let h = settings.health.as_ref()?;
-                Some(s.spawn(move || http_check(svc, h)))
+                Some(s.spawn(move || http_check(&env.name, svc, h)))
             })
             .collect();
         let mut checks: Vec<Check> = http
@@ -152,10 +152,10 @@ pub fn run_all(env: &Env) -> Vec<Check> {
     })
 }
 
-fn http_check(service: &str, h: &HealthSettings) -> Check {
+fn http_check(env: &str, service: &str, h: &HealthSettings) -> Check {
     let name = format!("{service} {}", path_of(&h.url));
     let start = Instant::now();
-    let logs = format!("`cargo xtask logs {service}`");
+    let logs = format!("`cargo xtask logs {service} --env {env}`");
     let fail = |expected: &str, got: String, next: String| Check {
         name: name.clone(),
         kind: "http",
@@ -173,7 +173,7 @@ fn http_check(service: &str, h: &HealthSettings) -> Check {
             return fail(
                 "an answer",
                 why,
-                format!("is {service} running? `cargo xtask status`, then {logs}; check the port in ops.toml"),
+                format!("is {service} running? `cargo xtask status {env}`, then {logs}; check the port in ops.toml"),
             )
         }
     };
@@ -354,7 +354,10 @@ fn container_checks(env: &Env) -> Vec<Check> {
                 Ok(Some(c)) if c.state != "running" => fail(
                     "state running",
                     format!("state {}{}", c.state, c.exit_code.map(|x| format!(" (exit code {x})")).unwrap_or_default()),
-                    format!("read `cargo xtask logs {service} --tail 100`, then `cargo xtask deploy {}`", env.name),
+                    format!(
+                        "read `cargo xtask logs {service} --tail 100 --env {0}`, then `cargo xtask deploy {0}`",
+                        env.name
+                    ),
                 ),
                 Ok(Some(c)) => match c.health.as_deref() {
                     Some("healthy") => Check::pass(format!("container {name}"), "container", name.clone(), "running, healthy".into(), took),
@@ -372,9 +375,9 @@ fn container_checks(env: &Env) -> Vec<Check> {
                             c.health_output.as_deref().map(|o| format!(" (last check said: {})", excerpt(o))).unwrap_or_default()
                         ),
                         if h == "starting" {
-                            "wait: `cargo xtask health --wait 60`".into()
+                            format!("wait: `cargo xtask health {} --wait 60`", env.name)
                         } else {
-                            format!("read `cargo xtask logs {service} --tail 100`")
+                            format!("read `cargo xtask logs {service} --tail 100 --env {}`", env.name)
                         },
                     ),
                 },
@@ -412,7 +415,10 @@ fn database_check(env: &Env) -> Check {
         Err(e) => fail(
             target,
             format!("{e:#}"),
-            "is the database container healthy? `cargo xtask status`, then `cargo xtask logs mre-postgres`",
+            &format!(
+                "is the database container healthy? `cargo xtask status {0}`, then `cargo xtask logs database --env {0}`",
+                env.name
+            ),
         ),
     }
 }
@@ -435,6 +441,11 @@ fn report(env: &Env, out: &Output, checks: &[Check], took: Duration) {
             checks.len(),
             took.as_millis()
         ));
+        let w = checks
+            .iter()
+            .map(|c| c.name.chars().count())
+            .max()
+            .unwrap_or(0);
         for c in checks {
             let mark = if c.ok {
                 out.paint(Tone::Good, "✓")
@@ -442,10 +453,10 @@ fn report(env: &Env, out: &Output, checks: &[Check], took: Duration) {
                 out.paint(Tone::Bad, "✗")
             };
             if c.ok {
-                out.line(&format!("  {mark} {:<36} {}", c.name, c.detail));
+                out.line(&format!("  {mark} {:<w$} {}", c.name, c.detail));
             } else {
                 out.line(&format!(
-                    "  {mark} {:<36} {}",
+                    "  {mark} {:<w$} {}",
                     c.name,
                     out.paint(Tone::Bad, "FAILED")
                 ));

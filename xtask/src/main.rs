@@ -23,7 +23,8 @@ use adapters::output::{redact, Output};
 use deployment_architecture::{ConfigError, Ops};
 
 /// The MRE deployment runbook, runnable: each command automates one section
-/// of the runbook (see README.md). Every command that changes something has
+/// of the runbook (see README.md). Every command that changes an environment
+/// (deploy, migrate deploy/resolve, backup create/prune, restore) has
 /// --dry-run.
 #[derive(Parser, Debug)]
 #[command(
@@ -78,6 +79,9 @@ fn main() -> ExitCode {
                 1
             };
             let text = redact(&format!("{e:#}"));
+            if out.json && !out.json_printed.get() {
+                out.json_doc(&serde_json::json!({ "ok": false, "error": text, "exit_code": code }));
+            }
             out.annotate_error(&text);
             let label = out.paint(adapters::output::Tone::Bad, "error:");
             eprintln!("{label} {text}");

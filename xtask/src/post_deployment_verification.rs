@@ -28,6 +28,7 @@ pub struct StatusArgs {
 /// container name.
 #[derive(clap::Args, Debug)]
 pub struct LogsArgs {
+    /// A service from ops.toml (`mre-app`), `database`, or a container name.
     pub service: String,
     /// Keep printing new lines until interrupted.
     #[arg(short, long)]
@@ -130,8 +131,26 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
             "Services of `{}` (Compose project {project}, {}):",
             env.name, docker.host
         ));
+        let ws = rows
+            .iter()
+            .map(|r| r.service.len())
+            .max()
+            .unwrap_or(0)
+            .max(7);
+        let wc = rows
+            .iter()
+            .map(|r| r.container.len())
+            .max()
+            .unwrap_or(0)
+            .max(9);
+        let wi = rows
+            .iter()
+            .filter_map(|r| r.found.as_ref().map(|c| c.image.len()))
+            .max()
+            .unwrap_or(0)
+            .max(5);
         out.line(&format!(
-            "  {:<30} {:<34} {:<10} {:<10} {:<26} PORTS",
+            "  {:<ws$} {:<wc$} {:<10} {:<10} {:<wi$} PORTS",
             "SERVICE", "CONTAINER", "STATE", "HEALTH", "IMAGE"
         ));
         for r in &rows {
@@ -144,7 +163,12 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
                 ),
                 Some(c) => (
                     c.state.clone(),
-                    c.health.clone().unwrap_or_else(|| "-".into()),
+                    // Docker keeps the last health of a stopped container.
+                    if c.state == "running" {
+                        c.health.clone().unwrap_or_else(|| "-".into())
+                    } else {
+                        "-".into()
+                    },
                     c.image.clone(),
                     c.ports.join(", "),
                 ),
@@ -156,16 +180,17 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
             };
             let state_col = out.paint(tone, &format!("{state:<10}"));
             out.line(&format!(
-                "  {:<30} {:<34} {state_col} {:<10} {:<26} {ports}",
+                "  {:<ws$} {:<wc$} {state_col} {:<10} {:<wi$} {ports}",
                 r.service, r.container, health, image
             ));
         }
     }
     if !bad.is_empty() {
         let names: Vec<&str> = bad.iter().map(|r| r.container.as_str()).collect();
+        let first = bad[0].service.clone();
         bail!(
-            "{} of `{}` not running and healthy: {}. Next: `cargo xtask logs SERVICE --env {}`, then `cargo xtask deploy {}`",
-            if names.len() == 1 { "1 container is" } else { "some containers are" },
+            "in `{}`, not running and healthy: {}. Next: `cargo xtask logs {first} --tail 100 --env {}` (and the others'), \
+             then `cargo xtask deploy {}`",
             env.name,
             names.join(", "),
             env.name,

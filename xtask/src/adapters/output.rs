@@ -21,7 +21,11 @@ pub fn register_secret(value: &str) {
         // Longest first, so a secret that contains another is masked whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     }
-    if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true") {
+    // Only on a real runner (which also sets GITHUB_RUN_ID): elsewhere the
+    // command would print the value for anyone reading the terminal.
+    if std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true")
+        && std::env::var_os("GITHUB_RUN_ID").is_some()
+    {
         // Ask the runner to mask it in its own logs as well. On stderr, which
         // the runner reads for workflow commands too, so that a `--json`
         // stdout stays one document.
@@ -51,6 +55,9 @@ pub enum Tone {
 
 pub struct Output {
     pub json: bool,
+    /// Whether the JSON document was printed (main prints one for an error
+    /// otherwise).
+    pub json_printed: std::cell::Cell<bool>,
     pub quiet: bool,
     pub verbose: u8,
     /// Progress (spinners, rewriting lines) only when stderr is a terminal.
@@ -66,6 +73,7 @@ impl Output {
         let github = std::env::var("GITHUB_ACTIONS").as_deref() == Ok("true");
         Output {
             json,
+            json_printed: std::cell::Cell::new(false),
             quiet,
             verbose,
             tty,
@@ -95,9 +103,9 @@ impl Output {
         }
         let text = redact(text);
         if self.json {
-            eprintln!("{text}");
+            err_line(&text);
         } else {
-            println!("{text}");
+            out_line(&text);
         }
     }
 
@@ -119,16 +127,17 @@ impl Output {
     /// human lines, except under `--json`, where stdout is the document.
     fn workflow_command(&self, line: &str) {
         if self.json {
-            eprintln!("{line}");
+            err_line(line);
         } else {
-            println!("{line}");
+            out_line(line);
         }
     }
 
     /// The machine-readable result of a command, on stdout.
     pub fn json_doc(&self, value: &serde_json::Value) {
+        self.json_printed.set(true);
         let text = serde_json::to_string_pretty(value).expect("JSON values serialise");
-        println!("{}", redact(&text));
+        out_line(&redact(&text));
     }
 
     /// Append markdown to the GitHub Actions step summary, if there is one.
@@ -199,6 +208,17 @@ impl Drop for Section<'_> {
         self.out
             .detail(&format!("    ({} took {took})", self.title));
     }
+}
+
+/// A line on stdout. A reader that went away (`| head`) is not an error
+/// worth a panic: the rest of the report is dropped.
+fn out_line(text: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// A line on stderr, likewise.
+fn err_line(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 fn escape_annotation(text: &str) -> String {

@@ -65,14 +65,12 @@ impl Command {
         e
     }
 
-    /// Run with the output streamed (to stderr under `--json`, so that
-    /// stdout stays one JSON document).
+    /// Run with the child's output streamed to stderr.
     pub fn run(&self, out: &Output) -> Result<()> {
         out.detail(&format!("$ {}", self.display()));
-        let mut e = self.expression().unchecked();
-        if out.json || out.quiet {
-            e = e.stdout_to_stderr();
-        }
+        // A child's output is progress, not the report: stderr, so that
+        // stdout carries only mre-ops's own result.
+        let e = self.expression().unchecked().stdout_to_stderr();
         let status = e
             .run()
             .with_context(|| {
