@@ -242,6 +242,15 @@ impl Ops {
             Some(p) if p.exists() => read_env_file(p)?,
             _ => BTreeMap::new(),
         };
+        for (key, value) in &file_vars {
+            if std::env::var(key).is_ok_and(|v| !v.is_empty() && &v != value) {
+                // Names only: the values are secrets.
+                eprintln!(
+                    "warning: ${key} is set in this shell and differs from {}: the shell's value is used for `{name}`",
+                    env_file.as_ref().map(|p| p.as_str()).unwrap_or("the env file")
+                );
+            }
+        }
         let env = Env {
             name: name.to_string(),
             dir: self.dir.clone(),

@@ -52,8 +52,14 @@ impl Docker {
             .enable_all()
             .build()
             .context("could not start the async runtime for the Docker client")?;
-        let hint = "is the Docker daemon running (`systemctl start docker`), and do you have access to it? \
-                    The engine is chosen by `docker_host` in ops.toml, else DOCKER_HOST";
+        let from_shell = std::env::var("DOCKER_HOST").is_ok_and(|h| h == host);
+        let hint = if from_shell {
+            "this address comes from DOCKER_HOST in your shell: unset it or fix it (or set `docker_host` in ops.toml); \
+             is the Docker daemon running there?"
+        } else {
+            "is the Docker daemon running (`systemctl start docker`), and do you have access to it? \
+             The engine is chosen by `docker_host` in ops.toml, else DOCKER_HOST"
+        };
         let version = bollard::API_DEFAULT_VERSION;
         let client = {
             let _guard = rt.enter();
