@@ -70,21 +70,29 @@ impl Command {
         out.detail(&format!("$ {}", self.display()));
         // A child's output is progress, not the report: stderr, so that
         // stdout carries only mre-ops's own result.
-        let e = self.expression().unchecked().stdout_to_stderr();
-        let status = e
-            .run()
-            .with_context(|| {
-                format!(
-                    "could not start `{}`: is `{}` installed and on PATH?",
-                    self.display(),
-                    self.program
-                )
-            })?
-            .status;
-        if !status.success() {
+        let mut e = self.expression().unchecked().stdout_to_stderr();
+        if out.quiet {
+            // -q: only errors. Keep the output, show it if the command fails.
+            e = e.stderr_capture();
+        }
+        let output = e.run().with_context(|| {
+            format!(
+                "could not start `{}`: is `{}` installed and on PATH?",
+                self.display(),
+                self.program
+            )
+        })?;
+        if !output.status.success() {
+            if out.quiet {
+                let _ = std::io::Write::write_all(
+                    &mut std::io::stderr(),
+                    redact(&String::from_utf8_lossy(&output.stderr)).as_bytes(),
+                );
+            }
             bail!(
-                "`{}` failed ({status}); its output is above",
-                self.display()
+                "`{}` failed ({}); its output is above",
+                self.display(),
+                output.status
             );
         }
         Ok(())
