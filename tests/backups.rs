@@ -194,11 +194,26 @@ fn round_trip_corruption_guard_and_failed_restore() {
         )),
         "{r:?}"
     );
+    // The replaced database is kept (named in the output), nothing else.
+    let replaced = r
+        .stdout
+        .split('`')
+        .find(|w| w.starts_with("pacetracer__mre_replaced_"))
+        .unwrap_or_else(|| panic!("the replaced database is not named: {r:?}"))
+        .to_string();
     assert_eq!(
         databases(&pg),
-        before,
-        "a staged or replaced database was left behind"
+        before.replace("pacetracer,", &format!("pacetracer,{replaced},")),
+        "a staged database was left behind"
     );
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'pacetracer'"
+        )),
+        "pacetracer",
+        "the restored database keeps its owner"
+    );
+    pg.psql_db("postgres", &format!("DROP DATABASE \"{replaced}\""));
 
     // The production guard: no terminal, no --yes: exit 2, nothing done.
     let count_before = std::fs::read_dir(dir.path().join("backups/prod"))
@@ -292,6 +307,13 @@ fn round_trip_corruption_guard_and_failed_restore() {
 
     // A backup damaged before its checksum was taken passes the checksum
     // but fails to restore: the database stays as it was, and says so.
+    // (Successful restores above kept the databases they replaced.)
+    for db in databases(&pg)
+        .split(',')
+        .filter(|d| d.contains("__mre_replaced_"))
+    {
+        pg.psql_db("postgres", &format!("DROP DATABASE \"{db}\""));
+    }
     pg.psql("INSERT INTO laps (kind, seq, driver) VALUES (1, 999999, 'after')");
     let current = fingerprint(&pg);
     let broken = copy_backup(&dump, "pacetracer-broken");

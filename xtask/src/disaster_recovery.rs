@@ -880,7 +880,26 @@ impl<'a> Target<'a> {
     fn check_counts(&self, backup: &Backup, db: &str) -> Result<usize> {
         let m = backup.manifest()?;
         let mut client = self.connect(db)?;
-        let tables: Vec<String> = m.tables.keys().cloned().collect();
+        // Only names the restored database itself reports are put into SQL:
+        // the manifest is a file anyone could have edited.
+        let existing: std::collections::BTreeSet<String> = client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg_toast%'",
+                &[],
+            )
+            .with_context(|| format!("listing the tables of `{db}`"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let tables: Vec<String> = m
+            .tables
+            .keys()
+            .filter(|t| existing.contains(*t))
+            .cloned()
+            .collect();
         let got = count_rows(&mut client, &tables)?;
         let mut wrong = Vec::new();
         for (t, want) in &m.tables {
@@ -922,7 +941,7 @@ impl<'a> Target<'a> {
         let name = format!("mre_ops_{tag}_{}_{}", std::process::id(), random_hex(4)?);
         let mut admin = self.connect(&self.settings.maintenance_db)?;
         admin
-            .batch_execute(&format!("CREATE DATABASE {}", ident(&name)))
+            .batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", ident(&name)))
             .with_context(|| {
                 format!(
                     "creating the scratch database `{name}`: the user {} needs the CREATEDB privilege",
@@ -1092,6 +1111,53 @@ fn drop_database(t: &Target, name: &str) -> Result<()> {
             ident(name)
         ))
         .with_context(|| format!("dropping database `{name}`"))
+}
+
+/// `CREATE DATABASE new` with the live database's owner, encoding and
+/// locale (from template0), so that the swapped-in database is the same to
+/// the application. Grants on the database and per-database settings are
+/// not copied (docs/disaster-recovery.md).
+fn create_like(admin: &mut postgres::Client, new_db: &str, live: &str, out: &Output) -> Result<()> {
+    let row = admin
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype \
+             FROM pg_database WHERE datname = $1",
+            &[&live],
+        )
+        .with_context(|| format!("reading the settings of database `{live}`"))?;
+    let lit = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let (owner, like) = match &row {
+        Some(r) => {
+            let (owner, enc, collate, ctype): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            (
+                Some(owner),
+                format!(
+                    " TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                    lit(&enc),
+                    lit(&collate),
+                    lit(&ctype)
+                ),
+            )
+        }
+        None => (None, String::new()),
+    };
+    let create = format!("CREATE DATABASE {}{like}", ident(new_db));
+    let with_owner = owner
+        .as_ref()
+        .map(|o| format!("{create} OWNER {}", ident(o)));
+    if let Some(sql) = &with_owner {
+        match admin.batch_execute(sql) {
+            Ok(()) => return Ok(()),
+            Err(e) => out.line(&format!(
+                "warning: could not give the new database the live one's owner `{}` ({e}); it will belong to the user mre-ops connects as",
+                owner.as_deref().unwrap_or("?")
+            )),
+        }
+    }
+    admin
+        .batch_execute(&create)
+        .with_context(|| format!("creating database `{new_db}` (the user needs CREATEDB)"))
 }
 
 fn ident(name: &str) -> String {
@@ -1684,11 +1750,7 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         ),
         || {
             let mut admin = t.connect(&t.settings.maintenance_db)?;
-            admin
-                .batch_execute(&format!("CREATE DATABASE {}", ident(&new_db)))
-                .with_context(|| {
-                    format!("creating database `{new_db}` (the user needs CREATEDB)")
-                })?;
+            create_like(&mut admin, &new_db, &live, out)?;
             *staged.borrow_mut() = Some(Scratch {
                 target: &t,
                 name: new_db.clone(),
@@ -1706,7 +1768,7 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         "Swap it in",
         format!(
             "terminate connections to {live}; BEGIN; ALTER DATABASE {live} RENAME TO {replaced}; \
-             ALTER DATABASE {new_db} RENAME TO {live}; COMMIT; DROP DATABASE {replaced}"
+             ALTER DATABASE {new_db} RENAME TO {live}; COMMIT (the replaced one is kept as {replaced})"
         ),
         || {
             swap(&t, &live, &new_db, &replaced)?;
@@ -1714,11 +1776,8 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
                 s.keep.set(true);
             }
             swapped.set(true);
-            if let Err(e) = drop_database(&t, &replaced) {
-                out.line(&format!(
-                    "warning: the replaced database `{replaced}` was not dropped ({e:#}); drop it when done"
-                ));
-            }
+            // Kept, not dropped: a client that wrote after the safety backup
+            // (anything not stopped above) has its writes only there.
             Ok(())
         },
     );
@@ -1793,6 +1852,7 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
             "environment": env.name, "restored": backup.name, "path": backup.path.as_str(),
             "point_in_time": m.started_at, "safety_backup": safety_name,
             "undo": format!("cargo xtask restore {} {} --yes", env.name, safety_name),
+            "replaced_database": replaced,
         }));
     } else {
         out.line(&format!("Restored `{}` from {}.", env.name, backup.path));
@@ -1803,6 +1863,10 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         out.line(&format!(
             "Safety backup of what was there before: {safety_name}. To undo: cargo xtask restore {} {safety_name}",
             env.name
+        ));
+        out.line(&format!(
+            "The replaced database is kept as `{replaced}` (with any write made after the safety backup by a \
+             client mre-ops did not stop). Drop it when satisfied: DROP DATABASE \"{replaced}\";"
         ));
     }
     out.step_summary(&format!(
@@ -1948,12 +2012,15 @@ pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
     );
     let total = clock.elapsed().as_secs_f64();
     let ok = r.failed.is_none();
-    t.record(
-        &backup,
-        ok,
-        r.seconds(),
-        &format!("drill: {}", r.failed.as_deref().unwrap_or("ok")),
-    )?;
+    // A server that could not be reached says nothing about the backup.
+    if !r.inconclusive {
+        t.record(
+            &backup,
+            ok,
+            r.seconds(),
+            &format!("drill: {}", r.failed.as_deref().unwrap_or("ok")),
+        )?;
+    }
 
     let rows: i64 = m.tables.values().sum();
     let mut md = format!(
