@@ -582,3 +582,53 @@ fn protected_without_backups_is_refused() {
         "0"
     );
 }
+
+#[test]
+fn failures_outside_a_transaction_are_recorded_and_explained() {
+    let s = Setup::new("");
+    // A new enum value used in the same script: applied statement by
+    // statement, as Prisma does, not refused by a wrapping transaction.
+    s.migration(
+        "20250101000000_enum",
+        "CREATE TYPE \"Role\" AS ENUM ('A');\nCREATE TABLE t (r \"Role\" NOT NULL DEFAULT 'A');\n",
+    );
+    s.migration(
+        "20250102000000_enum_value",
+        "ALTER TYPE \"Role\" ADD VALUE 'B';\nALTER TABLE t ALTER COLUMN r SET DEFAULT 'B';\n",
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("ALTER TYPE ... ADD VALUE"),
+        "the mode is said: {r:?}"
+    );
+
+    // A failed CREATE INDEX CONCURRENTLY leaves an INVALID index: say so.
+    s.pg.psql("INSERT INTO t VALUES ('A'), ('A')");
+    s.migration(
+        "20250103000000_unique",
+        "CREATE UNIQUE INDEX CONCURRENTLY \"t_r_key\" ON t (r);\n",
+    );
+    let f = s.run(&["migrate", "deploy"]);
+    assert_eq!(f.code, 1, "{f:?}");
+    assert!(
+        f.stderr.contains("INVALID") && f.stderr.contains("DROP INDEX CONCURRENTLY public.t_r_key"),
+        "{f:?}"
+    );
+    std::fs::remove_dir_all(s.dir.path().join("migrations/20250103000000_unique")).unwrap();
+    s.pg.psql("DROP INDEX t_r_key");
+    s.pg.psql("DELETE FROM _prisma_migrations WHERE migration_name = '20250103000000_unique'");
+
+    // A script with its own transaction that fails: its error is in `logs`.
+    s.migration(
+        "20250104000000_own_tx",
+        "BEGIN;\nALTER TABLE t ADD COLUMN x int;\nSELECT 1/0;\nCOMMIT;\n",
+    );
+    let g = s.run(&["migrate", "deploy"]);
+    assert_eq!(g.code, 1, "{g:?}");
+    let logs = s
+        .pg
+        .psql("SELECT logs FROM _prisma_migrations WHERE migration_name = '20250104000000_own_tx'");
+    assert!(logs.contains("division by zero"), "logs: {logs:?}");
+    assert_eq!(s.pg.psql("SELECT count(*) FROM information_schema.columns WHERE table_name = 't' AND column_name = 'x'"), "0");
+}

@@ -490,7 +490,8 @@ impl Db {
             "SELECT a.pid, coalesce(a.application_name, ''), coalesce(a.client_addr::text, 'local'), \
              to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
              FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1::bigint::oid AND l.objsubid = 1",
+             WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0 AND l.objid = $1::bigint::oid AND l.objsubid = 1 \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             &[&LOCK_KEY],
         )?;
         let r = rows.first().ok_or_else(|| anyhow!("no holder"))?;
@@ -686,7 +687,11 @@ fn status(env: &Env, out: &Output) -> Result<()> {
             e.detail = format!("being applied now by {holder}");
         }
     }
-    let pending = entries.iter().filter(|e| e.state == "pending").count();
+    // A migration being applied right now is not done: it counts as pending.
+    let pending = entries
+        .iter()
+        .filter(|e| e.state == "pending" || e.state == "running")
+        .count();
     let failed = entries.iter().filter(|e| e.state == "failed").count();
     let dir = migrations_dir(env);
     if out.json {
@@ -959,13 +964,29 @@ fn apply_one(env: &Env, out: &Output, db: &mut Db, l: &Local, mode: &Mode) -> Re
         )
         .context("recording the start of the migration in _prisma_migrations")?;
     let start = Instant::now();
-    let (result, done) = run_script(&mut db.client, &text, mode);
+    let table = format!("{}._prisma_migrations", quote_ident(&db.schema));
+    let (result, done) = run_script(&mut db.client, &text, mode, &table, &id);
+    if result.is_err() {
+        // A script with its own BEGIN may have left its transaction open
+        // and aborted: close it, or the bookkeeping below cannot run.
+        let _ = db.client.batch_execute("ROLLBACK");
+    }
     // Session settings a script made (lock_timeout, search_path) end with it.
     let _ = db.client.batch_execute(&format!(
         "RESET ALL; SET search_path TO {}",
         quote_ident(&db.schema)
     ));
     match result {
+        Ok(()) if matches!(mode, Mode::Transaction) => {
+            // Recorded inside the migration's own transaction (run_script).
+            out.line(&format!(
+                "  applied {} {} in {:.2} s",
+                l.name,
+                mode.describe(),
+                start.elapsed().as_secs_f64()
+            ));
+            Ok(())
+        }
         Ok(()) => {
             db.client
                 .execute(
@@ -989,18 +1010,36 @@ fn apply_one(env: &Env, out: &Output, db: &mut Db, l: &Local, mode: &Mode) -> Re
         }
         Err(e) => {
             let logs = prisma_style_logs(&l.name, &e);
-            let _ = db.client.execute(
-                "UPDATE _prisma_migrations SET logs = $1 WHERE id = $2",
-                &[&logs, &id],
-            );
+            let recorded = db
+                .client
+                .execute(
+                    "UPDATE _prisma_migrations SET logs = $1 WHERE id = $2",
+                    &[&logs, &id],
+                )
+                .map(drop)
+                .map_err(|e| {
+                    format!("\n(Its logs could not be recorded in _prisma_migrations: {e}.)")
+                })
+                .err()
+                .unwrap_or_default();
+            let invalid = invalid_indexes(&mut db.client);
             let state = match mode {
                 Mode::Transaction => "It ran in a transaction that was rolled back: the schema is exactly as it was before.".to_string(),
                 Mode::NoTransaction(_) => format!(
                     "It ran without a transaction: {done} statement(s) before the failing one were applied and stay applied. \
-                     Reverse them by hand or restore the backup (runbook: Migration Rollback)."
+                     Reverse them by hand or restore the backup (runbook: Migration Rollback).{}",
+                    if invalid.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "\nThe failure left these indexes INVALID (they exist but are not used or enforced); drop them before retrying:\n{}",
+                            invalid.iter().map(|i| format!("  DROP INDEX CONCURRENTLY {i};")).collect::<Vec<_>>().join("\n")
+                        )
+                    }
                 ),
                 Mode::ScriptControlled => "The script controls its own transactions: check which of its parts were committed.".to_string(),
             };
+            let state = format!("{state}{recorded}");
             bail!(
                 "migration `{}` failed {}:\n{}\n{state}\n\
                  It is recorded as failed, and deploy refuses to run until it is resolved. Next: fix {}/migration.sql, then\n  \
@@ -1021,12 +1060,25 @@ fn run_script(
     client: &mut postgres::Client,
     sql: &str,
     mode: &Mode,
+    table: &str,
+    id: &str,
 ) -> (Result<(), postgres::Error>, usize) {
     match mode {
         Mode::Transaction => {
+            // The bookkeeping Prisma does after the script (step count, then
+            // finished_at) commits with the script: a crash between the two
+            // can no longer leave an applied migration looking failed.
             let r = (|| {
                 let mut tx = client.transaction()?;
                 tx.batch_execute(sql)?;
+                tx.execute(
+                    &format!("UPDATE {table} SET applied_steps_count = applied_steps_count + 1 WHERE id = $1"),
+                    &[&id],
+                )?;
+                tx.execute(
+                    &format!("UPDATE {table} SET finished_at = now() WHERE id = $1"),
+                    &[&id],
+                )?;
                 tx.commit()
             })();
             (r, 0)
@@ -1042,6 +1094,20 @@ fn run_script(
             (Ok(()), stmts.len())
         }
     }
+}
+
+/// Indexes left INVALID (a failed CREATE INDEX CONCURRENTLY), qualified and
+/// quoted.
+fn invalid_indexes(client: &mut postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE NOT i.indisvalid ORDER BY 1",
+            &[],
+        )
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
 }
 
 fn db_error_text(e: &postgres::Error) -> String {

@@ -271,6 +271,10 @@ pub fn mode(stmts: &[Statement]) -> Mode {
             ))
         } else if w0 == "alter" && w1 == "system" {
             Some(format!("line {}: ALTER SYSTEM", s.line))
+        } else if w0 == "alter" && w1 == "type" && s.has_word("add") && s.has_word("value") {
+            // A new enum value cannot be used in the transaction that adds
+            // it (55P04); Prisma applies such scripts statement by statement.
+            Some(format!("line {}: ALTER TYPE ... ADD VALUE", s.line))
         } else {
             None
         };
