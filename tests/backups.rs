@@ -207,9 +207,7 @@ fn round_trip_corruption_guard_and_failed_restore() {
         "a staged database was left behind"
     );
     assert_eq!(
-        pg.psql(&format!(
-            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'pacetracer'"
-        )),
+        pg.psql("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'pacetracer'"),
         "pacetracer",
         "the restored database keeps its owner"
     );
