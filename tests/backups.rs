@@ -106,6 +106,15 @@ fn copy_backup(dump: &Path, name: &str) -> PathBuf {
     to
 }
 
+/// The safety backup a restore took, from its `Safety backup: PATH` line.
+fn safety_backup(r: &Run) -> PathBuf {
+    r.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("Safety backup: "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no safety backup named: {r:?}"))
+}
+
 fn databases(pg: &Pg) -> String {
     pg.psql_db(
         "postgres",
@@ -178,12 +187,7 @@ fn round_trip_corruption_guard_and_failed_restore() {
         "{r:?}"
     );
     // The safety backup exists, holds the changed state, and is named.
-    let safety = r
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Safety backup: "))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("no safety backup named: {r:?}"));
+    let safety = safety_backup(&r);
     let sm = manifest(&safety);
     assert_eq!(sm["tables"]["public.laps"].to_string(), changed_laps);
     assert!(sm["reason"].as_str().unwrap().contains("safety"), "{sm}");
@@ -617,12 +621,7 @@ fn demo_stack_container_backups_and_restore_of_a_running_stack() {
         app_started,
         "the app was not stopped and started"
     );
-    let safety = r
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("Safety backup: "))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| panic!("no safety backup named: {r:?}"));
+    let safety = safety_backup(&r);
     let safety_laps = manifest(&safety)["tables"]["public.laps"].as_i64().unwrap();
     assert!(
         safety_laps >= backed_up + 10,
