@@ -21,8 +21,10 @@ use sha2::{Digest, Sha256};
 use crate::adapters::clock::Utc;
 use crate::adapters::output::{Output, Tone};
 use crate::adapters::postgres::{connect, describe_url};
-use crate::adapters::process::Plan;
-use crate::deployment_architecture::{config_error, random_hex, Env, Ops};
+use crate::config::{config_error, Env, Ops};
+use crate::core::files::random_hex;
+use crate::core::session;
+use crate::core::steps::Plan;
 use lint::Mode;
 
 /// Prisma's advisory lock key (schema-engine: `pg_advisory_lock(72707369)`).
@@ -172,13 +174,13 @@ enum MigrateCmd {
 
 pub fn migrate(ops: &Ops, out: &Output, args: &MigrateArgs) -> Result<()> {
     match &args.cmd {
-        MigrateCmd::Status { env } => status(&ops.env(env)?, out),
+        MigrateCmd::Status { env } => status(&session::env(ops, out, env)?, out),
         MigrateCmd::Deploy {
             env,
             dry_run,
             allow_risky,
         } => {
-            let env = ops.env(env)?;
+            let env = session::env(ops, out, env)?;
             let backup = needs_backup(&env)?;
             deploy(
                 &env,
@@ -191,15 +193,15 @@ pub fn migrate(ops: &Ops, out: &Output, args: &MigrateArgs) -> Result<()> {
                 },
             )
         }
-        MigrateCmd::New { name, env } => new(&ops.env(env)?, out, name),
-        MigrateCmd::Review { env, all } => review(&ops.env(env)?, out, *all),
+        MigrateCmd::New { name, env } => new(&session::env(ops, out, env)?, out, name),
+        MigrateCmd::Review { env, all } => review(&session::env(ops, out, env)?, out, *all),
         MigrateCmd::Resolve {
             applied,
             rolled_back,
             env,
             dry_run,
         } => {
-            let env = ops.env(env)?;
+            let env = session::env(ops, out, env)?;
             match (applied, rolled_back) {
                 (Some(name), None) => resolve(&env, out, name, true, *dry_run),
                 (None, Some(name)) => resolve(&env, out, name, false, *dry_run),

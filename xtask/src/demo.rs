@@ -8,8 +8,9 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
-use crate::adapters::process::{Command, Plan};
-use crate::deployment_architecture::workspace_root;
+use crate::adapters::process::Command;
+use crate::config::workspace_root;
+use crate::core::steps::Plan;
 
 pub const BASE_IMAGE: &str = "mre-demo-base:bookworm";
 pub const POSTGRES_IMAGE: &str = "mre-demo-postgres:15";

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::adapters::compose::Compose;
 use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
-use crate::adapters::process::{Command, Plan};
-use crate::deployment_architecture::{config_error, Env, Ops};
+use crate::adapters::process::Command;
+use crate::config::{config_error, Env, Ops};
+use crate::core::session;
+use crate::core::steps::Plan;
 use crate::{database_migrations, health_checks, post_deployment_verification};
 
 /// Deploy an environment (runbook: Deployment Procedures).
@@ -42,7 +43,7 @@ pub struct DeployArgs {
 }
 
 pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
-    let mut env = ops.env(&args.env)?;
+    let mut env = session::env(ops, out, &args.env)?;
     // "Backup database before migration": protected environments, and those
     // with backups configured, back up before migrating; a protected one
     // without backups configured is refused here, before anything changes.
@@ -60,12 +61,12 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
             Ok(_) => {}
         }
     }
-    let compose = Compose::for_env(&env)?;
+    let compose = session::compose(&env)?;
     let wait = Duration::from_secs(args.wait.unwrap_or(env.settings.deploy.wait_secs));
     let name = env.name.clone();
     // Steps that run commands resolve the environment again when they run,
     // so that they carry secrets an earlier step created.
-    let fresh = || ops.env(&name);
+    let fresh = || session::env(ops, out, &name);
 
     if !args.dry_run {
         // Fail before changing anything when the engine cannot be reached.
@@ -124,7 +125,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
         plan.action(
             title,
             format!("$ {}", compose.cmd(words).display()),
-            move || Compose::for_env(&fresh()?)?.cmd(words).run(out),
+            move || session::compose(&fresh()?)?.cmd(words).run(out),
         );
     }
     if env.settings.database.is_some() {

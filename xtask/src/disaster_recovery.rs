@@ -26,78 +26,12 @@ use crate::adapters::clock::{self, Utc};
 use crate::adapters::docker::Docker;
 use crate::adapters::output::{Output, Tone};
 use crate::adapters::postgres::describe_url;
-use crate::adapters::process::{Command, Plan};
-use crate::deployment_architecture::{config_error, random_hex, write_private, Env, Ops};
+use crate::adapters::process::Command;
+use crate::config::{config_error, BackupSettings, Env, Method, Ops};
+use crate::core::files::{random_hex, write_private};
+use crate::core::session;
+use crate::core::steps::Plan;
 use crate::health_checks;
-
-// ---------------------------------------------------------------------------
-// ops.toml: `[environments.NAME.backups]`
-
-/// `[environments.NAME.backups]` in ops.toml. Every key is optional.
-#[derive(Deserialize, Serialize, Clone, Debug)]
-#[serde(deny_unknown_fields)]
-pub struct BackupSettings {
-    /// The backup folder, relative to ops.toml; backups go in `<dir>/<env>/`.
-    #[serde(default = "default_dir")]
-    pub dir: String,
-    /// Where pg_dump and pg_restore run: `container` (inside the database
-    /// container, through the Docker Engine API) or `host` (PostgreSQL
-    /// client tools on this machine, through the connection URL). Default:
-    /// `container` when `database.container` is set, else `host`.
-    pub method: Option<Method>,
-    /// Retention: backups younger than this many days are kept.
-    #[serde(default = "default_keep_days")]
-    pub keep_days: u64,
-    /// Retention: at least this many backups are kept, whatever their age.
-    #[serde(default = "default_keep_min")]
-    pub keep_min: usize,
-    /// A second location (a directory, e.g. a mounted share) each new
-    /// backup is copied to and checked at.
-    pub offsite: Option<String>,
-    /// Folder of pg_dump/pg_restore for `method = "host"` (default:
-    /// /usr/lib/postgresql/15/bin when present, else PATH).
-    pub pg_bin: Option<String>,
-    /// The database to connect to for CREATE/DROP/RENAME DATABASE.
-    #[serde(default = "default_maintenance_db")]
-    pub maintenance_db: String,
-}
-
-impl Default for BackupSettings {
-    fn default() -> Self {
-        BackupSettings {
-            dir: default_dir(),
-            method: None,
-            keep_days: default_keep_days(),
-            keep_min: default_keep_min(),
-            offsite: None,
-            pg_bin: None,
-            maintenance_db: default_maintenance_db(),
-        }
-    }
-}
-
-fn default_dir() -> String {
-    "backups".into()
-}
-fn default_keep_days() -> u64 {
-    30
-}
-fn default_keep_min() -> usize {
-    7
-}
-fn default_maintenance_db() -> String {
-    "postgres".into()
-}
-
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Container,
-    Host,
-}
-
-// ---------------------------------------------------------------------------
-// The command line.
 
 /// Create, list, verify and prune database backups (runbook: Disaster
 /// Recovery Procedures, Backup Strategy; pre-deployment "Backup of
@@ -1317,7 +1251,7 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             method,
             dry_run,
         } => {
-            let env = ops.env(env)?;
+            let env = session::env(ops, out, env)?;
             let t = Target::new(&env, *method)?;
             if *dry_run {
                 let tool = t.tool(
@@ -1393,7 +1327,7 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             Ok(())
         }
         BackupCmd::List { env } => {
-            let env = ops.env(env)?;
+            let env = session::env(ops, out, env)?;
             let t = Target::new(&env, None)?;
             list(&t, out)
         }
@@ -1406,7 +1340,7 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
                      e.g. `cargo xtask backup verify development {env}`"
                 )));
             }
-            let env = ops.env(env)?;
+            let env = session::env(ops, out, env)?;
             let t = Target::new(&env, None)?;
             let b = t.resolve(backup)?;
             b.manifest()?;
@@ -1446,7 +1380,7 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             }
         }
         BackupCmd::Prune { env, dry_run } => {
-            let env = ops.env(env)?;
+            let env = session::env(ops, out, env)?;
             let t = Target::new(&env, None)?;
             prune(&t, out, *dry_run)
         }
@@ -1654,7 +1588,7 @@ pub fn create_backup(env: &Env, out: &Output, reason: &str) -> Result<Utf8PathBu
 }
 
 pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
-    let env = ops.env(&args.env)?;
+    let env = session::env(ops, out, &args.env)?;
     let t = Target::new(&env, None)?;
     let backup = t.resolve(&args.backup)?;
     // Refuse a damaged backup before anything else happens.
@@ -1958,7 +1892,7 @@ fn confirm(t: &Target, backup: &Backup, yes: bool) -> Result<()> {
 // `cargo xtask drill [ENV]`
 
 pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
-    let env = ops.env(&args.env)?;
+    let env = session::env(ops, out, &args.env)?;
     let t = Target::new(&env, None)?;
     if args.dry_run {
         let mut plan = Plan::new(format!("drill {} (nothing live is touched)", env.name));

@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::adapters::docker::Docker;
 use crate::adapters::output::{Output, Tone};
 use crate::adapters::{clock, http, postgres};
-use crate::deployment_architecture::{Env, Expect, HealthSettings, Ops};
+use crate::config::{Env, Expect, HealthSettings, Ops};
+use crate::core::session;
 
 /// Run the runbook's health checks (runbook: Health Check Procedures).
 ///
@@ -69,7 +70,7 @@ impl Check {
 }
 
 pub fn health(ops: &Ops, out: &Output, args: &HealthArgs) -> Result<()> {
-    let env = ops.env(&args.env)?;
+    let env = session::env(ops, out, &args.env)?;
     let start = Instant::now();
     let checks = match args.wait {
         Some(secs) => wait_until_healthy(&env, out, Duration::from_secs(secs)),

@@ -6,6 +6,8 @@
 //! configuration error.
 
 mod adapters;
+mod config;
+mod core;
 mod database_migrations;
 mod demo;
 mod deployment;
@@ -20,7 +22,8 @@ use camino::Utf8PathBuf;
 use clap::{Parser, Subcommand};
 
 use adapters::output::{redact, Output};
-use deployment_architecture::{ConfigError, Ops};
+use config::{ConfigError, Ops};
+use core::interrupt::Interrupted;
 
 /// The MRE deployment runbook, runnable: each command automates one section
 /// of the runbook (see README.md). Every command that changes an environment
@@ -73,7 +76,9 @@ fn main() -> ExitCode {
     match run(&cli, &out) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let code = if e.downcast_ref::<ConfigError>().is_some() {
+            let code = if let Some(i) = e.downcast_ref::<Interrupted>() {
+                i.exit_code()
+            } else if e.downcast_ref::<ConfigError>().is_some() {
                 2
             } else {
                 1

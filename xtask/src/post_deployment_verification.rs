@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 
 use crate::adapters::docker::{Container, Docker};
 use crate::adapters::output::{Output, Tone};
-use crate::deployment_architecture::{config_error, Env, Ops};
+use crate::config::{config_error, Env, Ops};
+use crate::core::session;
 
 /// Show the services of an environment (runbook: "Verify services",
 /// `docker compose ps`, and "Check Container Health", `docker ps`).
@@ -42,7 +43,7 @@ pub struct LogsArgs {
 }
 
 pub fn status(ops: &Ops, out: &Output, args: &StatusArgs) -> Result<()> {
-    let env = ops.env(&args.env)?;
+    let env = session::env(ops, out, &args.env)?;
     show_status(&env, out)
 }
 
@@ -200,8 +201,8 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
     Ok(())
 }
 
-pub fn logs(ops: &Ops, _out: &Output, args: &LogsArgs) -> Result<()> {
-    let env = ops.env(&args.env)?;
+pub fn logs(ops: &Ops, out: &Output, args: &LogsArgs) -> Result<()> {
+    let env = session::env(ops, out, &args.env)?;
     let known = env.containers();
     let container = known
         .iter()

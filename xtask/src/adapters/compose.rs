@@ -6,7 +6,6 @@ use anyhow::{bail, Result};
 use camino::Utf8PathBuf;
 
 use super::process::Command;
-use crate::deployment_architecture::{ComposeCommand, Env};
 
 pub struct Compose {
     program: Vec<String>,
@@ -16,9 +15,19 @@ pub struct Compose {
     dir: Utf8PathBuf,
 }
 
+/// Which Compose: chosen, or the first that answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    Auto,
+    /// `docker compose`
+    V2,
+    /// `docker-compose`
+    V1,
+}
+
 /// Which Compose to run: `docker compose` when the plugin answers, else
 /// `docker-compose`.
-pub fn detect(choice: ComposeCommand) -> Result<Vec<String>> {
+pub fn detect(choice: Flavor) -> Result<Vec<String>> {
     let v2 = || {
         Command::new("docker", ["compose", "version"])
             .read()
@@ -26,11 +35,11 @@ pub fn detect(choice: ComposeCommand) -> Result<Vec<String>> {
     };
     let v1 = || Command::new("docker-compose", ["version"]).read().is_ok();
     let program = match choice {
-        ComposeCommand::V2 => vec!["docker", "compose"],
-        ComposeCommand::V1 => vec!["docker-compose"],
-        ComposeCommand::Auto if v2() => vec!["docker", "compose"],
-        ComposeCommand::Auto if v1() => vec!["docker-compose"],
-        ComposeCommand::Auto => bail!(
+        Flavor::V2 => vec!["docker", "compose"],
+        Flavor::V1 => vec!["docker-compose"],
+        Flavor::Auto if v2() => vec!["docker", "compose"],
+        Flavor::Auto if v1() => vec!["docker-compose"],
+        Flavor::Auto => bail!(
             "neither `docker compose` (v2) nor `docker-compose` (v1) answers: install one \
              (`apt-get install docker-compose`), or set compose.command in ops.toml"
         ),
@@ -39,25 +48,21 @@ pub fn detect(choice: ComposeCommand) -> Result<Vec<String>> {
 }
 
 impl Compose {
-    pub fn for_env(env: &Env) -> Result<Compose> {
-        for f in env.compose_files() {
-            if !f.exists() {
-                bail!(
-                    "the Compose file {f} named by environments.{}.compose.files does not exist (paths are relative to ops.toml)",
-                    env.name
-                );
-            }
-        }
+    /// Compose for these files (which must exist) and project, with the
+    /// variables its files interpolate, run from `dir`.
+    pub fn new(
+        flavor: Flavor,
+        files: Vec<Utf8PathBuf>,
+        project: String,
+        env: Vec<(String, String)>,
+        dir: Utf8PathBuf,
+    ) -> Result<Compose> {
         Ok(Compose {
-            program: detect(env.settings.compose.command)?,
-            files: env.compose_files(),
-            project: env.settings.compose.project.clone(),
-            // Compose talks to the same engine as the Engine API calls.
-            env: [("DOCKER_HOST".to_string(), env.docker_host())]
-                .into_iter()
-                .chain(env.compose_env())
-                .collect(),
-            dir: env.dir.clone(),
+            program: detect(flavor)?,
+            files,
+            project,
+            env,
+            dir,
         })
     }
 

@@ -116,6 +116,16 @@ impl Output {
         }
     }
 
+    /// A warning: on stderr (also under `--json`), painted on a terminal,
+    /// a `::warning::` annotation under GitHub Actions. Shown even with -q.
+    pub fn warn(&self, text: &str) {
+        let text = redact(text);
+        if self.github {
+            self.workflow_command(&format!("::warning::{}", escape_annotation(&text)));
+        }
+        err_line(&format!("{} {text}", self.paint(Tone::Warn, "warning:")));
+    }
+
     /// An error annotation; the process's final error is printed by `main`.
     pub fn annotate_error(&self, text: &str) {
         if self.github {

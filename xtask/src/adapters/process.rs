@@ -1,7 +1,6 @@
-//! Processes and plans. A command is data (program, arguments, environment,
-//! folder) before it runs, and a plan is a list of named steps, so that
-//! `--dry-run` prints exactly what a real run would execute, from the same
-//! code.
+//! Processes. A command is data (program, arguments, environment, folder)
+//! before it runs, so that `--dry-run` prints exactly what a real run would
+//! execute (`crate::core::steps` holds the plans made of them).
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -134,85 +133,5 @@ fn quote(word: &str) -> String {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
-type Action<'a> = Box<dyn FnOnce() -> Result<()> + 'a>;
-
-/// A named, ordered list of steps. `execute` either prints them (dry run)
-/// or runs them in order, stopping at the first failure and saying which
-/// step failed and which steps had already completed.
-pub struct Plan<'a> {
-    title: String,
-    steps: Vec<(String, Vec<String>, Action<'a>)>,
-}
-
-impl<'a> Plan<'a> {
-    pub fn new(title: impl Into<String>) -> Plan<'a> {
-        Plan {
-            title: title.into(),
-            steps: Vec::new(),
-        }
-    }
-
-    /// A step that runs one command.
-    pub fn command(&mut self, title: impl Into<String>, cmd: Command, out: &'a Output) {
-        let shows = vec![format!("$ {}", cmd.display())];
-        self.steps
-            .push((title.into(), shows, Box::new(move || cmd.run(out))));
-    }
-
-    /// A step that runs Rust code; `shows` describes what it does.
-    pub fn action(
-        &mut self,
-        title: impl Into<String>,
-        shows: impl Into<String>,
-        f: impl FnOnce() -> Result<()> + 'a,
-    ) {
-        self.steps
-            .push((title.into(), vec![shows.into()], Box::new(f)));
-    }
-
-    pub fn execute(self, out: &Output, dry_run: bool) -> Result<()> {
-        let total = self.steps.len();
-        if dry_run && out.json {
-            let steps: Vec<serde_json::Value> = self
-                .steps
-                .iter()
-                .map(|(title, shows, _)| serde_json::json!({ "title": title, "does": shows }))
-                .collect();
-            out.json_doc(
-                &serde_json::json!({ "dry_run": true, "plan": self.title, "steps": steps }),
-            );
-            return Ok(());
-        }
-        if dry_run {
-            out.line(&format!(
-                "Dry run: {} ({total} steps). Nothing will be changed.",
-                self.title
-            ));
-            for (i, (title, shows, _)) in self.steps.into_iter().enumerate() {
-                out.line(&format!("  {}. {title}", i + 1));
-                for s in shows {
-                    out.line(&format!("       {s}"));
-                }
-            }
-            return Ok(());
-        }
-        for (i, (title, _, action)) in self.steps.into_iter().enumerate() {
-            let _section = out.section(&format!("[{}/{total}] {title}", i + 1));
-            action().with_context(|| {
-                let done = if i == 0 {
-                    "none".to_string()
-                } else {
-                    format!("1-{i}")
-                };
-                format!(
-                    "step {}/{total} \"{title}\" failed (steps completed: {done})",
-                    i + 1
-                )
-            })?;
-        }
-        Ok(())
     }
 }

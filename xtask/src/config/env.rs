@@ -1,0 +1,226 @@
+//! Deployment Architecture: one environment, resolved: its settings, the
+//! secrets from the process environment and its env file, the database URL.
+//! Reading only; registering secrets for redaction is the caller's job
+//! (`crate::core::session`).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use camino::Utf8PathBuf;
+
+use super::config_error;
+use super::settings::EnvironmentSettings;
+use crate::core::files::{random_hex, write_private};
+
+#[derive(Clone)]
+pub struct Env {
+    pub name: String,
+    /// ops.toml's folder.
+    pub dir: Utf8PathBuf,
+    pub settings: EnvironmentSettings,
+    pub env_file: Option<Utf8PathBuf>,
+    file_vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    pub(super) fn new(
+        name: &str,
+        dir: Utf8PathBuf,
+        settings: EnvironmentSettings,
+        env_file: Option<Utf8PathBuf>,
+        file_vars: BTreeMap<String, String>,
+    ) -> Env {
+        Env {
+            name: name.to_string(),
+            dir,
+            settings,
+            env_file,
+            file_vars,
+        }
+    }
+
+    /// Whether the env file sets `key` (for `config`: where a secret comes from).
+    pub fn in_env_file(&self, key: &str) -> bool {
+        self.file_vars.contains_key(key)
+    }
+
+    /// The values of every secret that is set, to be masked in all output.
+    pub fn secret_values(&self) -> Vec<String> {
+        self.secret_names()
+            .iter()
+            .filter_map(|k| self.var(k))
+            .collect()
+    }
+
+    /// Names of env-file variables that the shell overrides with another
+    /// value (names only: the values are secrets).
+    pub fn shell_overrides(&self) -> Vec<String> {
+        self.file_vars
+            .iter()
+            .filter(|(k, v)| std::env::var(k).is_ok_and(|s| !s.is_empty() && &s != *v))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// A secret or setting: the process environment first, then the env file.
+    pub fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| self.file_vars.get(key).cloned())
+    }
+
+    /// Every variable whose value must never be printed.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.file_vars.keys().cloned().collect();
+        names.extend(self.settings.generate_secrets.iter().cloned());
+        if let Some(db) = &self.settings.database {
+            names.extend(db.password_env.iter().cloned());
+            names.extend(db.url_env.iter().cloned());
+        }
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    pub fn compose_files(&self) -> Vec<Utf8PathBuf> {
+        self.settings
+            .compose
+            .files
+            .iter()
+            .map(|f| self.dir.join(f))
+            .collect()
+    }
+
+    /// The environment Compose runs with: its `env` table and the secrets.
+    pub fn compose_env(&self) -> Vec<(String, String)> {
+        let mut vars: BTreeMap<String, String> = self.settings.compose.env.clone();
+        for key in self.secret_names() {
+            if let Some(v) = self.var(&key) {
+                vars.insert(key, v);
+            }
+        }
+        vars.into_iter().collect()
+    }
+
+    pub fn docker_host(&self) -> String {
+        crate::adapters::docker::resolve_host(self.settings.docker_host.as_deref())
+    }
+
+    /// The containers whose Docker health counts, with the service they belong to.
+    pub fn containers(&self) -> Vec<(String, String)> {
+        let mut list: Vec<(String, String)> = self
+            .settings
+            .services
+            .iter()
+            .filter_map(|(svc, s)| Some((svc.clone(), s.container.clone()?)))
+            .collect();
+        if let Some(c) = self
+            .settings
+            .database
+            .as_ref()
+            .and_then(|d| d.container.clone())
+        {
+            list.push(("database".into(), c));
+        }
+        list
+    }
+
+    /// The connection URL from the host. Errors name the missing variable.
+    pub fn database_url(&self) -> Result<String> {
+        let Some(db) = &self.settings.database else {
+            return Err(config_error(format!(
+                "environment `{}` has no [database] section in ops.toml",
+                self.name
+            )));
+        };
+        if let Some(url) = db.url_env.as_ref().and_then(|k| self.var(k)) {
+            return Ok(url);
+        }
+        let Some(key) = &db.password_env else {
+            return Err(config_error(format!(
+                "the database URL of `{}` comes from ${}, which is not set: export it or add it to {}",
+                self.name,
+                db.url_env.as_deref().unwrap_or("?"),
+                self.env_file_hint()
+            )));
+        };
+        let Some(password) = self.var(key) else {
+            return Err(config_error(format!(
+                "the database password of `{}` comes from ${key}, which is not set: export it or add it to {}{}",
+                self.name,
+                self.env_file_hint(),
+                if self.settings.generate_secrets.contains(key) {
+                    format!(" (`cargo xtask deploy {}` creates it)", self.name)
+                } else {
+                    String::new()
+                }
+            )));
+        };
+        Ok(format!(
+            "postgres://{}:{}@{}:{}/{}",
+            encode(&db.user),
+            encode(&password),
+            db.host,
+            db.port,
+            encode(&db.name)
+        ))
+    }
+
+    pub fn env_file_hint(&self) -> String {
+        match &self.env_file {
+            Some(p) => p.to_string(),
+            None => "an env file named by `env_file` in ops.toml".into(),
+        }
+    }
+
+    /// Create the secrets `generate_secrets` lists and the env file lacks.
+    /// Returns the names created; `dry_run` only reports them.
+    pub fn ensure_generated_secrets(&mut self, dry_run: bool) -> Result<Vec<String>> {
+        let missing: Vec<String> = self
+            .settings
+            .generate_secrets
+            .iter()
+            .filter(|k| self.var(k).is_none())
+            .cloned()
+            .collect();
+        if missing.is_empty() || dry_run {
+            return Ok(missing);
+        }
+        let Some(path) = self.env_file.clone() else {
+            return Err(config_error(format!(
+                "environments.{}.generate_secrets needs env_file: where should the generated secrets go?",
+                self.name
+            )));
+        };
+        let mut text = if path.exists() {
+            std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?
+        } else {
+            format!(
+                "# Secrets of the `{}` environment, created by mre-ops. Never commit this file.\n",
+                self.name
+            )
+        };
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        for key in &missing {
+            let value = random_hex(24)?;
+            text.push_str(&format!("{key}={value}\n"));
+            self.file_vars.insert(key.clone(), value);
+        }
+        write_private(&path, &text)?;
+        Ok(missing)
+    }
+}
+
+/// Percent-encode one part of a connection URL (user, password, database).
+fn encode(s: &str) -> String {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    utf8_percent_encode(s, KEEP).to_string()
+}

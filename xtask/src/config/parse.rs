@@ -1,0 +1,187 @@
+//! Deployment Architecture: reading `ops.toml` strictly. Errors name the
+//! file, line, column and field path, and what to do next (exit 2).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use camino::Utf8Path;
+
+use super::settings::OpsFile;
+use super::{config_error, Ops};
+
+/// Parse with errors as `ops.toml:LINE:COL: field.path: what is wrong`.
+pub(super) fn parse(path: &Utf8Path, text: &str) -> Result<OpsFile> {
+    let de = toml::de::Deserializer::parse(text).map_err(|e| toml_error(path, text, &e, ""))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        toml_error(path, text, e.inner(), &field)
+    })
+}
+
+fn toml_error(path: &Utf8Path, text: &str, e: &toml::de::Error, field: &str) -> anyhow::Error {
+    let (line, col) = match e.span() {
+        Some(span) => line_col(text, span.start),
+        None => (1, 1),
+    };
+    let field = if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    };
+    let message = e.message().trim().replace('\n', " ");
+    config_error(format!(
+        "{path}:{line}:{col}: {field}{message}\n  (the valid keys are documented in docs/ops-toml.md; `cargo xtask config` checks the file)"
+    ))
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+/// Line and column of the first occurrence of `needle`.
+fn locate(text: &str, needle: &str) -> Option<(usize, usize)> {
+    text.find(needle).map(|offset| line_col(text, offset))
+}
+
+/// Best-effort line of `field` inside `[environments.NAME...]`, for
+/// messages about values that parsed but do not make sense.
+fn line_of(text: &str, env: &str, field: &str) -> usize {
+    let last = field.rsplit('.').next().unwrap_or(field);
+    let mut in_env = false;
+    let mut env_line = 1;
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_env = t.starts_with(&format!("[environments.{env}]"))
+                || t.starts_with(&format!("[environments.{env}."));
+            if t == format!("[environments.{env}]") {
+                env_line = i + 1;
+            }
+            if in_env && t.trim_matches(|c| c == '[' || c == ']').ends_with(last) {
+                return i + 1;
+            }
+            continue;
+        }
+        if in_env && (t.starts_with(&format!("{last} ")) || t.starts_with(&format!("{last}="))) {
+            return i + 1;
+        }
+    }
+    env_line
+}
+
+pub(super) fn read_env_file(path: &Utf8Path) -> Result<BTreeMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading the env file {path}"))?;
+    let mut vars = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let t = t.strip_prefix("export ").unwrap_or(t);
+        let Some((k, v)) = t.split_once('=') else {
+            return Err(config_error(format!(
+                "{path}:{}: expected KEY=VALUE",
+                i + 1
+            )));
+        };
+        let v = v.trim();
+        let v = v
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
+            .unwrap_or(v);
+        vars.insert(k.trim().to_string(), v.to_string());
+    }
+    Ok(vars)
+}
+
+// ---------------------------------------------------------------------------
+// One environment, resolved.
+
+/// Checks serde cannot make: each finding names the field and its line.
+pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
+    let this = ops;
+    if this.file.environments.is_empty() {
+        return Err(config_error(format!(
+            "{}: no environments: add at least [environments.development]",
+            this.path
+        )));
+    }
+    for (name, env) in &this.file.environments {
+        let at = |field: &str| {
+            format!(
+                "{}:{}: environments.{name}.{field}",
+                this.path,
+                line_of(text, name, field)
+            )
+        };
+        let at_value = |field: &str, value: &str| match locate(text, &format!("\"{value}\"")) {
+            Some((line, col)) => {
+                format!("{}:{line}:{col}: environments.{name}.{field}", this.path)
+            }
+            None => at(field),
+        };
+        if env.compose.files.is_empty() {
+            return Err(config_error(format!(
+                "{}: needs at least one Compose file",
+                at("compose.files")
+            )));
+        }
+        for argv in &env.compose.pre_build {
+            if argv.is_empty() {
+                return Err(config_error(format!(
+                    "{}: an empty command; each entry is [program, args...]",
+                    at("compose.pre_build")
+                )));
+            }
+        }
+        for (svc, s) in &env.services {
+            if let Some(h) = &s.health {
+                if !(h.url.starts_with("http://") || h.url.starts_with("https://")) {
+                    return Err(config_error(format!(
+                        "{}: `{}` is not an http:// or https:// URL",
+                        at_value(&format!("services.{svc}.health.url"), &h.url),
+                        h.url
+                    )));
+                }
+                if !(h.timeout_secs > 0.0 && h.timeout_secs <= 600.0) {
+                    return Err(config_error(format!(
+                        "{}: expected seconds between 0 and 600, found {}",
+                        at(&format!("services.{svc}.health.timeout_secs")),
+                        h.timeout_secs
+                    )));
+                }
+            }
+        }
+        if let Some(db) = &env.database {
+            if db.password_env.is_none() && db.url_env.is_none() {
+                return Err(config_error(format!(
+                    "{}: set password_env (the variable holding the password) or url_env (the variable holding the URL)",
+                    at("database")
+                )));
+            }
+        }
+        if let Some(host) = &env.docker_host {
+            if !(host.starts_with("unix://")
+                || host.starts_with("tcp://")
+                || host.starts_with("http://"))
+            {
+                return Err(config_error(format!(
+                    "{}: `{host}` is not unix:///path or tcp://host:port",
+                    at_value("docker_host", host)
+                )));
+            }
+        }
+    }
+    Ok(())
+}

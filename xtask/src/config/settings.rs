@@ -1,0 +1,163 @@
+//! Deployment Architecture: the types of `ops.toml`, exactly as written
+//! (unknown keys refused). Pure data: nothing here reads a file, prints or
+//! touches the environment.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use super::backups::{BackupSettings, Method};
+// The file, exactly as written. Unknown keys are refused.
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct OpsFile {
+    pub environments: BTreeMap<String, EnvironmentSettings>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct EnvironmentSettings {
+    #[serde(default)]
+    pub description: String,
+    /// Destructive commands (restore) ask for confirmation: set for production.
+    #[serde(default)]
+    pub protected: bool,
+    /// The Docker engine: `unix:///var/run/docker.sock` or `tcp://HOST:PORT`.
+    /// Unset: `DOCKER_HOST`, else the local socket.
+    pub docker_host: Option<String>,
+    /// KEY=VALUE file with this environment's secrets (git-ignored), relative
+    /// to ops.toml. Variables set in the process environment win over it.
+    pub env_file: Option<String>,
+    /// Secrets that `deploy` may create (random) in `env_file` when missing.
+    /// For development only: never list production secrets here.
+    #[serde(default)]
+    pub generate_secrets: Vec<String>,
+    pub compose: ComposeSettings,
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceSettings>,
+    pub database: Option<DatabaseSettings>,
+    #[serde(default)]
+    pub deploy: DeploySettings,
+    /// Prisma migrations: where they are and how they are applied.
+    #[serde(default)]
+    pub migrations: crate::database_migrations::MigrationSettings,
+    /// Database backups: where they go, how they are taken, how long kept.
+    pub backups: Option<BackupSettings>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeSettings {
+    /// Compose files, relative to ops.toml.
+    pub files: Vec<String>,
+    /// The Compose project name (it prefixes the network: `<project>_mre-network`).
+    pub project: String,
+    /// `auto` (default), `docker compose` or `docker-compose`.
+    #[serde(default)]
+    pub command: ComposeCommand,
+    /// Non-secret variables for the Compose files' `${...}` interpolation.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Commands run from ops.toml's folder before `compose build`, each an
+    /// argument list (no shell).
+    #[serde(default)]
+    pub pre_build: Vec<Vec<String>>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ComposeCommand {
+    #[default]
+    #[serde(rename = "auto")]
+    Auto,
+    #[serde(rename = "docker compose")]
+    V2,
+    #[serde(rename = "docker-compose")]
+    V1,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSettings {
+    /// The container's name (`mre-app`); its Docker health is checked.
+    pub container: Option<String>,
+    /// Where people reach it, printed after a deploy.
+    pub url: Option<String>,
+    pub health: Option<HealthSettings>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSettings {
+    pub url: String,
+    /// What a healthy answer looks like.
+    #[serde(default)]
+    pub expect: Expect,
+    #[serde(default = "default_health_timeout")]
+    pub timeout_secs: f64,
+}
+
+fn default_health_timeout() -> f64 {
+    5.0
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Expect {
+    /// Status 200 and the runbook's JSON: `success: true`,
+    /// `data.status: "healthy"`, `data.timestamp` in RFC 3339, `message`.
+    RunbookJson,
+    /// Any 2xx status.
+    #[default]
+    #[serde(rename = "http-2xx")]
+    Http2xx,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// The database container (`mre-postgres`), for `docker exec`-style steps
+    /// and its Docker health.
+    pub container: Option<String>,
+    /// How the host reaches it. Ignored when `url_env` is set and present.
+    #[serde(default = "default_db_host")]
+    pub host: String,
+    #[serde(default = "default_db_port")]
+    pub port: u16,
+    pub user: String,
+    pub name: String,
+    /// The variable (process environment or env file) holding the password.
+    pub password_env: Option<String>,
+    /// The variable holding a whole connection URL; wins when present.
+    pub url_env: Option<String>,
+}
+
+fn default_db_host() -> String {
+    "localhost".into()
+}
+fn default_db_port() -> u16 {
+    5432
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySettings {
+    /// How long `deploy` waits for every check to pass.
+    #[serde(default = "default_wait")]
+    pub wait_secs: u64,
+}
+
+impl Default for DeploySettings {
+    fn default() -> Self {
+        DeploySettings {
+            wait_secs: default_wait(),
+        }
+    }
+}
+
+fn default_wait() -> u64 {
+    180
+}
+
+// ---------------------------------------------------------------------------
+// Loading.

@@ -1,0 +1,77 @@
+//! Files and randomness shared by every section: private files written
+//! atomically, random tokens and UUIDs (from `getrandom` and `hex`, already in
+//! the dependency graph).
+
+use anyhow::{Context, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+
+/// Write a file readable by its owner only, through a temporary file and a
+/// rename so that a crash never leaves half of it. Two writers at once each
+/// use their own temporary file; the last rename wins.
+pub fn write_private(path: &Utf8Path, text: &str) -> Result<()> {
+    write_private_bytes(path, text.as_bytes())
+}
+
+pub fn write_private_bytes(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = Utf8PathBuf::from(format!(
+        "{path}.tmp-{}-{}",
+        std::process::id(),
+        random_hex(4)?
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {tmp}: is its folder writable?"))?;
+    let written = f
+        .write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {tmp}: is the disk full?"));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {tmp} to {path}"))?;
+    Ok(())
+}
+
+/// `bytes` random bytes as lowercase hex.
+pub fn random_hex(bytes: usize) -> Result<String> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf)
+        .map_err(|e| anyhow::anyhow!("the system's random source failed: {e}"))?;
+    Ok(hex::encode(buf))
+}
+
+/// A random UUID v4, lowercase and hyphenated (Prisma's migration ids).
+#[allow(dead_code)] // first user: migrations (the migrate split)
+pub fn uuid_v4() -> Result<String> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b)
+        .map_err(|e| anyhow::anyhow!("the system's random source failed: {e}"))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn uuid_is_v4() {
+        let u = super::uuid_v4().unwrap();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert!("89ab".contains(&u[19..20]));
+    }
+}

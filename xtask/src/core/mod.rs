@@ -1,0 +1,9 @@
+//! The shared core every runbook section builds on: one step runner with
+//! undo (`steps`), signals (`interrupt`), one command's session with an
+//! environment (`session`), and files and randomness (`files`). It imports
+//! `config` and `adapters`, never a runbook section.
+
+pub mod files;
+pub mod interrupt;
+pub mod session;
+pub mod steps;

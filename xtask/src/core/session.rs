@@ -1,0 +1,73 @@
+//! One command's session with an environment: resolve it from ops.toml,
+//! register its secrets for redaction and say once which shell variables
+//! override its env file. The only place that turns a loaded environment
+//! into side effects, so that `crate::config` stays pure.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use anyhow::{bail, Result};
+
+use crate::adapters::compose::{Compose, Flavor};
+use crate::adapters::output::{register_secret, Output};
+use crate::config::{ComposeCommand, Env, Ops};
+
+static WARNED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+
+/// The environment `name`, its secrets masked in every line printed from now
+/// on. Warnings about shell overrides are printed once per process, however
+/// often a step re-reads the environment.
+pub fn env(ops: &Ops, out: &Output, name: &str) -> Result<Env> {
+    let env = ops.resolve(name)?;
+    protect(&env);
+    for key in env.shell_overrides() {
+        if WARNED
+            .lock()
+            .unwrap()
+            .insert((env.name.clone(), key.clone()))
+        {
+            out.warn(&format!(
+                "${key} is set in this shell and differs from {}: the shell's value is used for `{}`",
+                env.env_file_hint(),
+                env.name
+            ));
+        }
+    }
+    Ok(env)
+}
+
+/// Mask every secret value the environment holds (again after a step created
+/// one, e.g. a generated password).
+pub fn protect(env: &Env) {
+    for v in env.secret_values() {
+        register_secret(&v);
+    }
+}
+
+/// The environment's Compose project, its files checked to exist.
+pub fn compose(env: &Env) -> Result<Compose> {
+    for f in env.compose_files() {
+        if !f.exists() {
+            bail!(
+                "the Compose file {f} named by environments.{}.compose.files does not exist (paths are relative to ops.toml)",
+                env.name
+            );
+        }
+    }
+    let flavor = match env.settings.compose.command {
+        ComposeCommand::Auto => Flavor::Auto,
+        ComposeCommand::V2 => Flavor::V2,
+        ComposeCommand::V1 => Flavor::V1,
+    };
+    Compose::new(
+        flavor,
+        env.compose_files(),
+        env.settings.compose.project.clone(),
+        // Compose talks to the same engine as the Engine API calls.
+        [("DOCKER_HOST".to_string(), env.docker_host())]
+            .into_iter()
+            .chain(env.compose_env())
+            .collect(),
+        env.dir.clone(),
+    )
+}
