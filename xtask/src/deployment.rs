@@ -11,8 +11,8 @@ use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
 use crate::adapters::process::Command;
 use crate::config::{config_error, Env, Ops};
-use crate::core::session;
 use crate::core::steps::Plan;
+use crate::core::{check, session};
 use crate::{database_migrations, health_checks, post_deployment_verification};
 
 /// Deploy an environment (runbook: Deployment Procedures).
@@ -95,6 +95,21 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
                 )));
             }
         }
+    }
+
+    // One operation at a time on an environment, held until the deploy ends
+    // (on error and Ctrl-C too).
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(crate::core::lock::acquire(
+            &env,
+            out,
+            &format!("deploy {}", env.name),
+        )?)
+    };
+    if !args.dry_run && generated.is_empty() {
+        check_password_against_running_database(&env)?;
     }
 
     let mut plan = Plan::new(format!("deploy {}", env.name));
@@ -198,28 +213,52 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
 
 fn wait_healthy(env: &Env, out: &Output, wait: Duration) -> Result<()> {
     let checks = health_checks::wait_until_healthy(env, out, wait);
-    let failed: Vec<&health_checks::Check> = checks.iter().filter(|c| !c.ok).collect();
-    if failed.is_empty() {
+    crate::core::interrupt::check()?;
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
         out.detail(&format!("all {} health checks pass", checks.len()));
         return Ok(());
     }
-    let mut msg = format!(
-        "after {} s, {} of {} health checks still fail:",
+    bail!(
+        "after {} s, {failed} of {} health checks still fail:{}\nThe services are up but not healthy. `cargo xtask status {}` shows them; `cargo xtask logs SERVICE` says why.",
         wait.as_secs(),
-        failed.len(),
-        checks.len()
-    );
-    for c in failed {
-        msg.push_str(&format!(
-            "\n  - {}: {}\n    next: {}",
-            c.name,
-            c.detail,
-            c.next.as_deref().unwrap_or("-")
-        ));
-    }
-    msg.push_str(&format!(
-        "\nThe services are up but not healthy. `cargo xtask status {}` shows them; `cargo xtask logs SERVICE` says why.",
+        checks.len(),
+        check::failures(&checks),
         env.name
-    ));
-    bail!(msg)
+    )
+}
+
+/// A running database keeps the password its volume was created with: when
+/// the env file says otherwise, recreating the containers would lock the
+/// application out. Found before anything is recreated.
+fn check_password_against_running_database(env: &Env) -> Result<()> {
+    let Some(container) = env
+        .settings
+        .database
+        .as_ref()
+        .and_then(|d| d.container.clone())
+    else {
+        return Ok(());
+    };
+    let Ok(url) = env.database_url() else {
+        return Ok(());
+    };
+    let docker = Docker::connect(&env.docker_host())?;
+    let running = docker
+        .container(&container)?
+        .is_some_and(|c| c.state == "running");
+    if !running {
+        return Ok(());
+    }
+    match crate::adapters::postgres::select_one(&url, Duration::from_secs(5)) {
+        Err(e) if format!("{e:#}").contains("password authentication failed") => Err(config_error(format!(
+            "the running database `{container}` refuses the password in {} (it keeps the one its volume was created with): \
+             nothing was changed. Put the original password back, or change it inside the database first \
+             (ALTER ROLE ... PASSWORD), then deploy again",
+            env.env_file_hint()
+        ))),
+        // Unreachable from the host (other port, starting): the deploy's own
+        // wait reports it.
+        _ => Ok(()),
+    }
 }

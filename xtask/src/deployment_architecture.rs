@@ -8,6 +8,7 @@ use anyhow::Result;
 
 use crate::adapters::output::Output;
 use crate::config::Ops;
+use crate::core::report::Report;
 use crate::core::session;
 
 // `cargo xtask config [ENV]`
@@ -102,28 +103,26 @@ pub fn config(ops: &Ops, out: &Output, args: &ConfigArgs) -> Result<()> {
             "backups": s.backups,
         }));
     }
-    if out.json {
-        out.json_doc(&serde_json::json!({
-            "config": ops.path.as_str(), "valid": true, "ready": problems.is_empty(),
-            "problems": problems, "environments": docs,
-        }));
-    } else {
-        out.line(&format!(
-            "{}: valid ({} environments: {})",
-            ops.path,
-            ops.names().len(),
-            ops.names().join(", ")
-        ));
-        for doc in docs {
-            out.line("");
-            out.line(&format!("[{}]", doc["environment"].as_str().unwrap_or("?")));
-            let mut lines = Vec::new();
-            tree(&doc, 1, &mut lines);
-            for l in lines {
-                out.line(&l);
-            }
+    let mut report = Report::new(serde_json::json!({
+        "config": ops.path.as_str(), "valid": true, "ready": problems.is_empty(),
+        "problems": problems, "environments": docs,
+    }));
+    report.line(format!(
+        "{}: valid ({} environments: {})",
+        ops.path,
+        ops.names().len(),
+        ops.names().join(", ")
+    ));
+    for doc in &docs {
+        report.line("");
+        report.line(format!("[{}]", doc["environment"].as_str().unwrap_or("?")));
+        let mut lines = Vec::new();
+        tree(doc, 1, &mut lines);
+        for l in lines {
+            report.line(l);
         }
     }
+    report.emit(out);
     if !problems.is_empty() {
         anyhow::bail!(
             "the file is valid, but {} would stop a command half-way:\n  - {}",

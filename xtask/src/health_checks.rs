@@ -6,12 +6,12 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
-use serde::Serialize;
 
 use crate::adapters::docker::Docker;
-use crate::adapters::output::{Output, Tone};
+use crate::adapters::output::Output;
 use crate::adapters::{clock, http, postgres};
 use crate::config::{Env, Expect, HealthSettings, Ops};
+use crate::core::check::{self, Check, Probe};
 use crate::core::session;
 
 /// Run the runbook's health checks (runbook: Health Check Procedures).
@@ -29,46 +29,6 @@ pub struct HealthArgs {
     pub wait: Option<u64>,
 }
 
-#[derive(Serialize, Clone, Debug)]
-pub struct Check {
-    /// What was checked: `mre-app /api/health`, `container mre-app`, `database`.
-    pub name: String,
-    pub kind: &'static str,
-    pub target: String,
-    pub ok: bool,
-    pub detail: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expected: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub got: Option<String>,
-    /// The next thing to try.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-    pub millis: u64,
-}
-
-impl Check {
-    fn pass(
-        name: String,
-        kind: &'static str,
-        target: String,
-        detail: String,
-        took: Duration,
-    ) -> Check {
-        Check {
-            name,
-            kind,
-            target,
-            ok: true,
-            detail,
-            expected: None,
-            got: None,
-            next: None,
-            millis: took.as_millis() as u64,
-        }
-    }
-}
-
 pub fn health(ops: &Ops, out: &Output, args: &HealthArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
     let start = Instant::now();
@@ -76,7 +36,15 @@ pub fn health(ops: &Ops, out: &Output, args: &HealthArgs) -> Result<()> {
         Some(secs) => wait_until_healthy(&env, out, Duration::from_secs(secs)),
         None => run_all(&env),
     };
-    report(&env, out, &checks, start.elapsed());
+    check::report(
+        out,
+        "health",
+        &format!("Health of `{}`", env.name),
+        serde_json::json!({ "environment": env.name }),
+        &checks,
+        start.elapsed(),
+    )
+    .emit(out);
     let failed: Vec<&str> = checks
         .iter()
         .filter(|c| !c.ok)
@@ -97,76 +65,44 @@ pub fn health(ops: &Ops, out: &Output, args: &HealthArgs) -> Result<()> {
 /// Poll every check until all pass or `limit` runs out; the last round's
 /// results. Shows progress on a terminal.
 pub fn wait_until_healthy(env: &Env, out: &Output, limit: Duration) -> Vec<Check> {
-    let start = Instant::now();
-    loop {
-        let round = Instant::now();
-        let checks = run_all(env);
-        let passing = checks.iter().filter(|c| c.ok).count();
-        if passing == checks.len() || start.elapsed() >= limit {
-            out.progress_done();
-            return checks;
-        }
-        let waiting: Vec<&str> = checks
-            .iter()
-            .filter(|c| !c.ok)
-            .map(|c| c.name.as_str())
-            .collect();
-        out.progress(&format!(
-            "waiting for health ({passing}/{} passing, {:.0}s of {}s): {}",
-            checks.len(),
-            start.elapsed().as_secs_f64(),
-            limit.as_secs(),
-            waiting.join(", ")
-        ));
-        std::thread::sleep(Duration::from_secs(1).saturating_sub(round.elapsed()));
-    }
+    check::poll(&probes(env), out, "health", limit)
 }
 
 /// Every check of the environment, run concurrently, in a stable order:
 /// HTTP endpoints, containers, database.
 pub fn run_all(env: &Env) -> Vec<Check> {
-    std::thread::scope(|s| {
-        // The slow ones (a Docker round trip, a PostgreSQL login) first: the
-        // whole takes as long as the slowest.
-        let database = env
-            .settings
-            .database
-            .as_ref()
-            .map(|_| s.spawn(|| database_check(env)));
-        let containers = s.spawn(|| container_checks(env));
-        let http: Vec<_> = env
-            .settings
-            .services
-            .iter()
-            .filter_map(|(svc, settings)| {
-                let h = settings.health.as_ref()?;
-                Some(s.spawn(move || http_check(&env.name, svc, h)))
-            })
-            .collect();
-        let mut checks: Vec<Check> = http
-            .into_iter()
-            .map(|h| h.join().expect("health check thread"))
-            .collect();
-        checks.extend(containers.join().expect("container check thread"));
-        checks.extend(database.map(|h| h.join().expect("database check thread")));
-        checks
-    })
+    check::run(&probes(env))
+}
+
+/// The environment's health probes: HTTP endpoints, containers, database.
+pub fn probes(env: &Env) -> Vec<Probe<'_>> {
+    let mut probes: Vec<Probe<'_>> = Vec::new();
+    for (svc, settings) in &env.settings.services {
+        if let Some(h) = settings.health.as_ref() {
+            probes.push(Box::new(move || vec![http_check(&env.name, svc, h)]));
+        }
+    }
+    probes.push(Box::new(move || container_checks(env)));
+    if env.settings.database.is_some() {
+        probes.push(Box::new(move || vec![database_check(env)]));
+    }
+    probes
 }
 
 fn http_check(env: &str, service: &str, h: &HealthSettings) -> Check {
     let name = format!("{service} {}", path_of(&h.url));
     let start = Instant::now();
     let logs = format!("`cargo xtask logs {service} --env {env}`");
-    let fail = |expected: &str, got: String, next: String| Check {
-        name: name.clone(),
-        kind: "http",
-        target: h.url.clone(),
-        ok: false,
-        detail: format!("expected {expected}, got {got}"),
-        expected: Some(expected.to_string()),
-        got: Some(got),
-        next: Some(next),
-        millis: start.elapsed().as_millis() as u64,
+    let fail = |expected: &str, got: String, next: String| {
+        Check::fail(
+            name.clone(),
+            "http",
+            h.url.clone(),
+            expected,
+            got,
+            next,
+            start.elapsed(),
+        )
     };
     let reply = match http::get(&h.url, Duration::from_secs_f64(h.timeout_secs)) {
         Ok(r) => r,
@@ -313,16 +249,16 @@ fn container_checks(env: &Env) -> Vec<Check> {
             let why = format!("{e:#}");
             return wanted
                 .into_iter()
-                .map(|(_, c)| Check {
-                    name: format!("container {c}"),
-                    kind: "container",
-                    target: c,
-                    ok: false,
-                    detail: why.clone(),
-                    expected: Some("a reachable Docker engine".into()),
-                    got: Some(why.clone()),
-                    next: Some(format!("check `docker info` works against {host}; set docker_host in ops.toml or DOCKER_HOST")),
-                    millis: start.elapsed().as_millis() as u64,
+                .map(|(_, c)| {
+                    Check::fail(
+                        format!("container {c}"),
+                        "container",
+                        c,
+                        "a reachable Docker engine",
+                        why.clone(),
+                        format!("check `docker info` works against {host}; set docker_host in ops.toml or DOCKER_HOST"),
+                        start.elapsed(),
+                    )
                 })
                 .collect();
         }
@@ -334,16 +270,8 @@ fn container_checks(env: &Env) -> Vec<Check> {
         .into_iter()
         .zip(results)
         .map(|((service, name), result)| {
-            let fail = |expected: &str, got: String, next: String| Check {
-                name: format!("container {name}"),
-                kind: "container",
-                target: name.clone(),
-                ok: false,
-                detail: format!("expected {expected}, got {got}"),
-                expected: Some(expected.into()),
-                got: Some(got),
-                next: Some(next),
-                millis: took.as_millis() as u64,
+            let fail = |expected: &str, got: String, next: String| {
+                Check::fail(format!("container {name}"), "container", name.clone(), expected, got, next, took)
             };
             match result {
                 Err(e) => fail("an answer from the Docker engine", format!("{e:#}"), "retry; check `docker info`".into()),
@@ -362,7 +290,7 @@ fn container_checks(env: &Env) -> Vec<Check> {
                 ),
                 Ok(Some(c)) => match c.health.as_deref() {
                     Some("healthy") => Check::pass(format!("container {name}"), "container", name.clone(), "running, healthy".into(), took),
-                    None | Some("none") | Some("") => Check::pass(
+                    None | Some("none") | Some("") => Check::warn(
                         format!("container {name}"),
                         "container",
                         name.clone(),
@@ -389,16 +317,16 @@ fn container_checks(env: &Env) -> Vec<Check> {
 
 fn database_check(env: &Env) -> Check {
     let start = Instant::now();
-    let fail = |target: String, got: String, next: &str| Check {
-        name: "database".into(),
-        kind: "database",
-        target,
-        ok: false,
-        detail: format!("expected `SELECT 1` to answer 1, got {got}"),
-        expected: Some("`SELECT 1` answers 1".into()),
-        got: Some(got),
-        next: Some(next.into()),
-        millis: start.elapsed().as_millis() as u64,
+    let fail = |target: String, got: String, next: &str| {
+        Check::fail(
+            "database".into(),
+            "database",
+            target,
+            "`SELECT 1` to answer 1",
+            got,
+            next.into(),
+            start.elapsed(),
+        )
     };
     let url = match env.database_url() {
         Ok(u) => u,
@@ -422,77 +350,6 @@ fn database_check(env: &Env) -> Check {
             ),
         ),
     }
-}
-
-fn report(env: &Env, out: &Output, checks: &[Check], took: Duration) {
-    let passed = checks.iter().filter(|c| c.ok).count();
-    if out.json {
-        out.json_doc(&serde_json::json!({
-            "environment": env.name,
-            "ok": passed == checks.len(),
-            "passed": passed,
-            "failed": checks.len() - passed,
-            "millis": took.as_millis() as u64,
-            "checks": checks,
-        }));
-    } else {
-        out.line(&format!(
-            "Health of `{}`: {passed}/{} checks pass ({} ms)",
-            env.name,
-            checks.len(),
-            took.as_millis()
-        ));
-        let w = checks
-            .iter()
-            .map(|c| c.name.chars().count())
-            .max()
-            .unwrap_or(0);
-        for c in checks {
-            let mark = if c.ok {
-                out.paint(Tone::Good, "✓")
-            } else {
-                out.paint(Tone::Bad, "✗")
-            };
-            if c.ok {
-                out.line(&format!("  {mark} {:<w$} {}", c.name, c.detail));
-            } else {
-                out.line(&format!(
-                    "  {mark} {:<w$} {}",
-                    c.name,
-                    out.paint(Tone::Bad, "FAILED")
-                ));
-                out.line(&format!(
-                    "      expected: {}",
-                    c.expected.as_deref().unwrap_or("-")
-                ));
-                out.line(&format!(
-                    "      got:      {}",
-                    c.got.as_deref().unwrap_or("-")
-                ));
-                out.line(&format!(
-                    "      next:     {}",
-                    c.next.as_deref().unwrap_or("-")
-                ));
-            }
-        }
-    }
-    for c in checks.iter().filter(|c| !c.ok) {
-        out.annotate_error(&format!("health check {} failed: {}", c.name, c.detail));
-    }
-    let mut md = format!(
-        "### Health of `{}`: {passed}/{} pass\n\n| check | result | detail |\n|---|---|---|\n",
-        env.name,
-        checks.len()
-    );
-    for c in checks {
-        md.push_str(&format!(
-            "| {} | {} | {} |\n",
-            c.name,
-            if c.ok { "✅" } else { "❌" },
-            c.detail.replace('|', "\\|")
-        ));
-    }
-    out.step_summary(&md);
 }
 
 #[cfg(test)]

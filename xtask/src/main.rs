@@ -15,6 +15,7 @@ mod deployment_architecture;
 mod disaster_recovery;
 mod health_checks;
 mod post_deployment_verification;
+mod rollback_procedures;
 
 use std::process::ExitCode;
 
@@ -50,6 +51,16 @@ pub struct Cli {
     /// More detail (the commands run, timings).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Wait up to SECS for another operation's lock on the environment
+    /// (default: refuse at once, naming the holder).
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECS",
+        env = "MRE_OPS_LOCK_WAIT",
+        default_value_t = 0
+    )]
+    lock_wait: u64,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -65,6 +76,8 @@ enum Cmd {
     Backup(disaster_recovery::BackupArgs),
     Restore(disaster_recovery::RestoreArgs),
     Drill(disaster_recovery::DrillArgs),
+    Recover(rollback_procedures::RecoverArgs),
+    Lock(rollback_procedures::LockArgs),
     /// Build the bundled demo stack's offline images (the stand-in for the
     /// MRE application).
     Demo(demo::DemoArgs),
@@ -99,6 +112,7 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
     if let Cmd::Demo(args) = &cli.command {
         return demo::demo(out, args);
     }
+    core::lock::set_wait(cli.lock_wait);
     let ops = Ops::load(cli.config.as_deref())?;
     match &cli.command {
         Cmd::Config(args) => deployment_architecture::config(&ops, out, args),
@@ -107,6 +121,8 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Cmd::Backup(args) => disaster_recovery::backup(&ops, out, args),
         Cmd::Restore(args) => disaster_recovery::restore(&ops, out, args),
         Cmd::Drill(args) => disaster_recovery::drill(&ops, out, args),
+        Cmd::Recover(args) => rollback_procedures::recover(&ops, out, args),
+        Cmd::Lock(args) => rollback_procedures::lock_cmd(&ops, out, args),
         Cmd::Health(args) => health_checks::health(&ops, out, args),
         Cmd::Status(args) => post_deployment_verification::status(&ops, out, args),
         Cmd::Logs(args) => post_deployment_verification::logs(&ops, out, args),

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use crate::adapters::docker::{Container, Docker};
 use crate::adapters::output::{Output, Tone};
 use crate::config::{config_error, Env, Ops};
+use crate::core::report::Report;
 use crate::core::session;
 
 /// Show the services of an environment (runbook: "Verify services",
@@ -104,8 +105,7 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
         })
         .collect();
 
-    if out.json {
-        let services: Vec<serde_json::Value> = rows
+    let services: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
                 serde_json::json!({
@@ -120,15 +120,15 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
                 })
             })
             .collect();
-        out.json_doc(&serde_json::json!({
-            "environment": env.name,
-            "project": project,
-            "docker_host": docker.host,
-            "ok": bad.is_empty(),
-            "services": services,
-        }));
-    } else {
-        out.line(&format!(
+    let mut report = Report::new(serde_json::json!({
+        "environment": env.name,
+        "project": project,
+        "docker_host": docker.host,
+        "ok": bad.is_empty(),
+        "services": services,
+    }));
+    {
+        report.line(format!(
             "Services of `{}` (Compose project {project}, {}):",
             env.name, docker.host
         ));
@@ -150,7 +150,7 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
             .max()
             .unwrap_or(0)
             .max(5);
-        out.line(&format!(
+        report.line(format!(
             "  {:<ws$} {:<wc$} {:<10} {:<10} {:<wi$} PORTS",
             "SERVICE", "CONTAINER", "STATE", "HEALTH", "IMAGE"
         ));
@@ -180,12 +180,13 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
                 _ => Tone::Bad,
             };
             let state_col = out.paint(tone, &format!("{state:<10}"));
-            out.line(&format!(
+            report.line(format!(
                 "  {:<ws$} {:<wc$} {state_col} {:<10} {:<wi$} {ports}",
                 r.service, r.container, health, image
             ));
         }
     }
+    report.emit(out);
     if !bad.is_empty() {
         let names: Vec<&str> = bad.iter().map(|r| r.container.as_str()).collect();
         let first = bad[0].service.clone();

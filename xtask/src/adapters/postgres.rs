@@ -57,3 +57,29 @@ pub fn select_one(url: &str, timeout: Duration) -> Result<()> {
     anyhow::ensure!(one == 1, "`SELECT 1` returned {one}");
     Ok(())
 }
+
+/// Connect to another database of the same server (the maintenance database
+/// for locks and CREATE/DROP DATABASE), naming the session `application`
+/// (shown in `pg_stat_activity`; PostgreSQL keeps 63 bytes).
+pub fn connect_to(
+    url: &str,
+    dbname: &str,
+    application: &str,
+    timeout: Duration,
+) -> Result<postgres::Client> {
+    let mut config = postgres::Config::from_str(url).with_context(|| {
+        format!(
+            "the database URL for {} is not a valid PostgreSQL URL",
+            describe_url(url)
+        )
+    })?;
+    config.connect_timeout(timeout);
+    config.dbname(dbname);
+    config.application_name(application);
+    config.connect(postgres::NoTls).with_context(|| {
+        format!(
+            "cannot connect to PostgreSQL at {} (database {dbname}): is the database running and the password right?",
+            describe_url(url)
+        )
+    })
+}

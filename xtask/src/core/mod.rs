@@ -3,7 +3,11 @@
 //! environment (`session`), and files and randomness (`files`). It imports
 //! `config` and `adapters`, never a runbook section.
 
+pub mod check;
 pub mod files;
+pub mod intent;
 pub mod interrupt;
+pub mod lock;
+pub mod report;
 pub mod session;
 pub mod steps;

@@ -33,6 +33,19 @@ pub fn env(ops: &Ops, out: &Output, name: &str) -> Result<Env> {
             ));
         }
     }
+    if let Some(i) = super::intent::pending(&env) {
+        if WARNED
+            .lock()
+            .unwrap()
+            .insert((env.name.clone(), "\0intent".into()))
+        {
+            out.warn(&format!(
+                "{}: `cargo xtask recover {}` starts what it stopped and drops what it staged",
+                i.describe(),
+                env.name
+            ));
+        }
+    }
     Ok(env)
 }
 

@@ -1,0 +1,145 @@
+//! What an operation is about to leave half-done, written before it stops
+//! anything: the containers it stopped and the scratch databases it made.
+//! A run that ends (success, failure, Ctrl-C) removes the record after its
+//! undos; a run killed with -9 leaves it, and the next command on the
+//! environment says so, and `cargo xtask recover ENV` (or the next restore)
+//! starts what was stopped and drops what was staged.
+
+use anyhow::{Context, Result};
+use camino::Utf8PathBuf;
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::clock::Utc;
+use crate::config::Env;
+use crate::core::files::write_private;
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Intent {
+    pub operation: String,
+    pub pid: u32,
+    pub since: String,
+    /// Containers the operation stopped and that must run again.
+    pub stopped: Vec<String>,
+    /// Databases the operation created and that must be dropped if it did
+    /// not finish (never the live one).
+    pub scratch_databases: Vec<String>,
+}
+
+impl Intent {
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.stopped.is_empty() {
+            parts.push(format!("stopped {}", self.stopped.join(", ")));
+        }
+        if !self.scratch_databases.is_empty() {
+            parts.push(format!(
+                "left the database(s) {}",
+                self.scratch_databases.join(", ")
+            ));
+        }
+        if parts.is_empty() {
+            parts.push("changed nothing yet".into());
+        }
+        format!(
+            "an unfinished `{}` (pid {}, since {}) {}",
+            self.operation,
+            self.pid,
+            self.since,
+            parts.join(" and ")
+        )
+    }
+}
+
+pub fn path(env: &Env) -> Utf8PathBuf {
+    env.dir
+        .join(".mre-ops")
+        .join("locks")
+        .join(format!("{}.intent.json", env.name))
+}
+
+/// The record an earlier run left, if any.
+pub fn pending(env: &Env) -> Option<Intent> {
+    let text = std::fs::read_to_string(path(env)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// The record of a running operation; kept on disk at every change.
+#[allow(dead_code)] // its first writer is restore (the recovery split lands next)
+pub struct Record {
+    path: Utf8PathBuf,
+    pub intent: Intent,
+}
+
+#[allow(dead_code)]
+impl Record {
+    /// Start recording (under the environment's lock).
+    pub fn begin(env: &Env, operation: &str) -> Result<Record> {
+        let r = Record {
+            path: path(env),
+            intent: Intent {
+                operation: operation.to_string(),
+                pid: std::process::id(),
+                since: Utc::now().rfc3339(),
+                ..Intent::default()
+            },
+        };
+        r.save()?;
+        Ok(r)
+    }
+
+    fn save(&self) -> Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        }
+        let text = serde_json::to_string_pretty(&self.intent).expect("intent serialises");
+        write_private(&self.path, &text)
+    }
+
+    /// Call before stopping `container`.
+    pub fn stopping(&mut self, container: &str) -> Result<()> {
+        if !self.intent.stopped.iter().any(|c| c == container) {
+            self.intent.stopped.push(container.to_string());
+        }
+        self.save()
+    }
+
+    /// Call once `container` runs again.
+    pub fn started(&mut self, container: &str) -> Result<()> {
+        self.intent.stopped.retain(|c| c != container);
+        self.save()
+    }
+
+    /// Call before creating the scratch database `name`.
+    pub fn creating_database(&mut self, name: &str) -> Result<()> {
+        if !self.intent.scratch_databases.iter().any(|c| c == name) {
+            self.intent.scratch_databases.push(name.to_string());
+        }
+        self.save()
+    }
+
+    /// Call once `name` is dropped, or has become the live database.
+    pub fn database_done(&mut self, name: &str) -> Result<()> {
+        self.intent.scratch_databases.retain(|c| c != name);
+        self.save()
+    }
+
+    /// The operation ended and everything it stopped runs again.
+    pub fn finish(self) -> Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("removing {}", self.path))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Forget a pending record after it was recovered.
+pub fn clear(env: &Env) -> Result<()> {
+    match std::fs::remove_file(path(env)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path(env)))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,217 @@
+//! Rollback Procedures, for operations that did not finish: `recover` starts
+//! what an interrupted (even `kill -9`ed) restore or deploy stopped and drops
+//! the databases it staged, from the record it wrote before changing
+//! anything; `lock status|release` shows and clears the environment's lock.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::adapters::docker::Docker;
+use crate::adapters::output::Output;
+use crate::adapters::postgres;
+use crate::config::{Env, Ops};
+use crate::core::report::Report;
+use crate::core::steps::Plan;
+use crate::core::{intent, lock, session};
+use crate::health_checks;
+
+/// Finish or undo an interrupted operation (runbook: Rollback Procedures;
+/// Database Rollback).
+///
+/// A restore or deploy writes what it is about to stop or stage before it
+/// does it. After a crash or `kill -9`, this starts the containers it
+/// stopped, drops the scratch databases it created (never the live one),
+/// then waits for health. Nothing to do when no record is left.
+#[derive(clap::Args, Debug)]
+pub struct RecoverArgs {
+    /// Environment from ops.toml.
+    pub env: String,
+    /// Print the steps without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Show or release an environment's lock (runbook: Deployment Procedures:
+/// one operation at a time on an environment).
+#[derive(clap::Args, Debug)]
+pub struct LockArgs {
+    #[command(subcommand)]
+    pub cmd: LockCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum LockCmd {
+    /// Who holds the lock of ENV: on this machine and on its database server.
+    Status {
+        #[arg(default_value = "development")]
+        env: String,
+    },
+    /// Clear a stale lock (its holder died); --force also ends the database
+    /// session holding it. A live holder on this machine is never forced.
+    Release {
+        env: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+pub fn recover(ops: &Ops, out: &Output, args: &RecoverArgs) -> Result<()> {
+    let env = session::env(ops, out, &args.env)?;
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(lock::acquire(&env, out, "recover")?)
+    };
+    let Some(pending) = intent::pending(&env) else {
+        Report::new(
+            serde_json::json!({ "environment": env.name, "recovered": false, "pending": null }),
+        )
+        .line(format!(
+            "Nothing to recover in `{}`: no interrupted operation left a record.",
+            env.name
+        ))
+        .emit(out);
+        return Ok(());
+    };
+    out.line(&format!(
+        "Recovering `{}` from {}.",
+        env.name,
+        pending.describe()
+    ));
+    let live = env.settings.database.as_ref().map(|d| d.name.clone());
+    let mut plan = Plan::new(format!("recover {}", env.name));
+    for db in &pending.scratch_databases {
+        if Some(db) == live.as_ref() {
+            bail!("the record names the live database `{db}` as scratch: refusing to drop it; remove {} by hand after checking", intent::path(&env));
+        }
+        let db = db.clone();
+        let e = &env;
+        plan.action(
+            format!("Drop the staged database {db}"),
+            format!(
+                "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE) (the live database is untouched)"
+            ),
+            move || drop_database(e, &db),
+        );
+    }
+    for c in &pending.stopped {
+        let c = c.clone();
+        let e = &env;
+        plan.action(
+            format!("Start {c}"),
+            format!("docker start {c}"),
+            move || Docker::connect(&e.docker_host())?.start_container(&c),
+        );
+    }
+    let e = &env;
+    plan.action(
+        "Forget the record",
+        format!("remove {}", intent::path(&env)),
+        move || intent::clear(e),
+    );
+    if !pending.stopped.is_empty() {
+        plan.action(
+            "Verify health",
+            "poll every health check until all pass, at most 120 s",
+            move || {
+                let checks = health_checks::wait_until_healthy(e, out, Duration::from_secs(120));
+                let failed = checks.iter().filter(|c| !c.ok).count();
+                if failed > 0 {
+                    bail!(
+                        "the stopped services run again, but {failed} health checks fail:{}",
+                        crate::core::check::failures(&checks)
+                    );
+                }
+                Ok(())
+            },
+        );
+    }
+    plan.execute(out, args.dry_run)?;
+    if !args.dry_run {
+        Report::new(
+            serde_json::json!({ "environment": env.name, "recovered": true, "pending": pending }),
+        )
+        .line(format!(
+            "Recovered `{}`: every service it stopped runs again.",
+            env.name
+        ))
+        .emit(out);
+    }
+    Ok(())
+}
+
+fn drop_database(env: &Env, name: &str) -> Result<()> {
+    let url = env.database_url()?;
+    let maintenance = env
+        .settings
+        .backups
+        .as_ref()
+        .map(|b| b.maintenance_db.clone())
+        .unwrap_or_else(|| "postgres".into());
+    let mut c = postgres::connect_to(
+        &url,
+        &maintenance,
+        "mre-ops recover",
+        Duration::from_secs(5),
+    )?;
+    c.batch_execute(&format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    ))
+    .with_context(|| format!("dropping {name}"))
+}
+
+pub fn lock_cmd(ops: &Ops, out: &Output, args: &LockArgs) -> Result<()> {
+    match &args.cmd {
+        LockCmd::Status { env } => {
+            let env = session::env(ops, out, env)?;
+            let (local, stale, target) = lock::status(&env)?;
+            let mut r = Report::new(serde_json::json!({
+                "environment": env.name, "local": local, "stale": stale, "target": target,
+                "file": lock::lock_file(&env).as_str(),
+            }));
+            match (&local, stale, &target) {
+                (None, _, None) => r.line(format!("`{}` is not locked.", env.name)),
+                (Some(h), true, _) => r.line(format!(
+                    "`{}`: stale lock record of {} (the holder is gone; the next command takes the lock; `cargo xtask recover {}` undoes what it left)",
+                    env.name,
+                    h.describe(),
+                    env.name
+                )),
+                (Some(h), false, _) => r.line(format!("`{}` is locked on this machine by {}", env.name, h.describe())),
+                (None, _, Some(_)) => r.line(format!("`{}` is not locked on this machine.", env.name)),
+            };
+            if let Some(t) = &target {
+                r.line(format!(
+                    "`{}` is locked on its database server by {t}",
+                    env.name
+                ));
+            }
+            r.emit(out);
+            Ok(())
+        }
+        LockCmd::Release { env, force } => {
+            let env = session::env(ops, out, env)?;
+            if !force {
+                let (local, stale, target) = lock::status(&env)?;
+                if local.is_some() && !stale || target.is_some() {
+                    bail!(
+                        "the lock of `{}` is held: see `cargo xtask lock status {}`; --force ends a database session holding it",
+                        env.name,
+                        env.name
+                    );
+                }
+            }
+            let done = lock::force_release(&env)?;
+            Report::new(serde_json::json!({ "environment": env.name, "released": done }))
+                .line(if done.is_empty() {
+                    format!("`{}` was not locked.", env.name)
+                } else {
+                    format!("`{}`: {}", env.name, done.join("; "))
+                })
+                .emit(out);
+            Ok(())
+        }
+    }
+}
