@@ -3,8 +3,9 @@
 //! image comes from debootstrap and `docker import`, since no image can be
 //! pulled; the app image holds the `mre-demo` binary built here.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
+use xshell::{cmd, Shell};
 
 use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
@@ -14,6 +15,9 @@ use crate::core::steps::Plan;
 
 pub const BASE_IMAGE: &str = "mre-demo-base:bookworm";
 pub const POSTGRES_IMAGE: &str = "mre-demo-postgres:15";
+/// What the base image holds: PostgreSQL (the database image), wget (the
+/// runbook's container health check).
+const BASE_PACKAGES: &str = "postgresql-15,wget";
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -61,8 +65,8 @@ fn prepare(out: &Output, dry_run: bool, mirror: &str) -> Result<()> {
         plan.action(
             format!("Build {BASE_IMAGE} (debootstrap, about a minute)"),
             format!(
-                "$ debootstrap --variant=minbase --include=postgresql-15,wget bookworm ROOTFS {mirror}\n       \
-                 $ tar -C ROOTFS -c . | docker import - {BASE_IMAGE}"
+                "$ debootstrap --variant=minbase --include={BASE_PACKAGES} bookworm ROOTFS {mirror}\n       \
+                 $ tar -C ROOTFS -cf ROOTFS.tar . && docker import ROOTFS.tar {BASE_IMAGE}"
             ),
             move || build_base(out, &mirror),
         );
@@ -100,33 +104,33 @@ fn target_dir(root: &Utf8Path) -> Utf8PathBuf {
 }
 
 fn build_base(out: &Output, mirror: &str) -> Result<()> {
-    let Ok(which) = Command::new(
-        "sh",
-        ["-c", "command -v debootstrap || ls /usr/sbin/debootstrap"],
-    )
-    .read() else {
-        bail!("debootstrap is not installed: `apt-get install debootstrap` (it builds the demo's base image offline)");
-    };
-    let debootstrap = which
-        .trim()
-        .lines()
-        .next()
-        .unwrap_or("debootstrap")
-        .to_string();
+    // Plain shell lines, written as xshell commands (interpolated arguments,
+    // never a formatted string).
+    let sh = Shell::new().context("starting a shell")?;
+    let debootstrap = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .map(|d| Utf8PathBuf::from(d).join("debootstrap"))
+        .find(|p| p.exists())
+        .context("debootstrap is not installed: `apt-get install debootstrap` (it builds the demo's base image offline)")?;
     let tmp = Utf8PathBuf::from(format!("/tmp/mre-demo-rootfs-{}", std::process::id()));
+    let tar = Utf8PathBuf::from(format!("{tmp}.tar"));
+    let packages = format!("--include={BASE_PACKAGES}");
     let result = (|| {
-        Command::new(
-            &debootstrap,
-            [
-                "--variant=minbase",
-                "--include=postgresql-15,wget",
-                "bookworm",
-                tmp.as_str(),
-                mirror,
-            ],
-        )
-        .run(out)
-        .context("debootstrap failed: is the Debian mirror reachable, and is this run as root?")?;
+        out.detail(&format!(
+            "$ {debootstrap} --variant=minbase {packages} bookworm {tmp} {mirror}"
+        ));
+        let mut run = cmd!(
+            sh,
+            "{debootstrap} --variant=minbase {packages} bookworm {tmp} {mirror}"
+        );
+        if out.quiet {
+            run = run.quiet().ignore_stdout();
+        }
+        run.run().context(
+            "debootstrap failed: is the Debian mirror reachable, and is this run as root?",
+        )?;
         // Drop the package caches and the cluster the package created: the
         // image's entrypoint makes its own, like the official image.
         for dir in [
@@ -140,15 +144,19 @@ fn build_base(out: &Output, mirror: &str) -> Result<()> {
                 std::fs::remove_dir_all(&p).with_context(|| format!("cleaning {p}"))?;
             }
         }
-        let tar = duct::cmd!("tar", "-C", tmp.as_str(), "-c", ".");
-        let import = duct::cmd!("docker", "import", "-", BASE_IMAGE);
-        tar.pipe(import)
-            .stdout_null()
+        cmd!(sh, "tar -C {tmp} -cf {tar} .")
+            .quiet()
             .run()
-            .with_context(|| format!("importing {tmp} as {BASE_IMAGE}"))?;
+            .with_context(|| format!("packing {tmp}"))?;
+        cmd!(sh, "docker import {tar} {BASE_IMAGE}")
+            .quiet()
+            .ignore_stdout()
+            .run()
+            .with_context(|| format!("importing {tar} as {BASE_IMAGE}"))?;
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_file(&tar);
     result
 }
 

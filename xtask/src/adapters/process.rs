@@ -1,6 +1,6 @@
 //! Processes. A command is data (program, arguments, environment, folder)
 //! before it runs, so that `--dry-run` prints exactly what a real run would
-//! execute (`crate::core::steps` holds the plans made of them).
+//! execute (the step runner holds plans made of them).
 
 use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
