@@ -80,8 +80,11 @@ where
         }
         let (handler, active) = (handler.clone(), active.clone());
         std::thread::spawn(move || {
-            handle_connection(stream, &*handler);
-            active.fetch_sub(1, Ordering::SeqCst);
+            // The connection counts until its answer is written; the log
+            // line after it (stdout can block under load) does not.
+            handle_connection(stream, &*handler, || {
+                active.fetch_sub(1, Ordering::SeqCst);
+            });
         });
     }
     Ok(())
@@ -97,7 +100,11 @@ pub fn error_response(status: u16, code: &str, message: &str) -> Response {
     Response::raw(status, "application/json", error_body(code, message))
 }
 
-fn handle_connection(mut stream: TcpStream, handler: &dyn Fn(&Request) -> Response) {
+fn handle_connection(
+    mut stream: TcpStream,
+    handler: &dyn Fn(&Request) -> Response,
+    done: impl FnOnce(),
+) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
     let start = Instant::now();
@@ -112,13 +119,18 @@ fn handle_connection(mut stream: TcpStream, handler: &dyn Fn(&Request) -> Respon
             }
             (label, handler(&req))
         }
-        Err(None) => return, // connection closed or timed out before a request arrived
+        Err(None) => {
+            done();
+            return; // connection closed or timed out before a request arrived
+        }
         Err(Some((status, msg))) => (
             "- -".to_string(),
             error_response(status, "BAD_REQUEST", msg),
         ),
     };
     let _ = write_response(&mut stream, &response, !head_only);
+    drop(stream);
+    done();
     crate::log(&format!(
         "{label} {} {}ms",
         response.status,

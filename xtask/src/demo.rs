@@ -15,9 +15,14 @@ use crate::core::steps::Plan;
 
 pub const BASE_IMAGE: &str = "mre-demo-base:bookworm";
 pub const POSTGRES_IMAGE: &str = "mre-demo-postgres:15";
+pub const PROXY_IMAGE: &str = "mre-demo-proxy:1";
 /// What the base image holds: PostgreSQL (the database image), wget (the
-/// runbook's container health check).
-const BASE_PACKAGES: &str = "postgresql-15,wget";
+/// runbook's container health check), nginx (the staging/production
+/// stand-ins' reverse proxy). A change here bumps BASE_VERSION, which makes
+/// `demo prepare` build the base image again.
+const BASE_PACKAGES: &str = "postgresql-15,wget,nginx-light";
+const BASE_VERSION: &str = "2";
+const BASE_LABEL: &str = "org.mre-ops.demo-base";
 
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
@@ -58,15 +63,15 @@ fn prepare(out: &Output, dry_run: bool, mirror: &str) -> Result<()> {
     let docker = Docker::connect(&crate::adapters::docker::resolve_host(None))?;
     let mut plan = Plan::new("demo prepare");
 
-    if docker.image_exists(BASE_IMAGE)? {
-        out.detail(&format!("{BASE_IMAGE} is present"));
+    if docker.image_label(BASE_IMAGE, BASE_LABEL)?.as_deref() == Some(BASE_VERSION) {
+        out.detail(&format!("{BASE_IMAGE} (version {BASE_VERSION}) is present"));
     } else {
         let mirror = mirror.to_string();
         plan.action(
             format!("Build {BASE_IMAGE} (debootstrap, about a minute)"),
             format!(
                 "$ debootstrap --variant=minbase --include={BASE_PACKAGES} bookworm ROOTFS {mirror}\n       \
-                 $ tar -C ROOTFS -cf ROOTFS.tar . && docker import ROOTFS.tar {BASE_IMAGE}"
+                 $ tar -C ROOTFS -cf ROOTFS.tar . && docker import --change 'LABEL {BASE_LABEL}={BASE_VERSION}' ROOTFS.tar {BASE_IMAGE}"
             ),
             move || build_base(out, &mirror),
         );
@@ -77,6 +82,15 @@ fn prepare(out: &Output, dry_run: bool, mirror: &str) -> Result<()> {
         Command::new(
             "docker",
             ["build", "--quiet", "-t", POSTGRES_IMAGE, pg_dir.as_str()],
+        ),
+        out,
+    );
+    let proxy_dir = root.join("demo/docker/proxy");
+    plan.command(
+        format!("Build {PROXY_IMAGE}"),
+        Command::new(
+            "docker",
+            ["build", "--quiet", "-t", PROXY_IMAGE, proxy_dir.as_str()],
         ),
         out,
     );
@@ -148,7 +162,8 @@ fn build_base(out: &Output, mirror: &str) -> Result<()> {
             .quiet()
             .run()
             .with_context(|| format!("packing {tmp}"))?;
-        cmd!(sh, "docker import {tar} {BASE_IMAGE}")
+        let label = format!("LABEL {BASE_LABEL}={BASE_VERSION}");
+        cmd!(sh, "docker import --change {label} {tar} {BASE_IMAGE}")
             .quiet()
             .ignore_stdout()
             .run()

@@ -17,7 +17,15 @@ use crate::{database_migrations, health_checks, post_deployment_verification};
 
 /// Deploy an environment (runbook: Deployment Procedures).
 ///
-/// Steps: create missing development secrets; run the environment's
+/// With `[release]` in ops.toml (staging, production: runbook Staging and
+/// Production Deployment): back up (protected environments), build, tag and
+/// push the images, take the environment's lock, start the database, open
+/// the journal, lint and apply migrations, start the new colour beside the
+/// live one, switch the proxy when it is healthy, run the post-deploy
+/// checks (a failure switches back), stop the old colour (kept for
+/// `rollback`), prune, notify.
+///
+/// Without it (development): create missing development secrets; run the environment's
 /// pre-build commands; `compose build`; `compose up -d`; wait for the
 /// database; on protected environments and those with backups configured,
 /// when migrations are pending, lint them and back the database up; apply
@@ -40,10 +48,33 @@ pub struct DeployArgs {
     /// and production block on them otherwise).
     #[arg(long)]
     pub allow_risky: bool,
+    /// Releases (staging, production): the version to release (default: the
+    /// git commit of the checkout, short sha).
+    #[arg(long, value_name = "VERSION")]
+    pub tag: Option<String>,
+    /// Do not ask for confirmation on a protected environment (CI).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     let mut env = session::env(ops, out, &args.env)?;
+    if env.settings.release.is_some() {
+        // Staging and production: versioned images and a cutover without
+        // downtime (crate::releases).
+        crate::releases::check_settings(&env)?;
+        return crate::releases::deploy(
+            ops,
+            out,
+            env,
+            &crate::releases::ReleaseOptions {
+                dry_run: args.dry_run,
+                yes: args.yes,
+                allow_risky: args.allow_risky,
+                version: args.tag.as_deref(),
+            },
+        );
+    }
     // "Backup database before migration": protected environments, and those
     // with backups configured, back up before migrating; a protected one
     // without backups configured is refused here, before anything changes.

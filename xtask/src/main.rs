@@ -15,6 +15,7 @@ mod deployment_architecture;
 mod disaster_recovery;
 mod health_checks;
 mod post_deployment_verification;
+mod releases;
 mod rollback_procedures;
 
 use std::process::ExitCode;
@@ -76,6 +77,8 @@ enum Cmd {
     Backup(disaster_recovery::BackupArgs),
     Restore(disaster_recovery::RestoreArgs),
     Drill(disaster_recovery::DrillArgs),
+    Releases(releases::ReleasesArgs),
+    Rollback(releases::RollbackArgs),
     Recover(rollback_procedures::RecoverArgs),
     Lock(rollback_procedures::LockArgs),
     /// Build the bundled demo stack's offline images (the stand-in for the
@@ -121,6 +124,8 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Cmd::Backup(args) => disaster_recovery::backup(&ops, out, args),
         Cmd::Restore(args) => disaster_recovery::restore(&ops, out, args),
         Cmd::Drill(args) => disaster_recovery::drill(&ops, out, args),
+        Cmd::Releases(args) => releases::releases(&ops, out, args),
+        Cmd::Rollback(args) => releases::rollback(&ops, out, args),
         Cmd::Recover(args) => rollback_procedures::recover(&ops, out, args),
         Cmd::Lock(args) => rollback_procedures::lock_cmd(&ops, out, args),
         Cmd::Health(args) => health_checks::health(&ops, out, args),

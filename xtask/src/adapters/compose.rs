@@ -28,6 +28,21 @@ pub enum Flavor {
 /// Which Compose to run: `docker compose` when the plugin answers, else
 /// `docker-compose`.
 pub fn detect(choice: Flavor) -> Result<Vec<String>> {
+    // Asking takes a process start each (docker-compose v1 is a Python
+    // program: ~0.4 s); the answer does not change within a run.
+    static DETECTED: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    if choice == Flavor::Auto {
+        if let Some(p) = DETECTED.get() {
+            return Ok(p.clone());
+        }
+        let p = detect_now(choice)?;
+        let _ = DETECTED.set(p.clone());
+        return Ok(p);
+    }
+    detect_now(choice)
+}
+
+fn detect_now(choice: Flavor) -> Result<Vec<String>> {
     let v2 = || {
         Command::new("docker", ["compose", "version"])
             .read()

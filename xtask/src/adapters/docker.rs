@@ -143,14 +143,66 @@ impl Docker {
         Ok(found)
     }
 
-    pub fn image_exists(&self, image: &str) -> Result<bool> {
-        match self.rt.block_on(self.client.inspect_image(image)) {
+    /// Remove an image; false when the engine refuses (a container uses it)
+    /// or it is gone.
+    pub fn remove_image(&self, image: &str) -> Result<bool> {
+        match self.rt.block_on(self.client.remove_image(
+            image,
+            None::<bollard::query_parameters::RemoveImageOptions>,
+            None,
+        )) {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 404, ..
+                status_code: 404 | 409,
+                ..
             }) => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("removing image `{image}` on {}", self.host)),
+        }
+    }
+
+    /// A label of a local image (`None`: no such image or no such label).
+    pub fn image_label(&self, image: &str, key: &str) -> Result<Option<String>> {
+        match self.rt.block_on(self.client.inspect_image(image)) {
+            Ok(i) => Ok(i
+                .config
+                .and_then(|c| c.labels)
+                .and_then(|l| l.get(key).cloned())),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
             Err(e) => {
                 Err(e).with_context(|| format!("inspecting image `{image}` on {}", self.host))
+            }
+        }
+    }
+
+    /// The container's image reference (as created: `registry/name:tag`),
+    /// its IP address (on its first network), and whether it runs.
+    pub fn container_image_ip(&self, name: &str) -> Result<Option<(String, Option<String>, bool)>> {
+        match self.rt.block_on(self.client.inspect_container(name, None)) {
+            Ok(c) => {
+                let image = c
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.image.clone())
+                    .unwrap_or_default();
+                let ip = c
+                    .network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref())
+                    .and_then(|n| {
+                        n.values()
+                            .find_map(|n| n.ip_address.clone().filter(|ip| !ip.is_empty()))
+                    })
+                    .filter(|ip| !ip.is_empty());
+                let running = c.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+                Ok(Some((image, ip, running)))
+            }
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => {
+                Err(e).with_context(|| format!("inspecting container `{name}` on {}", self.host))
             }
         }
     }

@@ -41,6 +41,35 @@ pub fn get(url: &str, timeout: Duration) -> Result<Reply, String> {
     })
 }
 
+/// POST a JSON document (webhooks: release notices, alerts). The URL is
+/// never put in the error (webhook URLs carry their token).
+pub fn post_json(url: &str, body: &str, timeout: Duration) -> Result<Reply, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into();
+    let start = Instant::now();
+    let mut response = agent
+        .post(url)
+        .header("content-type", "application/json")
+        .send(body)
+        .map_err(|e| describe(&e, "the webhook", timeout))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024)
+        .read_to_string()
+        .unwrap_or_default();
+    Ok(Reply {
+        status,
+        body,
+        elapsed: start.elapsed(),
+    })
+}
+
 fn describe(e: &ureq::Error, url: &str, timeout: Duration) -> String {
     match e {
         ureq::Error::Timeout(_) => {

@@ -167,6 +167,26 @@ impl Output {
         }
     }
 
+    /// `key=value` lines for later workflow steps (`$GITHUB_OUTPUT`), under
+    /// GitHub Actions only. Values are redacted and kept to one line.
+    pub fn github_output(&self, pairs: &[(&str, &str)]) {
+        if !self.github {
+            return;
+        }
+        let Some(path) = std::env::var_os("GITHUB_OUTPUT") else {
+            return;
+        };
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            for (k, v) in pairs {
+                let _ = writeln!(f, "{k}={}", redact(v).replace('\n', " "));
+            }
+        }
+    }
+
     /// A named section: `==> title` (a collapsible group under GitHub
     /// Actions); on drop, how long it took.
     pub fn section(&self, title: &str) -> Section<'_> {

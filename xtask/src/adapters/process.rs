@@ -14,6 +14,9 @@ pub struct Command {
     /// Extra environment. Values are never printed: only the names are.
     pub env: Vec<(String, String)>,
     pub dir: Option<Utf8PathBuf>,
+    /// Bytes fed to its standard input (a password for `--password-stdin`);
+    /// never shown.
+    pub stdin: Option<Vec<u8>>,
 }
 
 impl Command {
@@ -27,11 +30,17 @@ impl Command {
             args: args.into_iter().map(Into::into).collect(),
             env: Vec::new(),
             dir: None,
+            stdin: None,
         }
     }
 
     pub fn envs(mut self, vars: &[(String, String)]) -> Command {
         self.env.extend(vars.iter().cloned());
+        self
+    }
+
+    pub fn stdin_bytes(mut self, bytes: Vec<u8>) -> Command {
+        self.stdin = Some(bytes);
         self
     }
 
@@ -60,6 +69,9 @@ impl Command {
         }
         for (k, v) in &self.env {
             e = e.env(k, v);
+        }
+        if let Some(bytes) = &self.stdin {
+            e = e.stdin_bytes(bytes.clone());
         }
         e
     }

@@ -78,6 +78,11 @@ impl Env {
             names.extend(db.password_env.iter().cloned());
             names.extend(db.url_env.iter().cloned());
         }
+        if let Some(r) = &self.settings.release {
+            names.extend(r.registry_user_env.iter().cloned());
+            names.extend(r.registry_password_env.iter().cloned());
+            names.extend(r.notify_webhook_env.iter().cloned());
+        }
         names.sort();
         names.dedup();
         names

@@ -8,6 +8,7 @@
 mod backups;
 mod env;
 mod parse;
+mod release;
 mod settings;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 
 pub use env::Env;
+pub use release::*;
 pub use settings::*;
 
 /// A problem with the configuration or the command line: exit code 2.

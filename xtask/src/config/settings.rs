@@ -44,6 +44,10 @@ pub struct EnvironmentSettings {
     pub migrations: crate::database_migrations::MigrationSettings,
     /// Database backups: where they go, how they are taken, how long kept.
     pub backups: Option<BackupSettings>,
+    /// Versioned releases through a registry, with a zero-downtime cutover
+    /// (staging, production). Without it, `deploy` builds and starts the
+    /// Compose project in place (the development path).
+    pub release: Option<super::release::ReleaseSettings>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug)]

@@ -159,15 +159,28 @@ impl<'a, S> Plan<'a, S> {
             self.print(out);
             return Ok(());
         }
+        self.execute_timed(out, state).0
+    }
+
+    /// Run the plan; also how long each step that ran took (for journals
+    /// and reports).
+    pub fn execute_timed(self, out: &Output, state: &mut S) -> (Result<()>, Vec<Timing>) {
         let total = self.steps.len();
         let _armed = crate::core::interrupt::arm();
         let mut undos: Vec<(String, String, Action<'a, S>)> = Vec::new();
+        let mut timings = Vec::new();
         for (i, step) in self.steps.into_iter().enumerate() {
             let title = step.title;
+            let start = std::time::Instant::now();
             let result = {
                 let _section = out.section(&format!("[{}/{total}] {title}", i + 1));
                 crate::core::interrupt::check().and_then(|()| (step.run)(state))
             };
+            timings.push(Timing {
+                title: title.clone(),
+                seconds: (start.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+                ok: result.is_ok(),
+            });
             if let Some((does, f)) = step.undo {
                 undos.push((title.clone(), does, f));
             }
@@ -178,14 +191,25 @@ impl<'a, S> Plan<'a, S> {
                     format!("1-{i}")
                 };
                 let undone = run_undos(out, undos, state);
-                return Err(e.context(format!(
-                    "step {}/{total} \"{title}\" failed (steps completed: {done}){undone}",
-                    i + 1
-                )));
+                return (
+                    Err(e.context(format!(
+                        "step {}/{total} \"{title}\" failed (steps completed: {done}){undone}",
+                        i + 1
+                    ))),
+                    timings,
+                );
             }
         }
-        Ok(())
+        (Ok(()), timings)
     }
+}
+
+/// How long a step took.
+#[derive(Serialize, Clone, Debug)]
+pub struct Timing {
+    pub title: String,
+    pub seconds: f64,
+    pub ok: bool,
 }
 
 impl<'a> Plan<'a, ()> {

@@ -1,0 +1,111 @@
+//! Releases for staging and production (runbook: Staging Deployment,
+//! Production Deployment, Application Rollback): `[environments.NAME.release]`
+//! in ops.toml. Pure data.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSettings {
+    /// The registry images are pushed to and the target pulls from:
+    /// `HOST:PORT` (`127.0.0.1:5000`), optionally with a path prefix.
+    pub registry: String,
+    /// Variables (process environment or env file) holding the registry's
+    /// user and password, when it needs a login. Never printed.
+    pub registry_user_env: Option<String>,
+    pub registry_password_env: Option<String>,
+    /// Releases kept for rollback: their images and the idle colour's
+    /// container are never pruned.
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+    /// How long a new release may take to become healthy.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout_secs: u64,
+    /// After the proxy points at the new colour, how long the old one keeps
+    /// serving the requests it already has before it is stopped (and kept).
+    #[serde(default = "default_drain")]
+    pub drain_secs: u64,
+    /// The variable holding a Slack-compatible webhook URL told of each
+    /// release and rollback. A failing webhook warns, never fails a deploy.
+    pub notify_webhook_env: Option<String>,
+    /// The reverse proxy that owns the published ports.
+    pub proxy: ProxySettings,
+    /// Images built once per release: name → build context (relative to
+    /// ops.toml). Tagged `<registry>/<name>:<version>`.
+    pub images: BTreeMap<String, ImageSettings>,
+    /// How each released service is switched, by Compose service name
+    /// (without the colour suffix).
+    pub services: BTreeMap<String, ReleasedService>,
+}
+
+fn default_keep() -> usize {
+    5
+}
+fn default_health_timeout() -> u64 {
+    120
+}
+fn default_drain() -> u64 {
+    2
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySettings {
+    /// The proxy's Compose service (nginx).
+    pub service: String,
+    /// The file mre-ops writes with the live upstreams, inside the proxy.
+    #[serde(default = "default_proxy_config")]
+    pub config_path: String,
+}
+
+fn default_proxy_config() -> String {
+    "/etc/nginx/mre/upstreams.conf".into()
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSettings {
+    /// The build context folder, relative to ops.toml.
+    pub context: String,
+    /// The Dockerfile, relative to the context (default: `Dockerfile`).
+    pub dockerfile: Option<String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Two Compose services `<name>-blue` and `<name>-green`; the new colour
+    /// starts beside the old, the proxy switches, the old is kept stopped.
+    BlueGreen,
+    /// One Compose service, replaced (the old stops first): for single
+    /// writers such as the ingestion service.
+    StopFirst,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct ReleasedService {
+    /// Which of `images` it runs.
+    pub image: String,
+    pub strategy: Strategy,
+    /// Blue-green: the port the service listens on inside its container,
+    /// which the proxy also listens on.
+    pub port: Option<u16>,
+    /// Blue-green: the health path checked on the new colour before the
+    /// switch (the service's `health.expect` applies).
+    pub health_path: Option<String>,
+}
+
+impl ReleasedService {
+    /// The Compose variable that holds the image of `colour` (or of the
+    /// service itself): `MRE_APP_IMAGE_BLUE`, `MRE_LIVERC_INGESTION_SERVICE_IMAGE`.
+    pub fn image_var(service: &str, colour: Option<&str>) -> String {
+        let base = service.to_ascii_uppercase().replace('-', "_");
+        match colour {
+            Some(c) => format!("{base}_IMAGE_{}", c.to_ascii_uppercase()),
+            None => format!("{base}_IMAGE"),
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Production Deployment "blue-green or rolling", on one host: the pieces a
+//! cutover is made of. A blue-green service has two Compose services
+//! (`NAME-blue`, `NAME-green`); the new colour starts beside the live one,
+//! must be healthy twice over (Docker's health check and the service's own
+//! endpoint, asked directly), then the reverse proxy is pointed at it
+//! (`nginx -t`, then `nginx -s reload`: in-flight requests finish on the old
+//! workers). A stop-first service (one writer) is replaced in place.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::adapters::compose::Compose;
+use crate::adapters::docker::Docker;
+use crate::adapters::http;
+use crate::adapters::output::Output;
+use crate::config::{Env, Expect, ReleaseSettings, ReleasedService, Strategy};
+use crate::core::{interrupt, session};
+
+pub const COLOURS: [&str; 2] = ["blue", "green"];
+
+pub fn other(colour: &str) -> &'static str {
+    if colour == "blue" {
+        "green"
+    } else {
+        "blue"
+    }
+}
+
+/// The target of a release: its Compose project, engine and proxy.
+pub struct Stage<'a> {
+    pub env: &'a Env,
+    pub rel: &'a ReleaseSettings,
+    pub compose: Compose,
+    pub docker: Docker,
+}
+
+impl<'a> Stage<'a> {
+    pub fn new(env: &'a Env, rel: &'a ReleaseSettings) -> Result<Stage<'a>> {
+        Ok(Stage {
+            env,
+            rel,
+            compose: session::compose(env)?,
+            docker: Docker::connect(&env.docker_host())?,
+        })
+    }
+
+    /// The container Compose made for `service` (None: never created).
+    pub fn container_of(&self, service: &str) -> Result<Option<String>> {
+        Ok(self
+            .docker
+            .project_containers(&self.env.settings.compose.project)?
+            .into_iter()
+            .find(|c| c.service.as_deref() == Some(service))
+            .map(|c| c.name))
+    }
+
+    /// Every image variable the Compose file reads, set to what each
+    /// service's container runs now (so that Compose leaves them alone),
+    /// with `changes` applied.
+    pub fn image_vars(&self, changes: &BTreeMap<String, String>) -> Result<Vec<(String, String)>> {
+        let mut vars = BTreeMap::new();
+        for (svc, s) in &self.rel.services {
+            let units: Vec<(String, Option<&str>)> = match s.strategy {
+                Strategy::BlueGreen => COLOURS
+                    .iter()
+                    .map(|c| (format!("{svc}-{c}"), Some(*c)))
+                    .collect(),
+                Strategy::StopFirst => vec![(svc.clone(), None)],
+            };
+            for (unit, colour) in units {
+                if let Some(c) = self.container_of(&unit)? {
+                    if let Some((image, _, _)) = self.docker.container_image_ip(&c)? {
+                        vars.insert(ReleasedService::image_var(svc, colour), image);
+                    }
+                }
+            }
+        }
+        vars.extend(changes.clone());
+        Ok(vars.into_iter().collect())
+    }
+
+    /// `compose up -d --no-deps UNITS` with the image variables.
+    pub fn up(&self, out: &Output, units: &[String], vars: &[(String, String)]) -> Result<()> {
+        let mut words = vec!["up", "-d", "--no-deps"];
+        words.extend(units.iter().map(String::as_str));
+        self.compose.cmd(&words).envs(vars).run(out)
+    }
+
+    pub fn stop(&self, out: &Output, unit: &str, vars: &[(String, String)]) -> Result<()> {
+        self.compose.cmd(&["stop", unit]).envs(vars).run(out)
+    }
+
+    /// Released units (Compose services) of this environment.
+    fn released_units(&self) -> Vec<String> {
+        self.rel
+            .services
+            .iter()
+            .flat_map(|(svc, s)| match s.strategy {
+                Strategy::BlueGreen => COLOURS
+                    .iter()
+                    .map(|c| format!("{svc}-{c}"))
+                    .collect::<Vec<_>>(),
+                Strategy::StopFirst => vec![svc.clone()],
+            })
+            .collect()
+    }
+
+    /// Whether every container of the project that is not released runs
+    /// (then Compose need not be asked, which takes seconds).
+    pub fn base_running(&self) -> Result<bool> {
+        let released = self.released_units();
+        let base: Vec<_> = self
+            .docker
+            .project_containers(&self.env.settings.compose.project)?
+            .into_iter()
+            .filter(|c| !c.service.as_ref().is_some_and(|s| released.contains(s)))
+            .collect();
+        Ok(!base.is_empty()
+            && base
+                .iter()
+                .any(|c| c.service.as_deref() == Some(self.rel.proxy.service.as_str()))
+            && base.iter().all(|c| c.state == "running"))
+    }
+
+    /// Start `unit`'s existing container when it was made from `image`;
+    /// false when there is none (Compose must create it).
+    pub fn start_kept(&self, unit: &str, image: &str) -> Result<bool> {
+        let Some(name) = self.container_of(unit)? else {
+            return Ok(false);
+        };
+        match self.docker.container_image_ip(&name)? {
+            Some((i, _, running)) if i == image => {
+                if !running {
+                    self.docker.start_container(&name)?;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The Compose services that are not released (database, proxy, ...).
+    pub fn base_services(&self) -> Result<Vec<String>> {
+        let listed = self
+            .compose
+            .cmd(&["config", "--services"])
+            .envs(&self.image_vars(&BTreeMap::new())?)
+            .read()?;
+        let released = self.released_units();
+        Ok(listed
+            .lines()
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && !released.iter().any(|r| r == s))
+            .map(String::from)
+            .collect())
+    }
+
+    fn proxy_container(&self) -> Result<String> {
+        self.container_of(&self.rel.proxy.service)?.with_context(|| {
+            format!(
+                "the proxy service `{}` (release.proxy.service) has no container in Compose project `{}`",
+                self.rel.proxy.service, self.env.settings.compose.project
+            )
+        })
+    }
+
+    /// The live colour of each blue-green service, as the proxy's file says.
+    pub fn live_colours(&self) -> Result<BTreeMap<String, String>> {
+        let Ok(proxy) = self.proxy_container() else {
+            return Ok(BTreeMap::new());
+        };
+        let mut text = Vec::new();
+        let outcome = self.docker.exec(
+            &proxy,
+            &["cat", &self.rel.proxy.config_path],
+            &[],
+            None,
+            &mut text,
+        )?;
+        if outcome.exit_code != 0 {
+            return Ok(BTreeMap::new());
+        }
+        Ok(String::from_utf8_lossy(&text)
+            .lines()
+            .filter_map(|l| l.strip_prefix("# live "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(s, c)| (s.to_string(), c.trim().to_string()))
+            .collect())
+    }
+
+    /// Point the proxy at `colours` (service → colour): write the file,
+    /// `nginx -t` (the old file comes back if it fails), `nginx -s reload`.
+    pub fn switch(&self, colours: &BTreeMap<String, String>) -> Result<()> {
+        let proxy = self.proxy_container()?;
+        let mut conf = String::from(
+            "# Written by mre-ops at each cutover (cargo xtask deploy/rollback): do not edit.\n",
+        );
+        for (svc, colour) in colours {
+            conf.push_str(&format!("# live {svc} {colour}\n"));
+        }
+        for (svc, colour) in colours {
+            let s = &self.rel.services[svc];
+            let port = s.port.unwrap_or(80);
+            conf.push_str(&format!(
+                "server {{\n    listen {port};\n    location / {{\n        proxy_pass http://{svc}-{colour}:{port};\n    }}\n}}\n"
+            ));
+        }
+        let script = "set -e; f=\"$1\"; cat > \"$f.next\"; [ -f \"$f\" ] && cp \"$f\" \"$f.prev\"; mv \"$f.next\" \"$f\"; \
+                      if ! nginx -t 2>/tmp/mre-nginx-t; then [ -f \"$f.prev\" ] && mv \"$f.prev\" \"$f\"; cat /tmp/mre-nginx-t >&2; exit 1; fi; \
+                      nginx -s reload";
+        let mut input: &[u8] = conf.as_bytes();
+        let mut sink = Vec::new();
+        let outcome = self.docker.exec(
+            &proxy,
+            &["sh", "-c", script, "sh", &self.rel.proxy.config_path],
+            &[],
+            Some(&mut input),
+            &mut sink,
+        )?;
+        if outcome.exit_code != 0 {
+            bail!(
+                "the proxy `{proxy}` refused the new upstreams (its old ones stay): {}",
+                outcome.stderr.trim()
+            );
+        }
+        // New workers take over within moments of the reload.
+        std::thread::sleep(Duration::from_millis(100));
+        Ok(())
+    }
+
+    /// Wait until `unit`'s container is healthy for Docker and, for a
+    /// blue-green service, answers its health path directly.
+    pub fn wait_healthy(&self, out: &Output, svc: &str, unit: &str, limit: Duration) -> Result<()> {
+        let s = &self.rel.services[svc];
+        let start = Instant::now();
+        loop {
+            interrupt::check()?;
+            let last = match self.probe(svc, s, unit) {
+                Ok(()) => {
+                    out.progress_done();
+                    return Ok(());
+                }
+                Err(why) => why,
+            };
+            if start.elapsed() >= limit {
+                out.progress_done();
+                bail!(
+                    "`{unit}` did not become healthy within {} s: {last}. It is not serving; `cargo xtask logs {unit} --env {}` says why",
+                    limit.as_secs(),
+                    self.env.name
+                );
+            }
+            out.progress(&format!(
+                "waiting for {unit} ({:.0}s): {last}",
+                start.elapsed().as_secs_f64()
+            ));
+            // Docker's first health check runs one interval after the start:
+            // poll often so that the switch follows it closely.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn probe(&self, svc: &str, s: &ReleasedService, unit: &str) -> Result<(), String> {
+        let name = self
+            .container_of(unit)
+            .map_err(|e| format!("{e:#}"))?
+            .ok_or_else(|| "no container yet".to_string())?;
+        let c = self
+            .docker
+            .container(&name)
+            .map_err(|e| format!("{e:#}"))?
+            .ok_or_else(|| "no container yet".to_string())?;
+        if c.state != "running" {
+            return Err(format!("state {}", c.state));
+        }
+        match c.health.as_deref() {
+            Some("healthy") | None | Some("none") => {}
+            Some(h) => return Err(format!("Docker health {h}")),
+        }
+        let (Some(port), Some(path)) = (s.port, s.health_path.as_deref()) else {
+            return Ok(());
+        };
+        let ip = self
+            .docker
+            .container_image_ip(&name)
+            .map_err(|e| format!("{e:#}"))?
+            .and_then(|(_, ip, _)| ip)
+            .ok_or_else(|| "no IP address yet".to_string())?;
+        let url = format!("http://{ip}:{port}{path}");
+        let reply = http::get(&url, Duration::from_secs(5))?;
+        let expect = self
+            .env
+            .settings
+            .services
+            .get(svc)
+            .and_then(|x| x.health.as_ref())
+            .map(|h| h.expect)
+            .unwrap_or_default();
+        match expect {
+            Expect::RunbookJson => {
+                crate::health_checks::validate_runbook_json(reply.status, &reply.body)
+                    .map(drop)
+                    .map_err(|(exp, got)| format!("{url}: expected {exp}, got {got}"))
+            }
+            Expect::Http2xx if (200..300).contains(&reply.status) => Ok(()),
+            Expect::Http2xx => Err(format!("{url} answered {}", reply.status)),
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Application Rollback: the release journal, on the target (a table in the
+//! environment's maintenance database, which survives a restore of the
+//! application's database): who released what, when, from which version,
+//! the steps with their durations and the result. One row per deploy or
+//! rollback, written when it starts and completed when it ends; a row left
+//! `running` by a killed run reads as interrupted.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::adapters::postgres;
+use crate::config::Env;
+
+const DDL: &str = "CREATE TABLE IF NOT EXISTS mre_ops_releases (
+    id          bigserial PRIMARY KEY,
+    environment text NOT NULL,
+    action      text NOT NULL,
+    version     text NOT NULL,
+    previous    text,
+    images      jsonb NOT NULL,
+    who         text NOT NULL,
+    host        text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    result      text NOT NULL DEFAULT 'running',
+    detail      text,
+    steps       jsonb NOT NULL DEFAULT '[]',
+    backup      text
+)";
+
+#[derive(Serialize, Clone, Debug)]
+pub struct Entry {
+    pub id: i64,
+    pub action: String,
+    pub version: String,
+    pub previous: Option<String>,
+    /// Released service → image reference.
+    pub images: BTreeMap<String, String>,
+    pub who: String,
+    pub host: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    /// `running` (or interrupted), `success`, `failed`, `rolled-back`.
+    pub result: String,
+    pub detail: Option<String>,
+    pub steps: serde_json::Value,
+    pub backup: Option<String>,
+}
+
+pub struct Journal {
+    client: ::postgres::Client,
+    env: String,
+}
+
+impl Journal {
+    pub fn open(env: &Env) -> Result<Journal> {
+        let url = env.database_url()?;
+        let maintenance = env
+            .settings
+            .backups
+            .as_ref()
+            .map(|b| b.maintenance_db.clone())
+            .unwrap_or_else(|| "postgres".into());
+        let mut client = postgres::connect_to(
+            &url,
+            &maintenance,
+            "mre-ops journal",
+            Duration::from_secs(10),
+        )
+        .context(
+            "opening the release journal (a table in the database server's maintenance database)",
+        )?;
+        client
+            .batch_execute(DDL)
+            .context("creating the release journal table mre_ops_releases")?;
+        Ok(Journal {
+            client,
+            env: env.name.clone(),
+        })
+    }
+
+    /// Every entry, oldest first.
+    pub fn entries(&mut self) -> Result<Vec<Entry>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, action, version, previous, images::text, who, host, \
+                        to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                        to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+                        result, detail, steps::text, backup \
+                 FROM mre_ops_releases WHERE environment = $1 ORDER BY id",
+                &[&self.env],
+            )
+            .context("reading the release journal")?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Entry {
+                id: r.get(0),
+                action: r.get(1),
+                version: r.get(2),
+                previous: r.get(3),
+                images: serde_json::from_str(r.get::<_, &str>(4)).unwrap_or_default(),
+                who: r.get(5),
+                host: r.get(6),
+                started_at: r.get(7),
+                finished_at: r.get(8),
+                result: r.get(9),
+                detail: r.get(10),
+                steps: serde_json::from_str(r.get::<_, &str>(11)).unwrap_or_default(),
+                backup: r.get(12),
+            })
+            .collect())
+    }
+
+    /// Start an entry; its id.
+    pub fn begin(
+        &mut self,
+        action: &str,
+        version: &str,
+        previous: Option<&str>,
+        images: &BTreeMap<String, String>,
+        who: &str,
+        host: &str,
+    ) -> Result<i64> {
+        let images = serde_json::to_string(images).expect("images serialise");
+        let row = self
+            .client
+            .query_one(
+                "INSERT INTO mre_ops_releases (environment, action, version, previous, images, who, host) \
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7) RETURNING id",
+                &[&self.env, &action, &version, &previous, &images, &who, &host],
+            )
+            .context("writing the release journal")?;
+        Ok(row.get(0))
+    }
+
+    pub fn finish(
+        &mut self,
+        id: i64,
+        result: &str,
+        detail: Option<&str>,
+        steps: &serde_json::Value,
+        backup: Option<&str>,
+    ) -> Result<()> {
+        let steps = steps.to_string();
+        self.client
+            .execute(
+                "UPDATE mre_ops_releases SET finished_at = now(), result = $2, detail = $3, \
+                 steps = $4::text::jsonb, backup = $5 WHERE id = $1",
+                &[&id, &result, &detail, &steps, &backup],
+            )
+            .context("completing the release journal entry")?;
+        Ok(())
+    }
+}
+
+/// The live release: the newest successful entry.
+pub fn current(entries: &[Entry]) -> Option<&Entry> {
+    entries.iter().rev().find(|e| e.result == "success")
+}
+
+/// The release before the live one (another version, successful).
+pub fn previous(entries: &[Entry]) -> Option<&Entry> {
+    let cur = current(entries)?;
+    entries
+        .iter()
+        .rev()
+        .filter(|e| e.result == "success" && e.id < cur.id && e.version != cur.version)
+        .find(|_| true)
+}
+
+/// The versions kept for rollback: the `keep` newest distinct successful ones.
+pub fn kept(entries: &[Entry], keep: usize) -> Vec<String> {
+    let mut versions: Vec<String> = Vec::new();
+    for e in entries.iter().rev().filter(|e| e.result == "success") {
+        if !versions.contains(&e.version) {
+            versions.push(e.version.clone());
+        }
+        if versions.len() >= keep {
+            break;
+        }
+    }
+    versions
+}

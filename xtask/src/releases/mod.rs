@@ -1,0 +1,502 @@
+//! Staging Deployment, Production Deployment and Application Rollback:
+//! versioned images in a registry, one lock per environment, a cutover
+//! without downtime behind the reverse proxy, a journal on the target, and
+//! `rollback` to a kept release in seconds. `deploy ENV` comes here when the
+//! environment has `[environments.ENV.release]` in ops.toml.
+
+mod cutover;
+mod images;
+mod journal;
+mod plan;
+mod version;
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::adapters::output::Output;
+use crate::config::{config_error, Env, Ops, ReleaseSettings};
+use crate::core::report::Report;
+use crate::core::session;
+use crate::core::steps::{Plan, Timing};
+use crate::database_migrations;
+use plan::RelState;
+
+/// What `deploy` passes on.
+pub struct ReleaseOptions<'a> {
+    pub dry_run: bool,
+    pub yes: bool,
+    pub allow_risky: bool,
+    pub version: Option<&'a str>,
+}
+
+/// Show the release journal of an environment (runbook: Application
+/// Rollback): every deploy and rollback, the live release marked, and which
+/// releases are kept for an instant rollback.
+#[derive(clap::Args, Debug)]
+pub struct ReleasesArgs {
+    pub env: String,
+}
+
+/// Roll the application back (runbook: Rollback Procedures, Application
+/// Rollback "Using Container Registry"; Database Rollback with --with-db).
+///
+/// Default: the release before the live one, from the journal. The kept
+/// colour's container is started and the proxy pointed back at it (seconds);
+/// when it is gone, its image is pulled by tag. `--rebuild REV` is the
+/// runbook's "git checkout + rebuild" path: build REV's images, push, cut over.
+#[derive(clap::Args, Debug)]
+pub struct RollbackArgs {
+    pub env: String,
+    /// The version to return to (default: the previous release).
+    #[arg(long, value_name = "VERSION", conflicts_with = "rebuild")]
+    pub to: Option<String>,
+    /// Build this git revision's images and release them (the runbook's
+    /// `git checkout [previous-commit]` + rebuild).
+    #[arg(long, value_name = "REV")]
+    pub rebuild: Option<String>,
+    /// Print the steps without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation on a protected environment.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+fn settings(env: &Env) -> Result<&ReleaseSettings> {
+    env.settings.release.as_ref().ok_or_else(|| {
+        config_error(format!(
+            "environment `{}` has no [environments.{}.release] in ops.toml: releases, rollback and the journal need a registry and a proxy (docs/releases.md)",
+            env.name, env.name
+        ))
+    })
+}
+
+fn confirm(env: &Env, what: &str, yes: bool) -> Result<()> {
+    if !env.settings.protected || yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(config_error(format!(
+            "`{}` is protected: {what} needs a confirmation. Pass --yes (CI), or run it on a terminal",
+            env.name
+        )));
+    }
+    eprint!(
+        "{what} on `{}`. Type the environment's name to go on: ",
+        env.name
+    );
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the confirmation")?;
+    if line.trim() != env.name {
+        return Err(config_error("not confirmed: nothing was changed"));
+    }
+    Ok(())
+}
+
+/// The live colours and the journal, read without changing anything; in a
+/// dry run, what cannot be read is left unknown.
+fn observe(
+    env: &Env,
+    rel: &ReleaseSettings,
+    dry_run: bool,
+) -> Result<(BTreeMap<String, String>, Vec<journal::Entry>)> {
+    let live = match cutover::Stage::new(env, rel).and_then(|s| s.live_colours()) {
+        Ok(l) => l,
+        Err(_) if dry_run => BTreeMap::new(),
+        Err(e) => return Err(e),
+    };
+    let entries = match journal::Journal::open(env).and_then(|mut j| j.entries()) {
+        Ok(e) => e,
+        // A first release: the database does not run yet.
+        Err(_) if live.is_empty() => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok((live, entries))
+}
+
+fn targets(rel: &ReleaseSettings, version: &str) -> BTreeMap<String, String> {
+    rel.services
+        .iter()
+        .map(|(svc, s)| (svc.clone(), images::reference(rel, &s.image, version)))
+        .collect()
+}
+
+/// `deploy staging|production`: the release path.
+pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> Result<()> {
+    // Secrets the environment may generate (a stand-in's database password)
+    // exist before anything else runs.
+    if !opts.dry_run && !env.ensure_generated_secrets(false)?.is_empty() {
+        session::protect(&env);
+    }
+    let env = &env;
+    let rel = settings(env)?;
+    let version = match opts.version {
+        Some(v) if version::valid_tag(v) => version::Version {
+            name: v.to_string(),
+            dirty: false,
+        },
+        Some(v) => {
+            return Err(config_error(format!(
+                "--tag `{v}` is not a valid image tag (letters, digits, `_.-`, at most 128)"
+            )))
+        }
+        None => version::of_checkout(&ops.dir)?,
+    };
+    if version.dirty {
+        if env.settings.protected {
+            return Err(config_error(format!(
+                "the checkout has uncommitted changes ({}): `{}` only takes committed releases. Commit or stash them",
+                version.name, env.name
+            )));
+        }
+        out.warn(&format!(
+            "releasing uncommitted changes as {} to `{}`",
+            version.name, env.name
+        ));
+    }
+    if !opts.dry_run {
+        confirm(env, &format!("Release {}", version.name), opts.yes)?;
+    }
+    let (live, entries) = observe(env, rel, opts.dry_run)?;
+    let previous = journal::current(&entries).map(|e| e.version.clone());
+    let targets = targets(rel, &version.name);
+    let v: &str = &version.name;
+
+    let mut plan: Plan<RelState> = Plan::new(format!("release {v} to {}", env.name));
+    if env.settings.protected {
+        plan.step(
+            "Back up the database",
+            "cargo xtask backup create (runbook: Create database backup), checked against its checksum",
+            move |s: &mut RelState| {
+                if crate::database_migrations::wait_for_database(env, out, Duration::from_secs(5)).is_err() {
+                    out.line("The database does not run yet (first release): nothing to back up.");
+                    return Ok(());
+                }
+                let path = crate::disaster_recovery::create_backup(env, out, &format!("before release {v}"))?;
+                s.backup = Some(path.to_string());
+                Ok(())
+            },
+        );
+    }
+    for argv in &env.settings.compose.pre_build {
+        let cmd = crate::adapters::process::Command::new(&argv[0], argv[1..].iter().cloned())
+            .dir(&env.dir)
+            .envs(&env.compose_env());
+        plan.command(format!("Pre-build: {}", argv.join(" ")), cmd, out);
+    }
+    for (title, cmd) in images::commands(env, rel, &ops.dir, v) {
+        plan.command(title, cmd, out);
+    }
+    plan::begin_base(&mut plan, env, rel, out, v);
+    plan::journal_step(
+        &mut plan,
+        env,
+        out,
+        "deploy",
+        v,
+        previous.clone(),
+        targets.clone(),
+    );
+    let allow_risky = opts.allow_risky;
+    plan.action(
+        "Lint and apply pending migrations",
+        format!(
+            "cargo xtask migrate deploy {} before the new code takes traffic (the lint blocks risky statements outside development)",
+            env.name
+        ),
+        move || {
+            let o = database_migrations::DeployOptions { dry_run: false, allow_risky, backup: false, report: false };
+            database_migrations::deploy(env, out, &o)
+        },
+    );
+    plan::cutover_steps(&mut plan, env, rel, out, &targets, &live);
+    plan::prune_step(&mut plan, env, rel, out);
+    if opts.dry_run {
+        plan.print(out);
+        return Ok(());
+    }
+    let mut state = RelState::default();
+    let (result, timings) = plan.execute_timed(out, &mut state);
+    finish(
+        env,
+        rel,
+        out,
+        "deploy",
+        v,
+        previous.as_deref(),
+        state,
+        result,
+        timings,
+    )
+}
+
+/// Close the journal entry, notify, report; the lock goes with the state.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    env: &Env,
+    rel: &ReleaseSettings,
+    out: &Output,
+    action: &str,
+    version: &str,
+    previous: Option<&str>,
+    mut state: RelState,
+    result: Result<()>,
+    timings: Vec<Timing>,
+) -> Result<()> {
+    let outcome = match (&result, state.cutover_started) {
+        (Ok(()), _) => "success",
+        (Err(_), true) => "rolled-back",
+        (Err(_), false) => "failed",
+    };
+    let detail = result
+        .as_ref()
+        .err()
+        .map(|e| crate::adapters::output::redact(&format!("{e:#}")));
+    if let (Some(j), Some(id)) = (state.journal.as_mut(), state.entry) {
+        let steps = serde_json::to_value(&timings).expect("timings serialise");
+        if let Err(e) = j.finish(
+            id,
+            outcome,
+            detail.as_deref(),
+            &steps,
+            state.backup.as_deref(),
+        ) {
+            out.warn(&format!("the journal entry could not be completed: {e:#}"));
+        }
+    }
+    drop(state.lock.take());
+    let text = match outcome {
+        "success" => format!("`{}`: {action} of {version} succeeded (was {})", env.name, previous.unwrap_or("none")),
+        "rolled-back" => format!(
+            "`{}`: {action} of {version} failed after the cutover began and was switched back to {}",
+            env.name,
+            previous.unwrap_or("the previous state")
+        ),
+        _ => format!("`{}`: {action} of {version} failed before the cutover; {} still serves", env.name, previous.unwrap_or("the previous release")),
+    };
+    notify(env, rel, out, &text, outcome == "success");
+    let mut r = Report::new(serde_json::json!({
+        "environment": env.name, "action": action, "version": version, "previous": previous,
+        "result": outcome, "steps": timings, "backup": state.backup,
+        "stop_first_windows": state.stop_windows.iter().map(|(s, w)| serde_json::json!({"service": s, "seconds": w})).collect::<Vec<_>>(),
+    }));
+    r.line(text.clone());
+    r.summary(format!("### {text}\n"));
+    if result.is_err() {
+        r.error(text);
+    }
+    r.emit(out);
+    out.github_output(&[("version", version), ("result", outcome)]);
+    result
+}
+
+/// Tell the team (runbook: "Notify team"): Slack-compatible JSON to the
+/// webhook in the variable `notify_webhook_env` names. Never fails a deploy.
+fn notify(env: &Env, rel: &ReleaseSettings, out: &Output, text: &str, ok: bool) {
+    let Some(var) = &rel.notify_webhook_env else {
+        return;
+    };
+    let Some(url) = env.var(var) else {
+        out.detail(&format!("${var} is not set: no notification"));
+        return;
+    };
+    let body = serde_json::json!({ "text": format!("{} {text}", if ok { "✅" } else { "❌" }) })
+        .to_string();
+    match crate::adapters::http::post_json(&url, &body, Duration::from_secs(5)) {
+        Ok(r) if (200..300).contains(&r.status) => out.detail("notified the team"),
+        Ok(r) => out.warn(&format!(
+            "the notification webhook (${var}) answered {}: the team was not told",
+            r.status
+        )),
+        Err(e) => out.warn(&format!(
+            "the notification webhook (${var}) failed: {e}; the team was not told"
+        )),
+    }
+}
+
+pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
+    let env = session::env(ops, out, &args.env)?;
+    let rel = settings(&env)?;
+    let entries = journal::Journal::open(&env)?.entries()?;
+    let current = journal::current(&entries).map(|e| e.id);
+    let kept = journal::kept(&entries, rel.keep);
+    let mut r = Report::new(serde_json::json!({
+        "environment": env.name, "current": current, "kept": kept, "entries": entries,
+    }));
+    r.line(format!(
+        "Releases of `{}` (newest last; * live, k kept for rollback):",
+        env.name
+    ));
+    for e in &entries {
+        let mark = if Some(e.id) == current {
+            "*"
+        } else if kept.contains(&e.version) && e.result == "success" {
+            "k"
+        } else {
+            " "
+        };
+        let result = if e.result == "running" && e.finished_at.is_none() {
+            "running or interrupted"
+        } else {
+            e.result.as_str()
+        };
+        r.line(format!(
+            " {mark} #{:<4} {}  {:<11} {:<20} from {:<20} {:<12} {}@{}",
+            e.id,
+            e.started_at,
+            e.action,
+            e.version,
+            e.previous.as_deref().unwrap_or("-"),
+            result,
+            e.who,
+            e.host
+        ));
+    }
+    if entries.is_empty() {
+        r.line(format!(
+            "  (none yet: `cargo xtask deploy {}` makes the first)",
+            env.name
+        ));
+    }
+    r.emit(out);
+    Ok(())
+}
+
+pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
+    let env = session::env(ops, out, &args.env)?;
+    let env: &Env = &env;
+    let rel = settings(env)?;
+    let (live, entries) = observe(env, rel, args.dry_run)?;
+    let current = journal::current(&entries).map(|e| e.version.clone());
+    let (version, targets, build_root): (
+        String,
+        BTreeMap<String, String>,
+        Option<camino::Utf8PathBuf>,
+    ) = if let Some(rev) = &args.rebuild {
+        let sha = crate::adapters::process::Command::new(
+            "git",
+            ["rev-parse", "--short=12", &format!("{rev}^{{commit}}")],
+        )
+        .dir(&ops.dir)
+        .read()
+        .map_err(|e| {
+            config_error(format!(
+                "`{rev}` is not a commit of the checkout at {}: {e:#}",
+                ops.dir
+            ))
+        })?;
+        let v = sha.trim().to_string();
+        let root =
+            camino::Utf8PathBuf::from(format!("/tmp/mre-ops-rebuild-{}-{v}", std::process::id()));
+        (v.clone(), targets(rel, &v), Some(root))
+    } else {
+        let target = match &args.to {
+            Some(v) => entries
+                .iter()
+                .rev()
+                .find(|e| &e.version == v && e.result == "success")
+                .with_context(|| format!("{v} was never released successfully to `{}`: `cargo xtask releases {}` lists them", env.name, env.name))
+                .map_err(|e| config_error(format!("{e:#}")))?,
+            None => journal::previous(&entries).ok_or_else(|| {
+                config_error(format!(
+                    "`{}` has no previous release in its journal to roll back to (`cargo xtask releases {}`); use --rebuild REV",
+                    env.name, env.name
+                ))
+            })?,
+        };
+        (target.version.clone(), target.images.clone(), None)
+    };
+    if current.as_deref() == Some(version.as_str()) {
+        return Err(config_error(format!(
+            "{version} is already the live release of `{}`",
+            env.name
+        )));
+    }
+    if !args.dry_run {
+        confirm(env, &format!("Roll back to {version}"), args.yes)?;
+    }
+    let v: &str = &version;
+    let mut plan: Plan<RelState> = Plan::new(format!("rollback {} to {v}", env.name));
+    if let (Some(rev), Some(root)) = (&args.rebuild, &build_root) {
+        plan.command(
+            format!("Check out {rev}"),
+            crate::adapters::process::Command::new(
+                "git",
+                ["worktree", "add", "--detach", root.as_str(), rev],
+            )
+            .dir(&ops.dir),
+            out,
+        );
+        let r2 = root.clone();
+        let dir = ops.dir.clone();
+        plan.undo(format!("git worktree remove --force {root}"), move |_| {
+            crate::adapters::process::Command::new(
+                "git",
+                ["worktree", "remove", "--force", r2.as_str()],
+            )
+            .dir(&dir)
+            .read()
+            .map(drop)
+        });
+        for (title, cmd) in images::commands(env, rel, root, v) {
+            plan.command(title, cmd, out);
+        }
+    }
+    plan::begin_base(&mut plan, env, rel, out, v);
+    plan::journal_step(
+        &mut plan,
+        env,
+        out,
+        "rollback",
+        v,
+        current.clone(),
+        targets.clone(),
+    );
+    plan::cutover_steps(&mut plan, env, rel, out, &targets, &live);
+    if args.dry_run {
+        plan.print(out);
+        return Ok(());
+    }
+    let mut state = RelState::default();
+    let (result, timings) = plan.execute_timed(out, &mut state);
+    if let Some(root) = &build_root {
+        let _ = crate::adapters::process::Command::new(
+            "git",
+            ["worktree", "remove", "--force", root.as_str()],
+        )
+        .dir(&ops.dir)
+        .read();
+    }
+    finish(
+        env,
+        rel,
+        out,
+        "rollback",
+        v,
+        current.as_deref(),
+        state,
+        result,
+        timings,
+    )
+}
+
+/// Refuse, before anything runs, what cannot work.
+pub fn check_settings(env: &Env) -> Result<()> {
+    let rel = settings(env)?;
+    for (svc, s) in &rel.services {
+        if !rel.images.contains_key(&s.image) {
+            bail!(config_error(format!(
+                "environments.{}.release.services.{svc}.image: `{}` is not one of release.images ({})",
+                env.name,
+                s.image,
+                rel.images.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,339 @@
+//! Staging Deployment and Production Deployment as one plan on the shared
+//! step runner: back up (production), build, push and pull the images, take
+//! the environment's lock, open the journal, migrate (lint gate first), cut
+//! over without downtime, run the post-deploy checks, stop the old colour
+//! (kept for rollback), prune. A failure after the cutover began switches
+//! back through the steps' undos. Rollback reuses the cutover steps.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use super::cutover::{other, Stage};
+use super::journal::Journal;
+use crate::adapters::output::Output;
+use crate::config::{Env, ReleaseSettings, ReleasedService, Strategy};
+use crate::core::lock::{self, EnvLock};
+use crate::core::steps::Plan;
+use crate::health_checks;
+
+/// What the steps share.
+#[derive(Default)]
+pub struct RelState {
+    pub lock: Option<EnvLock>,
+    pub journal: Option<Journal>,
+    pub entry: Option<i64>,
+    /// Set once the first step that touches a running service has begun.
+    pub cutover_started: bool,
+    pub backup: Option<String>,
+    /// How long the stop-first services were not serving, in seconds.
+    pub stop_windows: Vec<(String, f64)>,
+    /// Stop-first services' image variables before the cutover, for the undo.
+    pub previous_images: BTreeMap<String, String>,
+}
+
+/// Take the lock, start what is not released (the database, the proxy)
+/// and wait for the database.
+pub fn begin_base<'a>(
+    plan: &mut Plan<'a, RelState>,
+    env: &'a Env,
+    rel: &'a ReleaseSettings,
+    out: &'a Output,
+    what: &'a str,
+) {
+    plan.step(
+        "Take the environment's lock",
+        format!(
+            "one operation at a time on `{}` (held until the end, released on error and Ctrl-C)",
+            env.name
+        ),
+        move |s: &mut RelState| {
+            s.lock = Some(lock::acquire(
+                env,
+                out,
+                &format!("release {} {what}", env.name),
+            )?);
+            Ok(())
+        },
+    );
+    plan.step(
+        "Start the services that are not released",
+        "compose up -d --no-deps for every other Compose service (database, proxy): nothing changes when they run",
+        move |_| {
+            let stage = Stage::new(env, rel)?;
+            if stage.base_running()? {
+                out.detail("the services that are not released already run");
+                return Ok(());
+            }
+            let base = stage.base_services()?;
+            if base.is_empty() {
+                return Ok(());
+            }
+            stage.up(out, &base, &stage.image_vars(&BTreeMap::new())?)
+        },
+    );
+    let wait = Duration::from_secs(rel.health_timeout_secs);
+    plan.action(
+        "Wait for the database",
+        format!("SELECT 1 until it answers, at most {} s", wait.as_secs()),
+        move || crate::database_migrations::wait_for_database(env, out, wait),
+    );
+}
+
+/// Open the journal entry (on the target's database server).
+pub fn journal_step<'a>(
+    plan: &mut Plan<'a, RelState>,
+    env: &'a Env,
+    out: &'a Output,
+    action: &'a str,
+    version: &'a str,
+    previous: Option<String>,
+    images: BTreeMap<String, String>,
+) {
+    let _ = out;
+    plan.step(
+        "Open the journal entry",
+        format!(
+            "{action} of {version} (previous: {}) in mre_ops_releases on the target",
+            previous.as_deref().unwrap_or("none")
+        ),
+        move |s: &mut RelState| {
+            let mut j = Journal::open(env)?;
+            let holder = whoami();
+            s.entry = Some(j.begin(
+                action,
+                version,
+                previous.as_deref(),
+                &images,
+                &holder.0,
+                &holder.1,
+            )?);
+            s.journal = Some(j);
+            Ok(())
+        },
+    );
+}
+
+/// Keep `release.keep` releases' images on the target; never one the
+/// journal may still roll back to, never one a container uses.
+pub fn prune_step<'a>(
+    plan: &mut Plan<'a, RelState>,
+    env: &'a Env,
+    rel: &'a ReleaseSettings,
+    out: &'a Output,
+) {
+    plan.step(
+        "Prune old releases",
+        format!(
+            "remove the images of releases beyond the newest {} (and of none a container uses)",
+            rel.keep
+        ),
+        move |s: &mut RelState| {
+            let Some(j) = s.journal.as_mut() else {
+                return Ok(());
+            };
+            let entries = j.entries()?;
+            let kept = super::journal::kept(&entries, rel.keep + 1);
+            let docker = crate::adapters::docker::Docker::connect(&env.docker_host())?;
+            let mut removed = Vec::new();
+            for e in entries.iter().filter(|e| !kept.contains(&e.version)) {
+                for image in e.images.values() {
+                    if removed.contains(image) {
+                        continue;
+                    }
+                    // In use, or already gone: the engine refuses; that is fine.
+                    if docker.remove_image(image).unwrap_or(false) {
+                        removed.push(image.clone());
+                    }
+                }
+            }
+            if !removed.is_empty() {
+                out.line(&format!(
+                    "Pruned {} old release image(s): {}",
+                    removed.len(),
+                    removed.join(", ")
+                ));
+            }
+            Ok(())
+        },
+    );
+}
+
+pub fn whoami() -> (String, String) {
+    let user = std::env::var("GITHUB_ACTOR")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    (user, host)
+}
+
+/// The cutover to `targets` (released service → image reference), from the
+/// `live` colours (empty on a first release).
+pub fn cutover_steps<'a>(
+    plan: &mut Plan<'a, RelState>,
+    env: &'a Env,
+    rel: &'a ReleaseSettings,
+    out: &'a Output,
+    targets: &BTreeMap<String, String>,
+    live: &BTreeMap<String, String>,
+) {
+    let timeout = Duration::from_secs(rel.health_timeout_secs);
+    let mut new_colours = BTreeMap::new();
+    let mut old_colours = BTreeMap::new();
+    for (svc, s) in rel
+        .services
+        .iter()
+        .filter(|(_, s)| s.strategy == Strategy::BlueGreen)
+    {
+        let Some(image) = targets.get(svc).cloned() else {
+            continue;
+        };
+        let old = live.get(svc).cloned();
+        let new = old.as_deref().map(other).unwrap_or("blue").to_string();
+        let unit = format!("{svc}-{new}");
+        new_colours.insert(svc.clone(), new.clone());
+        if let Some(o) = &old {
+            old_colours.insert(svc.clone(), o.clone());
+        }
+        let var = ReleasedService::image_var(svc, Some(&new));
+        let (u1, u2, u3) = (unit.clone(), unit.clone(), unit.clone());
+        let image2 = image.clone();
+        plan.step(
+            format!("Start {unit} beside the live colour"),
+            format!("compose up -d --no-deps {unit} with {var}={image}"),
+            move |s: &mut RelState| {
+                s.cutover_started = true;
+                let stage = Stage::new(env, rel)?;
+                // The kept colour of a recent release: started as it is
+                // (seconds), not recreated.
+                if stage.start_kept(&u1, &image2)? {
+                    return Ok(());
+                }
+                let vars = stage.image_vars(&BTreeMap::from([(var, image2)]))?;
+                stage.up(out, &[u1], &vars)
+            },
+        )
+        .undo(format!("compose stop {unit}"), move |_| {
+            let stage = Stage::new(env, rel)?;
+            let vars = stage.image_vars(&BTreeMap::new())?;
+            stage.stop(out, &u2, &vars)
+        });
+        let svc2 = svc.clone();
+        plan.action(
+            format!("Wait until {unit} is healthy"),
+            format!(
+                "Docker health healthy and {} answering on the container's own address, at most {} s",
+                s.health_path.as_deref().unwrap_or("(no health path)"),
+                timeout.as_secs()
+            ),
+            move || Stage::new(env, rel)?.wait_healthy(out, &svc2, &u3, timeout),
+        );
+    }
+    if !new_colours.is_empty() {
+        let shown: Vec<String> = new_colours
+            .iter()
+            .map(|(s, c)| format!("{s} → {s}-{c}"))
+            .collect();
+        let (new2, old2) = (new_colours.clone(), old_colours.clone());
+        plan.step(
+            "Switch the proxy to the new colour",
+            format!(
+                "write {} ({}), nginx -t, nginx -s reload: no connection dropped",
+                rel.proxy.config_path,
+                shown.join(", ")
+            ),
+            move |_| Stage::new(env, rel)?.switch(&new2),
+        )
+        .undo("point the proxy back at the previous colour", move |_| {
+            if old2.is_empty() {
+                return Ok(());
+            }
+            Stage::new(env, rel)?.switch(&old2)
+        });
+    }
+    for (svc, s) in rel
+        .services
+        .iter()
+        .filter(|(_, s)| s.strategy == Strategy::StopFirst)
+    {
+        let Some(image) = targets.get(svc).cloned() else {
+            continue;
+        };
+        let var = ReleasedService::image_var(svc, None);
+        let (svc1, svc2) = (svc.clone(), svc.clone());
+        let var2 = var.clone();
+        let _ = s;
+        plan.step(
+            format!("Replace {svc} (stop-first: one writer)"),
+            format!("compose up -d --no-deps {svc} with {var}={image}; the window without a writer is measured"),
+            move |st: &mut RelState| {
+                st.cutover_started = true;
+                let stage = Stage::new(env, rel)?;
+                let before = stage.image_vars(&BTreeMap::new())?;
+                if let Some((_, v)) = before.iter().find(|(k, _)| *k == var) {
+                    st.previous_images.insert(var.clone(), v.clone());
+                }
+                let vars = stage.image_vars(&BTreeMap::from([(var.clone(), image.clone())]))?;
+                let start = Instant::now();
+                stage.up(out, std::slice::from_ref(&svc1), &vars)?;
+                stage.wait_healthy(out, &svc1, &svc1, timeout)?;
+                let window = start.elapsed().as_secs_f64();
+                out.line(&format!("{svc1}: replaced in {window:.1} s (no writer during that window)"));
+                st.stop_windows.push((svc1.clone(), window));
+                Ok(())
+            },
+        )
+        .undo(format!("compose up -d --no-deps {svc} with its previous image"), move |st: &mut RelState| {
+            let Some(prev) = st.previous_images.get(&var2).cloned() else { return Ok(()) };
+            let stage = Stage::new(env, rel)?;
+            let vars = stage.image_vars(&BTreeMap::from([(var2.clone(), prev)]))?;
+            stage.up(out, std::slice::from_ref(&svc2), &vars)
+        });
+    }
+    if !old_colours.is_empty() && rel.drain_secs > 0 {
+        let d = rel.drain_secs;
+        plan.action(
+            "Let the old colour drain",
+            format!("{d} s for requests already on the old colour to finish"),
+            move || {
+                std::thread::sleep(Duration::from_secs(d));
+                Ok(())
+            },
+        );
+    }
+    plan.action(
+        "Post-deploy checks",
+        format!(
+            "every health check of `{}` through the proxy (HTTP, containers, database) until all pass, at most {} s; a failure switches back",
+            env.name,
+            timeout.as_secs()
+        ),
+        move || {
+            let checks = health_checks::wait_until_healthy(env, out, timeout);
+            crate::core::interrupt::check()?;
+            if checks.iter().any(|c| !c.ok) {
+                bail!(
+                    "the new release fails its post-deploy checks:{}",
+                    crate::core::check::failures(&checks)
+                );
+            }
+            Ok(())
+        },
+    );
+    for (svc, old) in &old_colours {
+        let unit = format!("{svc}-{old}");
+        let u = unit.clone();
+        plan.action(
+            format!("Stop {unit} (kept for rollback)"),
+            format!("compose stop {unit}: the container stays, `cargo xtask rollback {}` starts it in seconds", env.name),
+            move || {
+                let stage = Stage::new(env, rel)?;
+                let vars = stage.image_vars(&BTreeMap::new())?;
+                stage.stop(out, &u, &vars)
+            },
+        );
+    }
+}
