@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod release;
 pub mod stack;
 
 use std::net::TcpListener;

@@ -1,0 +1,248 @@
+//! The staging/production stand-in for one test: the demo's release Compose
+//! file (nginx proxy, blue/green app, stop-first ingestion) under its own
+//! project, prefix and ports, released through a real registry
+//! (`docker-registry` from Debian, one per test process on a free loopback
+//! port, stopped when the process ends). Torn down with its volumes on drop.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use super::{docker, free_port, wait_for_port, workspace_root, xtask, Run, TempDir, XTASK};
+
+/// `127.0.0.1:PORT` of this test process's registry.
+pub fn registry() -> String {
+    static REGISTRY: OnceLock<String> = OnceLock::new();
+    REGISTRY
+        .get_or_init(|| {
+            let bin = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+                .into_iter()
+                .find(|p| std::path::Path::new(p).exists())
+                .unwrap_or_else(|| {
+                    panic!("these tests need a container registry: `apt-get install docker-registry` (Debian's Distribution registry); .ci/run installs it")
+                });
+            let port = free_port();
+            let dir = std::env::temp_dir().join(format!("mre-registry-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let config = dir.join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    dir.join("data").display()
+                ),
+            )
+            .unwrap();
+            // A watchdog: the registry and its folder go when this process does.
+            Command::new("sh")
+                .args([
+                    "-c",
+                    "\"$1\" serve \"$2\" >/dev/null 2>&1 & r=$!; while kill -0 \"$3\" 2>/dev/null; do sleep 1; done; kill $r; rm -rf \"$4\"",
+                    "sh",
+                    bin,
+                    &config.display().to_string(),
+                    &std::process::id().to_string(),
+                    &dir.display().to_string(),
+                ])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("starting docker-registry");
+            wait_for_port(port, 20);
+            format!("127.0.0.1:{port}")
+        })
+        .clone()
+}
+
+pub struct ReleaseStack {
+    pub dir: TempDir,
+    pub config: PathBuf,
+    pub project: String,
+    pub prefix: String,
+    pub app: u16,
+    pub ingestion: u16,
+    pub postgres: u16,
+    pub registry: String,
+}
+
+impl ReleaseStack {
+    pub fn new(tag: &str) -> ReleaseStack {
+        super::require_docker();
+        super::ensure_demo_images();
+        let dir = TempDir::new(tag);
+        let project = format!("mre-{tag}-{}", std::process::id());
+        let prefix = project.clone();
+        let (app, ingestion, postgres) = (free_port(), free_port(), free_port());
+        let mut s = ReleaseStack {
+            dir,
+            config: PathBuf::new(),
+            project,
+            prefix,
+            app,
+            ingestion,
+            postgres,
+            registry: registry(),
+        };
+        s.copy_migrations();
+        s.config = s.write_config(
+            &workspace_root()
+                .join("demo/docker/app")
+                .display()
+                .to_string(),
+            None,
+            "",
+        );
+        s
+    }
+
+    /// (Re)write ops.toml: the app image's build context, optionally another
+    /// context for the ingestion service, and extra TOML for `release`.
+    pub fn write_config(
+        &self,
+        app_context: &str,
+        ingestion_context: Option<&str>,
+        extra: &str,
+    ) -> PathBuf {
+        let (prefix, project, app, ingestion, postgres, registry) = (
+            &self.prefix,
+            &self.project,
+            self.app,
+            self.ingestion,
+            self.postgres,
+            &self.registry,
+        );
+        let ingestion_image = if ingestion_context.is_some() {
+            "mre-ingest"
+        } else {
+            "mre-demo-app"
+        };
+        let ingestion_ctx = ingestion_context
+            .map(|c| format!(", mre-ingest = {{ context = \"{c}\" }}"))
+            .unwrap_or_default();
+        self.dir.write(
+            "ops.toml",
+            &format!(
+                r#"
+[environments.rel]
+env_file = ".env.rel"
+generate_secrets = ["POSTGRES_PASSWORD"]
+[environments.rel.compose]
+files = ["{compose}"]
+project = "{project}"
+pre_build = [["{xtask}", "-q", "demo", "prepare"]]
+env = {{ MRE_CONTAINER_PREFIX = "{prefix}", MRE_APP_PORT = "{app}", MRE_INGESTION_PORT = "{ingestion}", MRE_POSTGRES_PORT = "{postgres}" }}
+[environments.rel.services.mre-app]
+container = "{prefix}-proxy"
+health = {{ url = "http://127.0.0.1:{app}/api/health", expect = "runbook-json" }}
+[environments.rel.services.mre-liverc-ingestion-service]
+container = "{prefix}-liverc-ingestion-service"
+health = {{ url = "http://127.0.0.1:{ingestion}/health" }}
+[environments.rel.database]
+container = "{prefix}-postgres"
+host = "127.0.0.1"
+port = {postgres}
+user = "pacetracer"
+name = "pacetracer"
+password_env = "POSTGRES_PASSWORD"
+[environments.rel.migrations]
+dir = "migrations"
+[environments.rel.release]
+registry = "{registry}"
+keep = 3
+health_timeout_secs = 25
+drain_secs = 1
+proxy = {{ service = "mre-proxy" }}
+images = {{ mre-demo-app = {{ context = "{app_context}" }}{ingestion_ctx} }}
+{extra}
+[environments.rel.release.services.mre-app]
+image = "mre-demo-app"
+strategy = "blue-green"
+port = 3001
+health_path = "/api/health"
+[environments.rel.release.services.mre-liverc-ingestion-service]
+image = "{ingestion_image}"
+strategy = "stop-first"
+"#,
+                compose = workspace_root().join("demo/docker-compose.release.yml").display(),
+                xtask = XTASK,
+            ),
+        )
+    }
+
+    /// The demo's migrations, copied so a test can add one.
+    fn copy_migrations(&self) {
+        let from = workspace_root().join("prisma/migrations");
+        let to = self.dir.path().join("migrations");
+        let st = Command::new("cp")
+            .args(["-r", &from.display().to_string(), &to.display().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        xtask(&self.config, args)
+    }
+
+    pub fn container(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.prefix)
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        docker(&[
+            "exec",
+            &self.container("postgres"),
+            "psql",
+            "-tA",
+            "-U",
+            "pacetracer",
+            "-d",
+            "pacetracer",
+            "-c",
+            sql,
+        ])
+    }
+
+    fn password(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join(".env.rel")).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("POSTGRES_PASSWORD="))
+            .unwrap_or("unset")
+            .to_string()
+    }
+}
+
+impl Drop for ReleaseStack {
+    fn drop(&mut self) {
+        let compose = workspace_root().join("demo/docker-compose.release.yml");
+        let v2 = Command::new("docker")
+            .args(["compose", "version"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let program: &[&str] = if v2 {
+            &["docker", "compose"]
+        } else {
+            &["docker-compose"]
+        };
+        let _ = Command::new(program[0])
+            .args(&program[1..])
+            .args(["-p", &self.project, "-f", &compose.display().to_string()])
+            .args(["down", "-v", "--remove-orphans", "-t", "2"])
+            .env("POSTGRES_PASSWORD", self.password())
+            .env("MRE_CONTAINER_PREFIX", &self.prefix)
+            .output();
+        // The release images this stack pulled (its registry's port is unique).
+        let listed = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        let mine: Vec<&str> = listed
+            .lines()
+            .filter(|l| {
+                l.starts_with(&format!("{}/", self.registry))
+                    && l.contains(&format!(":{}-", self.project))
+            })
+            .collect();
+        if !mine.is_empty() {
+            let _ = Command::new("docker").arg("rmi").args(&mine).output();
+        }
+    }
+}

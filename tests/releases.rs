@@ -1,0 +1,376 @@
+//! Staging and production releases against the real engine, a real
+//! registry and the nginx proxy: push and pull by tag, zero-downtime
+//! cutover under a client's load, automatic rollback when the new version
+//! is not healthy or breaks the post-deploy checks, a failing migration
+//! that leaves the old version serving, `rollback` to the previous release,
+//! the lock, and no ingested lap lost.
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::release::ReleaseStack;
+
+/// Requests against the proxy in a loop until stopped: (ok, failed).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let (stop, ok, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let handle = std::thread::spawn(move || {
+            let mut why = Vec::new();
+            let url = format!("http://127.0.0.1:{port}/api/health");
+            while !s.load(Ordering::SeqCst) {
+                match std::process::Command::new("curl")
+                    .args([
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--max-time",
+                        "5",
+                        &url,
+                    ])
+                    .output()
+                {
+                    Ok(out) if String::from_utf8_lossy(&out.stdout) == "200" => {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(out) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        why.push(String::from_utf8_lossy(&out.stdout).into_owned());
+                    }
+                    Err(e) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        why.push(e.to_string());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            why
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let why = self.handle.take().unwrap().join().unwrap();
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            why,
+        )
+    }
+}
+
+fn live_colour(s: &ReleaseStack) -> String {
+    let conf = common::docker(&[
+        "exec",
+        &s.container("proxy"),
+        "cat",
+        "/etc/nginx/mre/upstreams.conf",
+    ]);
+    conf.lines()
+        .find_map(|l| l.strip_prefix("# live mre-app "))
+        .unwrap_or("none")
+        .trim()
+        .to_string()
+}
+
+/// Laps are numbered without gaps by the one writer: a lost lap is a gap.
+fn assert_no_lap_lost(s: &ReleaseStack) -> i64 {
+    let r = s.psql("SELECT count(*), coalesce(max(seq) - min(seq) + 1, 0) FROM laps");
+    let (n, span) = r.trim().split_once('|').unwrap();
+    assert_eq!(n, span, "laps missing between the first and the last: {r}");
+    n.parse().unwrap()
+}
+
+fn tag(s: &ReleaseStack, v: &str) -> String {
+    format!("{}-{v}", s.project)
+}
+
+#[test]
+fn release_cutover_rollback_and_no_lap_lost() {
+    let s = ReleaseStack::new("rel");
+    let v1 = tag(&s, "v1");
+    let r = s.run(&["deploy", "rel", "--tag", &v1]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Pushed to the registry, pulled by tag.
+    let tags = std::process::Command::new("curl")
+        .args([
+            "-s",
+            &format!("http://{}/v2/mre-demo-app/tags/list", s.registry),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&tags.stdout).contains(&v1),
+        "{tags:?}"
+    );
+    assert_eq!(live_colour(&s), "blue");
+    std::thread::sleep(Duration::from_secs(2));
+    let laps_before = assert_no_lap_lost(&s);
+    assert!(laps_before > 0);
+
+    // A second version under load: no failed request, the colour flips,
+    // the old one is kept (stopped).
+    let v2 = tag(&s, "v2");
+    let load = Load::start(s.app);
+    let r = s.run(&["deploy", "rel", "--tag", &v2]);
+    let (ok, failed, why) = load.finish();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the cutover: {why:?}",
+        ok + failed
+    );
+    assert!(ok > 20, "the load ran: {ok}");
+    assert_eq!(live_colour(&s), "green");
+    assert_eq!(
+        common::docker(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}}",
+            &s.container("app-blue")
+        ])
+        .trim(),
+        "exited"
+    );
+    assert!(
+        r.stdout.contains("replaced in"),
+        "the stop-first window is measured: {r:?}"
+    );
+
+    // The journal lists both, the live one marked.
+    let l = s.run(&["releases", "rel"]);
+    assert!(
+        l.stdout.contains(&format!("* #2")) && l.stdout.contains(&v1),
+        "{l:?}"
+    );
+
+    // Rollback to the previous release: the kept colour, under load.
+    let load = Load::start(s.app);
+    let r = s.run(&["rollback", "rel"]);
+    let (ok, failed, why) = load.finish();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the rollback: {why:?}",
+        ok + failed
+    );
+    assert_eq!(live_colour(&s), "blue");
+    let img = common::docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.Image}}",
+        &s.container("app-blue"),
+    ]);
+    assert!(img.trim().ends_with(&v1), "{img}");
+    std::thread::sleep(Duration::from_secs(2));
+    let laps_after = assert_no_lap_lost(&s);
+    assert!(
+        laps_after > laps_before,
+        "ingestion goes on: {laps_before} → {laps_after}"
+    );
+
+    // A version whose health fails is never switched to; the old one serves
+    // throughout and the journal says it was rolled back.
+    let fault = s.dir.path().join("faulty");
+    std::fs::create_dir_all(&fault).unwrap();
+    std::fs::write(
+        fault.join("Dockerfile"),
+        format!(
+            "FROM {}/mre-demo-app:{v1}\nENV MRE_DEMO_HEALTH_FAULT=status500\n",
+            s.registry
+        ),
+    )
+    .unwrap();
+    s.write_config(&fault.display().to_string(), None, "");
+    let v3 = tag(&s, "v3");
+    let load = Load::start(s.app);
+    let r = s.run(&["deploy", "rel", "--tag", &v3]);
+    let (ok, failed, why) = load.finish();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("did not become healthy"), "{r:?}");
+    assert_eq!(
+        failed,
+        0,
+        "the old release served throughout: {failed}/{} failed: {why:?}",
+        ok + failed
+    );
+    assert_eq!(live_colour(&s), "blue");
+    let l = s.run(&["--json", "releases", "rel"]);
+    let v: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
+    let last = v["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["version"], v3.as_str());
+    assert_eq!(last["result"], "rolled-back", "{last}");
+
+    // A release whose ingestion service cannot start fails after the app was
+    // switched: the proxy is switched back and the old ingestion restored.
+    let broken = s.dir.path().join("broken-ingestion");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("Dockerfile"),
+        format!(
+            "FROM {}/mre-demo-app:{v1}\nENTRYPOINT [\"false\"]\n",
+            s.registry
+        ),
+    )
+    .unwrap();
+    s.write_config(
+        &common::workspace_root()
+            .join("demo/docker/app")
+            .display()
+            .to_string(),
+        Some(&broken.display().to_string()),
+        "",
+    );
+    let v4 = tag(&s, "v4");
+    let r = s.run(&["deploy", "rel", "--tag", &v4]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("undone"), "{r:?}");
+    assert_eq!(live_colour(&s), "blue", "switched back");
+    let health = s.run(&["health", "rel", "--wait", "30"]);
+    assert_eq!(health.code, 0, "{health:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_no_lap_lost(&s);
+
+    // A failing migration: nothing switched, the schema unchanged.
+    s.write_config(
+        &common::workspace_root()
+            .join("demo/docker/app")
+            .display()
+            .to_string(),
+        None,
+        "",
+    );
+    let m = s.dir.path().join("migrations/20991231000000_broken");
+    std::fs::create_dir_all(&m).unwrap();
+    std::fs::write(
+        m.join("migration.sql"),
+        "CREATE TABLE \"will_vanish\" (id int);\nSELECT no_such_function();\n",
+    )
+    .unwrap();
+    let v5 = tag(&s, "v5");
+    let r = s.run(&["deploy", "rel", "--tag", &v5]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("Lint and apply pending migrations"),
+        "{r:?}"
+    );
+    assert_eq!(live_colour(&s), "blue");
+    assert_eq!(
+        s.psql("SELECT to_regclass('will_vanish') IS NULL").trim(),
+        "t"
+    );
+    let img = common::docker(&[
+        "inspect",
+        "-f",
+        "{{.Config.Image}}",
+        &s.container("app-blue"),
+    ]);
+    assert!(img.trim().ends_with(&v1), "still the old release: {img}");
+}
+
+#[test]
+fn a_release_needs_the_lock_and_sigint_releases_it() {
+    let s = ReleaseStack::new("rlk");
+    let v1 = tag(&s, "v1");
+    let r = s.run(&["deploy", "rel", "--tag", &v1]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // A second release while one holds the lock is refused, naming it.
+    let v2 = tag(&s, "v2");
+    let first = std::process::Command::new(common::XTASK)
+        .args([
+            "--config",
+            s.config.to_str().unwrap(),
+            "deploy",
+            "rel",
+            "--tag",
+            &v2,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = s.dir.path().join(".mre-ops/locks/rel.lock");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&lock)
+        .map(|t| t.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the release never took the lock"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = s.run(&["deploy", "rel", "--tag", &tag(&s, "v3")]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second.stderr.contains("is locked")
+            && second.stderr.contains(&format!("pid {}", first.id())),
+        "{second:?}"
+    );
+    // Ctrl-C: the undos run, the lock is released, the old release serves.
+    std::thread::sleep(Duration::from_millis(500));
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = first.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(130) {
+        assert!(stderr.contains("interrupted"), "{stderr}");
+    } else {
+        // It had finished before the signal arrived.
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+    }
+    let status = s.run(&["lock", "status", "rel"]);
+    assert!(status.stdout.contains("is not locked"), "{status:?}");
+    let health = s.run(&["health", "rel", "--wait", "30"]);
+    assert_eq!(health.code, 0, "{health:?}");
+}
+
+#[test]
+fn releases_dry_run_and_refusals() {
+    let s = ReleaseStack::new("rdry");
+    let r = s.run(&["deploy", "rel", "--tag", "x y"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("not a valid image tag"), "{r:?}");
+    let r = s.run(&["deploy", "rel", "--dry-run", "--tag", "v1"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for step in [
+        "Push ",
+        "Take the environment's lock",
+        "Lint and apply pending migrations",
+        "Start mre-app-blue",
+        "Switch the proxy",
+        "stop-first",
+        "Post-deploy checks",
+    ] {
+        assert!(r.stdout.contains(step), "the dry run shows `{step}`: {r:?}");
+    }
+    let r = s.run(&["rollback", "rel"]);
+    assert_eq!(r.code, 2, "nothing to roll back to: {r:?}");
+}
