@@ -161,10 +161,7 @@ fn release_cutover_rollback_and_no_lap_lost() {
 
     // The journal lists both, the live one marked.
     let l = s.run(&["releases", "rel"]);
-    assert!(
-        l.stdout.contains(&format!("* #2")) && l.stdout.contains(&v1),
-        "{l:?}"
-    );
+    assert!(l.stdout.contains("* #2") && l.stdout.contains(&v1), "{l:?}");
 
     // Rollback to the previous release: the kept colour, under load.
     let load = Load::start(s.app);

@@ -33,7 +33,9 @@ pub fn registry() -> String {
                 ),
             )
             .unwrap();
-            // A watchdog: the registry and its folder go when this process does.
+            // A watchdog: the registry and its folder go when this process
+            // does (it is never waited for: it outlives every test).
+            #[allow(clippy::zombie_processes)]
             Command::new("sh")
                 .args([
                     "-c",
