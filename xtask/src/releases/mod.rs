@@ -421,8 +421,19 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
         confirm(env, &format!("Roll back to {version}"), args.yes)?;
     }
     let v: &str = &version;
+    // ops.toml's folder inside the checkout (it may sit below the top level).
+    let ctx_root = match &build_root {
+        Some(root) => {
+            let prefix =
+                crate::adapters::process::Command::new("git", ["rev-parse", "--show-prefix"])
+                    .dir(&ops.dir)
+                    .read()?;
+            Some(root.join(prefix.trim()))
+        }
+        None => None,
+    };
     let mut plan: Plan<RelState> = Plan::new(format!("rollback {} to {v}", env.name));
-    if let (Some(rev), Some(root)) = (&args.rebuild, &build_root) {
+    if let (Some(rev), Some(root), Some(ctx_root)) = (&args.rebuild, &build_root, &ctx_root) {
         plan.command(
             format!("Check out {rev}"),
             crate::adapters::process::Command::new(
@@ -443,7 +454,15 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
             .read()
             .map(drop)
         });
-        for (title, cmd) in images::commands(env, rel, root, v) {
+        // The checkout's own pre-build steps (the demo stages its binary),
+        // then its images: what `git checkout` + `docker compose build` does.
+        for argv in &env.settings.compose.pre_build {
+            let cmd = crate::adapters::process::Command::new(&argv[0], argv[1..].iter().cloned())
+                .dir(ctx_root)
+                .envs(&env.compose_env());
+            plan.command(format!("Pre-build at {rev}: {}", argv.join(" ")), cmd, out);
+        }
+        for (title, cmd) in images::commands(env, rel, ctx_root, v) {
             plan.command(title, cmd, out);
         }
     }
