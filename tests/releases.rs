@@ -371,3 +371,38 @@ fn releases_dry_run_and_refusals() {
     let r = s.run(&["rollback", "rel"]);
     assert_eq!(r.code, 2, "nothing to roll back to: {r:?}");
 }
+
+#[test]
+fn production_needs_a_confirmation_and_backs_up_first() {
+    let mut s = ReleaseStack::new("rprod");
+    s.protected = true;
+    s.config = s.write_config(
+        &common::workspace_root()
+            .join("demo/docker/app")
+            .display()
+            .to_string(),
+        None,
+        "",
+    );
+    let v1 = tag(&s, "v1");
+    // No terminal, no --yes: refused before anything runs.
+    let r = s.run(&["deploy", "rel", "--tag", &v1]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("Pass --yes"), "{r:?}");
+    let r = s.run(&["deploy", "rel", "--tag", &v1, "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v2 = tag(&s, "v2");
+    let r = s.run(&["deploy", "rel", "--tag", &v2, "--yes"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("verified"),
+        "a verified backup first: {r:?}"
+    );
+    let l = s.run(&["--json", "releases", "rel"]);
+    let v: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
+    let last = v["entries"].as_array().unwrap().last().unwrap().clone();
+    let backup = last["backup"]
+        .as_str()
+        .expect("the journal names the pre-release backup");
+    assert!(std::path::Path::new(backup).exists(), "{backup}");
+}

@@ -66,6 +66,8 @@ pub struct ReleaseStack {
     pub ingestion: u16,
     pub postgres: u16,
     pub registry: String,
+    /// A production-like environment: protected, with backups.
+    pub protected: bool,
 }
 
 impl ReleaseStack {
@@ -85,6 +87,7 @@ impl ReleaseStack {
             ingestion,
             postgres,
             registry: registry(),
+            protected: false,
         };
         s.copy_migrations();
         s.config = s.write_config(
@@ -128,6 +131,7 @@ impl ReleaseStack {
                 r#"
 [environments.rel]
 env_file = ".env.rel"
+protected = {protected}
 generate_secrets = ["POSTGRES_PASSWORD"]
 [environments.rel.compose]
 files = ["{compose}"]
@@ -149,6 +153,7 @@ name = "pacetracer"
 password_env = "POSTGRES_PASSWORD"
 [environments.rel.migrations]
 dir = "migrations"
+{backups}
 [environments.rel.release]
 registry = "{registry}"
 keep = 3
@@ -167,6 +172,12 @@ image = "{ingestion_image}"
 strategy = "stop-first"
 "#,
                 compose = workspace_root().join("demo/docker-compose.release.yml").display(),
+                protected = self.protected,
+                backups = if self.protected {
+                    "[environments.rel.backups]\nmethod = \"container\"\ndir = \"backups\""
+                } else {
+                    ""
+                },
                 xtask = XTASK,
             ),
         )

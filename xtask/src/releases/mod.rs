@@ -170,8 +170,8 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
     let mut plan: Plan<RelState> = Plan::new(format!("release {v} to {}", env.name));
     if env.settings.protected {
         plan.step(
-            "Back up the database",
-            "cargo xtask backup create (runbook: Create database backup), checked against its checksum",
+            "Back up the database and verify it",
+            "cargo xtask backup create, then backup verify (a full restore into a scratch database) (runbook: Create database backup)",
             move |s: &mut RelState| {
                 if crate::database_migrations::wait_for_database(env, out, Duration::from_secs(5)).is_err() {
                     out.line("The database does not run yet (first release): nothing to back up.");
@@ -179,6 +179,18 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
                 }
                 let path = crate::disaster_recovery::create_backup(env, out, &format!("before release {v}"))?;
                 s.backup = Some(path.to_string());
+                // "Create database backup" means one that restores: verify it
+                // (a full restore into a scratch database) before going on.
+                let quiet = Output::new(false, true, out.verbose);
+                let verify = crate::disaster_recovery::BackupArgs {
+                    cmd: crate::disaster_recovery::BackupCmd::Verify {
+                        env: env.name.clone(),
+                        backup: path.to_string(),
+                    },
+                };
+                crate::disaster_recovery::backup(ops, &quiet, &verify)
+                    .map_err(|e| e.context(format!("the pre-release backup {path} did not verify: nothing was released")))?;
+                out.line(&format!("Backup {path} verified (restored into a scratch database, row counts match)."));
                 Ok(())
             },
         );

@@ -17,7 +17,11 @@ pub fn of_checkout(dir: &Utf8Path) -> Result<Version> {
     let sha = Command::new("git", ["rev-parse", "--short=12", "HEAD"])
         .dir(dir)
         .read()
-        .with_context(|| format!("reading the git commit of {dir} (the release's version); pass --tag VERSION outside a git checkout"))?;
+        .map_err(|e| {
+            crate::config::config_error(format!(
+                "cannot read the git commit of {dir} (the release's version): {e:#}. Pass --tag VERSION outside a git checkout"
+            ))
+        })?;
     let status = Command::new("git", ["status", "--porcelain", "--untracked-files=no"])
         .dir(dir)
         .read()
