@@ -7,6 +7,7 @@
 
 mod backups;
 mod env;
+mod migrations;
 mod parse;
 mod release;
 mod settings;
@@ -17,6 +18,7 @@ use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 
 pub use env::Env;
+pub use migrations::*;
 pub use release::*;
 pub use settings::*;
 

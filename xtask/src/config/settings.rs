@@ -41,7 +41,7 @@ pub struct EnvironmentSettings {
     pub deploy: DeploySettings,
     /// Prisma migrations: where they are and how they are applied.
     #[serde(default)]
-    pub migrations: crate::database_migrations::MigrationSettings,
+    pub migrations: super::migrations::MigrationSettings,
     /// Database backups: where they go, how they are taken, how long kept.
     pub backups: Option<BackupSettings>,
     /// Versioned releases through a registry, with a zero-downtime cutover

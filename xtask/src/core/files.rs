@@ -47,7 +47,6 @@ pub fn random_hex(bytes: usize) -> Result<String> {
 }
 
 /// A random UUID v4, lowercase and hyphenated (Prisma's migration ids).
-#[allow(dead_code)] // first user: migrations (the migrate split)
 pub fn uuid_v4() -> Result<String> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b)

@@ -91,16 +91,6 @@ impl<'a, S> Plan<'a, S> {
         self.step(title, does, move |_| f())
     }
 
-    /// Another line of what the last step does.
-    #[allow(dead_code)] // first user: restore (the recovery split)
-    pub fn also(&mut self, does: impl Into<String>) -> &mut Self {
-        if let Some(s) = self.steps.last_mut() {
-            s.does.push(does.into());
-        }
-        self
-    }
-
-    #[allow(dead_code)] // first user: restore (the recovery split)
     /// How to undo the last step. Runs when that step or a later one fails,
     /// or on an interruption; it must cope with its step having done only
     /// part of its work (or none).

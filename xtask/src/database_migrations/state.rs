@@ -1,0 +1,220 @@
+//! Database Migration Procedures: what is applied, pending, failed, edited
+//! or missing (`migrate status`).
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::adapters::output::{Output, Tone};
+use crate::config::{Env, Runner};
+
+// Siblings: the module's parts share their items (pub(super)).
+#[allow(unused_imports)]
+use super::lint::{self, Mode};
+#[allow(unused_imports)]
+use super::{apply::*, authoring::*, bookkeeping::*, files::*, prisma::*};
+
+#[derive(Serialize)]
+pub(super) struct Entry {
+    pub(super) name: String,
+    pub(super) state: &'static str,
+    pub(super) detail: String,
+}
+
+pub(super) struct State {
+    pub(super) local: Vec<Local>,
+    pub(super) rows: Vec<Row>,
+    pub(super) table: bool,
+}
+
+impl State {
+    pub(super) fn applied(&self, name: &str) -> bool {
+        self.rows
+            .iter()
+            .any(|r| r.migration_name == name && r.rolled_back_at.is_none())
+    }
+    pub(super) fn pending(&self) -> Vec<&Local> {
+        self.local
+            .iter()
+            .filter(|l| !self.applied(&l.name))
+            .collect()
+    }
+    pub(super) fn failed(&self) -> Vec<&Row> {
+        self.rows.iter().filter(|r| r.failed()).collect()
+    }
+
+    pub(super) fn entries(&self) -> Vec<Entry> {
+        let mut list = Vec::new();
+        for l in &self.local {
+            let live: Vec<&Row> = self
+                .rows
+                .iter()
+                .filter(|r| r.migration_name == l.name && r.rolled_back_at.is_none())
+                .collect();
+            let (state, detail) = if let Some(r) = live.iter().find(|r| r.failed()) {
+                (
+                    "failed",
+                    format!("started {} and did not finish", r.started_at),
+                )
+            } else if let Some(r) = live.iter().find(|r| r.finished_at.is_some()) {
+                match &l.sql {
+                    None => (
+                        "missing",
+                        "applied, but migration.sql is missing on disk".to_string(),
+                    ),
+                    Some(sql) if !checksum_matches(sql, &r.checksum) => (
+                        "edited",
+                        format!(
+                            "migration.sql changed after it was applied (recorded {}, file {})",
+                            &r.checksum[..12.min(r.checksum.len())],
+                            &sha256_hex(sql)[..12]
+                        ),
+                    ),
+                    _ => (
+                        "applied",
+                        format!("finished {}", r.finished_at.as_deref().unwrap_or("")),
+                    ),
+                }
+            } else if l.sql.is_none() {
+                (
+                    "pending",
+                    "migration.sql is missing: deploy will stop here (Prisma: P3015)".to_string(),
+                )
+            } else {
+                ("pending", String::new())
+            };
+            list.push(Entry {
+                name: l.name.clone(),
+                state,
+                detail,
+            });
+        }
+        let on_disk: BTreeSet<&str> = self.local.iter().map(|l| l.name.as_str()).collect();
+        let mut seen = BTreeSet::new();
+        for r in &self.rows {
+            if !on_disk.contains(r.migration_name.as_str())
+                && r.rolled_back_at.is_none()
+                && seen.insert(r.migration_name.clone())
+            {
+                list.push(Entry {
+                    name: r.migration_name.clone(),
+                    state: if r.failed() { "failed" } else { "not-on-disk" },
+                    detail:
+                        "recorded in the database but its folder is not in the migrations folder"
+                            .into(),
+                });
+            }
+        }
+        list
+    }
+}
+
+pub(super) fn read_state(env: &Env, db: &mut Db) -> Result<State> {
+    let local = read_local(env)?;
+    let table = db.table_exists()?;
+    let rows = if table { db.rows()? } else { Vec::new() };
+    Ok(State { local, rows, table })
+}
+
+pub(super) fn status(env: &Env, out: &Output) -> Result<()> {
+    if env.settings.migrations.runner == Runner::Prisma {
+        out.line("(runner = \"prisma\": the state below is read from the same _prisma_migrations table Prisma writes)");
+    }
+    let mut db = Db::open(env)?;
+    let state = read_state(env, &mut db)?;
+    let mut entries = state.entries();
+    // An unfinished row while someone holds the lock is a migration running now.
+    let running = db.lock_holder().ok();
+    if let Some(holder) = &running {
+        for e in entries.iter_mut().filter(|e| e.state == "failed") {
+            e.state = "running";
+            e.detail = format!("being applied now by {holder}");
+        }
+    }
+    // A migration being applied right now is not done: it counts as pending.
+    let pending = entries
+        .iter()
+        .filter(|e| e.state == "pending" || e.state == "running")
+        .count();
+    let failed = entries.iter().filter(|e| e.state == "failed").count();
+    let dir = migrations_dir(env);
+    if out.json {
+        out.json_doc(&serde_json::json!({
+            "environment": env.name, "database": db.target, "schema": db.schema,
+            "migrations_dir": dir.as_str(), "table_exists": state.table,
+            "migrations": entries, "pending": pending, "failed": failed,
+            "up_to_date": pending == 0 && failed == 0,
+        }));
+    } else {
+        out.line(&format!(
+            "{} migrations found in {dir}; database {} (schema `{}`){}",
+            state.local.len(),
+            db.target,
+            db.schema,
+            if state.table {
+                ""
+            } else {
+                ", no _prisma_migrations table yet"
+            }
+        ));
+        for e in &entries {
+            let tone = match e.state {
+                "applied" => Tone::Good,
+                "failed" => Tone::Bad,
+                _ => Tone::Warn,
+            };
+            let detail = if e.detail.is_empty() {
+                String::new()
+            } else {
+                format!("  {}", e.detail)
+            };
+            out.line(&format!(
+                "  {} {}{detail}",
+                out.paint(tone, &format!("{:<11}", e.state)),
+                e.name
+            ));
+        }
+        for r in state.failed().into_iter().filter(|_| running.is_none()) {
+            out.line("");
+            out.line(&failed_message(env, r));
+        }
+        if pending == 0 && failed == 0 {
+            out.line("Database schema is up to date!");
+        } else if pending > 0 {
+            out.line(&format!(
+                "{pending} pending: review them with `cargo xtask migrate review {0}`, apply with `cargo xtask migrate deploy {0}`",
+                env.name
+            ));
+        }
+    }
+    if pending > 0 || failed > 0 {
+        bail!(
+            "{pending} migration(s) pending and {failed} failed in `{}`",
+            env.name
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn failed_message(env: &Env, r: &Row) -> String {
+    format!(
+        "Migration `{name}` failed: it started at {started} and did not finish (Prisma: P3009).\n\
+         Its logs:\n{logs}\n\
+         Next: if it ran in a transaction the schema is unchanged: fix its migration.sql, then\n  \
+         cargo xtask migrate resolve --rolled-back {name} {env}\n  cargo xtask migrate deploy {env}\n\
+         If you finished it by hand instead, record it as applied:\n  \
+         cargo xtask migrate resolve --applied {name} {env}",
+        name = r.migration_name,
+        started = r.started_at,
+        logs = indent(r.logs.as_deref().unwrap_or("(none)")),
+        env = env.name
+    )
+}
+
+pub(super) fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
