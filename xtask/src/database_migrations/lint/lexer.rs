@@ -1,0 +1,217 @@
+//! Database Migration Procedures, the lint's lexer: a small PostgreSQL
+//! lexer (strings, quoted identifiers, dollar quotes, nested comments) that
+//! turns a script into statements of tokens, so that a keyword inside a
+//! string or a comment never fires a rule.
+
+/// One lexical token. Words are lowercased; quoted identifiers keep their case.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Tok {
+    Word(String),
+    Quoted(String),
+    Str,
+    Num,
+    Punct(char),
+}
+
+#[derive(Clone, Debug)]
+pub struct Statement {
+    pub toks: Vec<Tok>,
+    /// Byte range of the statement's text (without the `;`).
+    pub start: usize,
+    pub end: usize,
+    /// 1-based line where the statement's first token is.
+    pub line: usize,
+    /// Rules accepted by `-- mre-ops:allow RULE` comments written before the
+    /// statement (since the previous one) or inside it.
+    pub allows: Vec<String>,
+}
+
+impl Statement {
+    pub fn word(&self, i: usize) -> Option<&str> {
+        match self.toks.get(i) {
+            Some(Tok::Word(w)) => Some(w),
+            _ => None,
+        }
+    }
+    pub fn has_word(&self, w: &str) -> bool {
+        self.toks
+            .iter()
+            .any(|t| matches!(t, Tok::Word(x) if x == w))
+    }
+}
+
+/// Split a script into statements. Never fails: an unterminated string or
+/// comment runs to the end of the script, as PostgreSQL would read it.
+pub fn split(sql: &str) -> Vec<Statement> {
+    let b = sql.as_bytes();
+    let n = b.len();
+    let mut stmts = Vec::new();
+    let mut toks: Vec<Tok> = Vec::new();
+    let mut allows: Vec<String> = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut depth = 0usize;
+    let mut i = 0;
+    let line_at = |pos: usize| sql[..pos].matches('\n').count() + 1;
+    let flush = |toks: &mut Vec<Tok>,
+                 allows: &mut Vec<String>,
+                 start: &mut Option<usize>,
+                 end: usize,
+                 stmts: &mut Vec<Statement>| {
+        if let Some(s) = start.take() {
+            stmts.push(Statement {
+                toks: std::mem::take(toks),
+                start: s,
+                end,
+                line: line_at(s),
+                allows: std::mem::take(allows),
+            });
+        }
+    };
+    while i < n {
+        let c = b[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+            continue;
+        }
+        // Comments.
+        if c == b'-' && b.get(i + 1) == Some(&b'-') {
+            let end = sql[i..].find('\n').map(|e| i + e).unwrap_or(n);
+            collect_allows(&sql[i + 2..end], &mut allows);
+            i = end;
+            continue;
+        }
+        if c == b'/' && b.get(i + 1) == Some(&b'*') {
+            let mut level = 0;
+            let from = i;
+            while i < n {
+                if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                    level += 1;
+                    i += 2;
+                } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                    level -= 1;
+                    i += 2;
+                    if level == 0 {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            collect_allows(&sql[from..i.min(n)], &mut allows);
+            continue;
+        }
+        if c == b';' && depth == 0 {
+            flush(&mut toks, &mut allows, &mut start, i, &mut stmts);
+            i += 1;
+            continue;
+        }
+        if start.is_none() {
+            start = Some(i);
+        }
+        // Strings: '...', E'...', and dollar quotes.
+        if c == b'\'' || ((c == b'e' || c == b'E') && b.get(i + 1) == Some(&b'\'')) {
+            let escapes = c != b'\'';
+            i += if escapes { 2 } else { 1 };
+            while i < n {
+                if escapes && b[i] == b'\\' {
+                    i += 2;
+                } else if b[i] == b'\'' {
+                    if b.get(i + 1) == Some(&b'\'') {
+                        i += 2;
+                    } else {
+                        i += 1;
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            toks.push(Tok::Str);
+            continue;
+        }
+        if c == b'$' {
+            let tag_end = sql[i + 1..]
+                .char_indices()
+                .find(|(_, ch)| !(ch.is_alphanumeric() || *ch == '_'))
+                .map(|(k, _)| i + 1 + k);
+            if let Some(te) = tag_end {
+                let tag = &sql[i..=te];
+                let digits_only = sql[i + 1..te].chars().all(|ch| ch.is_ascii_digit());
+                if b[te] == b'$' && !(digits_only && te > i + 1) {
+                    let body = te + 1;
+                    let close = sql[body..].find(tag).map(|k| body + k + tag.len());
+                    i = close.unwrap_or(n);
+                    toks.push(Tok::Str);
+                    continue;
+                }
+            }
+            i += 1;
+            toks.push(Tok::Punct('$'));
+            continue;
+        }
+        if c == b'"' {
+            let mut name = String::new();
+            i += 1;
+            let from = i;
+            let mut seg = from;
+            while i < n {
+                if b[i] == b'"' {
+                    if b.get(i + 1) == Some(&b'"') {
+                        name.push_str(&sql[seg..=i]);
+                        i += 2;
+                        seg = i;
+                    } else {
+                        break;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            name.push_str(&sql[seg..i.min(n)]);
+            i = (i + 1).min(n);
+            toks.push(Tok::Quoted(name));
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            let from = i;
+            while i < n
+                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+            {
+                i += 1;
+            }
+            toks.push(Tok::Word(sql[from..i].to_ascii_lowercase()));
+            continue;
+        }
+        if c.is_ascii_digit() {
+            while i < n && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
+                i += 1;
+            }
+            toks.push(Tok::Num);
+            continue;
+        }
+        match c {
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        toks.push(Tok::Punct(c as char));
+        i += 1;
+    }
+    flush(&mut toks, &mut allows, &mut start, n, &mut stmts);
+    stmts
+}
+
+fn collect_allows(comment: &str, allows: &mut Vec<String>) {
+    if let Some(pos) = comment.find("mre-ops:allow") {
+        let rest = &comment[pos + "mre-ops:allow".len()..];
+        for rule in rest
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|r| !r.is_empty())
+        {
+            if rule.starts_with("*/") {
+                break;
+            }
+            allows.push(rule.trim_end_matches("*/").to_string());
+        }
+    }
+}

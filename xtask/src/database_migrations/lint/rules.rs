@@ -1,0 +1,333 @@
+//! Database Migration Procedures, the lint's rules: each names a statement
+//! that can break a release running against the schema before or after it,
+//! why, and the safer way. A `-- mre-ops:allow RULE` comment accepts one.
+
+use std::collections::BTreeSet;
+
+use super::lexer::{split, Tok};
+
+pub struct Rule {
+    pub name: &'static str,
+    pub reason: &'static str,
+    pub instead: &'static str,
+}
+
+pub const RULES: &[Rule] = &[
+    Rule {
+        name: "ban-drop-table",
+        reason: "dropping a table loses its data, and code still running against it breaks",
+        instead: "stop using the table in a release first; drop it in a later migration after a backup",
+    },
+    Rule {
+        name: "ban-drop-column",
+        reason: "dropping a column loses its data, and running code that selects it breaks",
+        instead: "stop reading and writing the column in a release first (Prisma: remove it from the schema), then drop it later",
+    },
+    Rule {
+        name: "adding-required-field",
+        reason: "ADD COLUMN ... NOT NULL without a DEFAULT fails on a table that has rows",
+        instead: "add it nullable or with a DEFAULT, backfill, then add the constraint (NOT VALID check, then SET NOT NULL)",
+    },
+    Rule {
+        name: "adding-not-nullable-field",
+        reason: "SET NOT NULL scans the whole table under an ACCESS EXCLUSIVE lock",
+        instead: "ADD CONSTRAINT c CHECK (col IS NOT NULL) NOT VALID; VALIDATE CONSTRAINT c; then SET NOT NULL (PG 12+ skips the scan)",
+    },
+    Rule {
+        name: "changing-column-type",
+        reason: "a type change usually rewrites the table and its indexes under an ACCESS EXCLUSIVE lock",
+        instead: "add a new column, backfill in batches, switch the code, then drop the old column",
+    },
+    Rule {
+        name: "renaming-column",
+        reason: "running code that uses the old name breaks the moment the rename commits",
+        instead: "add the new column, write both, backfill, switch reads, then drop the old one (or use a view)",
+    },
+    Rule {
+        name: "renaming-table",
+        reason: "running code that uses the old name breaks the moment the rename commits",
+        instead: "create the new table (or a view with the new name), migrate the code, then drop the old name",
+    },
+    Rule {
+        name: "require-concurrent-index-creation",
+        reason: "CREATE INDEX without CONCURRENTLY blocks writes to an existing table for the whole build",
+        instead: "CREATE INDEX CONCURRENTLY (in a migration of its own; mre-ops then runs it without a transaction)",
+    },
+    Rule {
+        name: "adding-foreign-key-constraint",
+        reason: "adding a foreign key validates every row while blocking writes to both tables",
+        instead: "ADD CONSTRAINT ... FOREIGN KEY ... NOT VALID, then ALTER TABLE ... VALIDATE CONSTRAINT in a later migration",
+    },
+    Rule {
+        name: "constraint-missing-not-valid",
+        reason: "adding a CHECK constraint scans the whole table under an ACCESS EXCLUSIVE lock",
+        instead: "ADD CONSTRAINT ... CHECK (...) NOT VALID, then VALIDATE CONSTRAINT in a later migration",
+    },
+    Rule {
+        name: "require-lock-timeout",
+        reason: "a statement that locks an existing table queues behind long transactions and blocks every query behind it",
+        instead: "start the migration with SET lock_timeout = '5s'; (and retry the deploy if it times out)",
+    },
+];
+
+pub fn rule(name: &str) -> &'static Rule {
+    RULES
+        .iter()
+        .find(|r| r.name == name)
+        .expect("every finding names a known rule")
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Finding {
+    pub rule: &'static str,
+    pub line: usize,
+    pub statement: String,
+    pub reason: &'static str,
+    pub instead: &'static str,
+    /// Accepted by a `-- mre-ops:allow RULE` comment.
+    pub allowed: bool,
+}
+
+/// The name a (possibly schema-qualified) table reference ends with, from `i`.
+fn name_at(toks: &[Tok], mut i: usize) -> (Option<String>, usize) {
+    let mut last = None;
+    loop {
+        match toks.get(i) {
+            Some(Tok::Word(w)) => last = Some(w.clone()),
+            Some(Tok::Quoted(q)) => last = Some(q.clone()),
+            _ => return (last, i),
+        }
+        i += 1;
+        if toks.get(i) == Some(&Tok::Punct('.')) {
+            i += 1;
+        } else {
+            return (last, i);
+        }
+    }
+}
+
+fn skip_words(toks: &[Tok], mut i: usize, words: &[&str]) -> usize {
+    while let Some(Tok::Word(w)) = toks.get(i) {
+        if words.contains(&w.as_str()) {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    i
+}
+
+/// `a , b , c` at parenthesis depth 0.
+fn actions(toks: &[Tok]) -> Vec<&[Tok]> {
+    let mut parts = Vec::new();
+    let mut depth = 0i32;
+    let mut from = 0;
+    for (k, t) in toks.iter().enumerate() {
+        match t {
+            Tok::Punct('(') => depth += 1,
+            Tok::Punct(')') => depth -= 1,
+            Tok::Punct(',') if depth == 0 => {
+                parts.push(&toks[from..k]);
+                from = k + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&toks[from..]);
+    parts
+}
+
+fn words_in(toks: &[Tok]) -> Vec<&str> {
+    toks.iter()
+        .filter_map(|t| match t {
+            Tok::Word(w) => Some(w.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn has_seq(words: &[&str], seq: &[&str]) -> bool {
+    words.windows(seq.len()).any(|w| w == seq)
+}
+
+/// Lint one migration. `new_tables` holds the tables created by earlier
+/// migrations of the same batch; this one's are added to it.
+pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
+    let stmts = split(sql);
+    let mut found: Vec<Finding> = Vec::new();
+    let mut lock_timeout = false;
+    let mut lock_timeout_reported = false;
+    for s in &stmts {
+        let t = &s.toks;
+        let w0 = s.word(0).unwrap_or("");
+        let mut hits: Vec<&'static str> = Vec::new();
+        let mut locks_existing = false;
+        match w0 {
+            "set" => {
+                let i = skip_words(t, 1, &["session", "local"]);
+                if matches!(t.get(i), Some(Tok::Word(w)) if w == "lock_timeout") {
+                    lock_timeout = true;
+                }
+            }
+            "create" => {
+                let i = skip_words(
+                    t,
+                    1,
+                    &[
+                        "or",
+                        "replace",
+                        "global",
+                        "local",
+                        "temporary",
+                        "temp",
+                        "unlogged",
+                    ],
+                );
+                match s.word(i) {
+                    Some("table") => {
+                        let j = skip_words(t, i + 1, &["if", "not", "exists"]);
+                        if let (Some(name), _) = name_at(t, j) {
+                            new_tables.insert(name);
+                        }
+                    }
+                    Some("unique") | Some("index") => {
+                        let words = words_in(t);
+                        if let Some(on) = t
+                            .iter()
+                            .position(|x| matches!(x, Tok::Word(w) if w == "on"))
+                        {
+                            let j = skip_words(t, on + 1, &["only"]);
+                            let (table, _) = name_at(t, j);
+                            let existing = table.map(|n| !new_tables.contains(&n)).unwrap_or(false);
+                            if existing && !words.contains(&"concurrently") {
+                                hits.push("require-concurrent-index-creation");
+                                locks_existing = true;
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            "drop" if s.word(1) == Some("table") => {
+                let j = skip_words(t, 2, &["if", "exists"]);
+                let (table, _) = name_at(t, j);
+                if table.map(|n| !new_tables.contains(&n)).unwrap_or(true) {
+                    hits.push("ban-drop-table");
+                    locks_existing = true;
+                }
+            }
+            "alter" if s.word(1) == Some("table") => {
+                let j = skip_words(t, 2, &["if", "exists", "only"]);
+                let (table, after) = name_at(t, j);
+                let existing = table.map(|n| !new_tables.contains(&n)).unwrap_or(true);
+                let after = if t.get(after) == Some(&Tok::Punct('*')) {
+                    after + 1
+                } else {
+                    after
+                };
+                for action in actions(&t[after.min(t.len())..]) {
+                    let w = words_in(action);
+                    let first = w.first().copied().unwrap_or("");
+                    let mut a: Vec<&'static str> = Vec::new();
+                    match first {
+                        "drop"
+                            if !matches!(
+                                w.get(1),
+                                Some(&"constraint") | Some(&"default") | Some(&"not")
+                            ) =>
+                        {
+                            a.push("ban-drop-column");
+                        }
+                        "add" => {
+                            let constraint = matches!(
+                                w.get(1),
+                                Some(&"constraint")
+                                    | Some(&"check")
+                                    | Some(&"foreign")
+                                    | Some(&"unique")
+                                    | Some(&"primary")
+                                    | Some(&"exclude")
+                            );
+                            let not_valid = has_seq(&w, &["not", "valid"]);
+                            if constraint {
+                                if has_seq(&w, &["foreign", "key"]) && !not_valid {
+                                    a.push("adding-foreign-key-constraint");
+                                } else if w.contains(&"check") && !not_valid {
+                                    a.push("constraint-missing-not-valid");
+                                }
+                            } else {
+                                // ADD [COLUMN] name type ...
+                                if has_seq(&w, &["not", "null"])
+                                    && !w.contains(&"default")
+                                    && !w.contains(&"generated")
+                                    && !w.iter().any(|x| x.ends_with("serial"))
+                                {
+                                    a.push("adding-required-field");
+                                }
+                                if w.contains(&"references") && !not_valid {
+                                    a.push("adding-foreign-key-constraint");
+                                }
+                            }
+                        }
+                        "alter" => {
+                            if has_seq(&w, &["set", "not", "null"]) {
+                                a.push("adding-not-nullable-field");
+                            }
+                            if w.contains(&"type") && !w.contains(&"default") {
+                                a.push("changing-column-type");
+                            }
+                        }
+                        "rename" => {
+                            if w.get(1) == Some(&"to") {
+                                a.push("renaming-table");
+                            } else if w.get(1) != Some(&"constraint") {
+                                a.push("renaming-column");
+                            }
+                        }
+                        "validate" => {}
+                        _ => {}
+                    }
+                    if existing {
+                        locks_existing = true;
+                        hits.extend(a);
+                    }
+                }
+            }
+            "alter" if s.word(1) == Some("index") && s.has_word("rename") => {}
+            _ => {}
+        }
+        if locks_existing && !lock_timeout && !lock_timeout_reported {
+            lock_timeout_reported = true;
+            hits.push("require-lock-timeout");
+        }
+        let text = one_line(&sql[s.start..s.end]);
+        let mut allows = s.allows.clone();
+        for name in hits {
+            let r = rule(name);
+            let allowed = if let Some(k) = allows.iter().position(|a| a == name) {
+                allows.remove(k);
+                true
+            } else {
+                false
+            };
+            found.push(Finding {
+                rule: r.name,
+                line: s.line,
+                statement: text.clone(),
+                reason: r.reason,
+                instead: r.instead,
+                allowed,
+            });
+        }
+    }
+    found
+}
+
+fn one_line(text: &str) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > 100 {
+        format!("{}...", flat.chars().take(97).collect::<String>())
+    } else {
+        flat
+    }
+}
