@@ -599,7 +599,7 @@ fn failures_outside_a_transaction_are_recorded_and_explained() {
     let r = s.run(&["migrate", "deploy"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
-        r.stdout.contains("ALTER TYPE ... ADD VALUE"),
+        r.stdout.contains("uses the enum value 'B' added at line 1"),
         "the mode is said: {r:?}"
     );
 
@@ -631,4 +631,251 @@ fn failures_outside_a_transaction_are_recorded_and_explained() {
         .psql("SELECT logs FROM _prisma_migrations WHERE migration_name = '20250104000000_own_tx'");
     assert!(logs.contains("division by zero"), "logs: {logs:?}");
     assert_eq!(s.pg.psql("SELECT count(*) FROM information_schema.columns WHERE table_name = 't' AND column_name = 'x'"), "0");
+}
+
+/// Issue: a migration file that is not UTF-8 is refused by deploy, status
+/// and review, naming the file and the byte; nothing is applied.
+#[test]
+fn non_utf8_migration_files_are_refused() {
+    let s = Setup::new("");
+    s.migration("20250101000000_init", "CREATE TABLE t (x text);\n");
+    let d = s.dir.path().join("migrations/20250102000000_latin1");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(
+        d.join("migration.sql"),
+        b"INSERT INTO t VALUES ('caf\xe9');\n",
+    )
+    .unwrap();
+    for args in [
+        &["migrate", "deploy"][..],
+        &["migrate", "status"][..],
+        &["migrate", "review", "--all"][..],
+    ] {
+        let r = s.run(args);
+        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains(
+                "20250102000000_latin1/migration.sql is not valid UTF-8: byte 26 (line 1)"
+            ),
+            "{args:?}: {r:?}"
+        );
+    }
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0",
+        "nothing applied"
+    );
+}
+
+/// Issue: `ALTER TYPE ... ADD VALUE` runs in a transaction (PostgreSQL 12+):
+/// a failure half-way leaves the schema as it was.
+#[test]
+fn enum_values_are_added_in_a_transaction() {
+    let s = Setup::new("");
+    s.migration(
+        "20250101000000_enum",
+        "CREATE TYPE \"Role\" AS ENUM ('A');\n",
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    s.migration(
+        "20250102000000_more",
+        "ALTER TYPE \"Role\" ADD VALUE 'B';\nCREATE TABLE half (x int);\nSELECT 1/0;\n",
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("in a transaction"), "{r:?}");
+    assert_eq!(
+        s.pg.psql("SELECT string_agg(enumlabel, ',' ORDER BY enumsortorder) FROM pg_enum"),
+        "A",
+        "no half-added value"
+    );
+    assert_eq!(s.pg.psql("SELECT to_regclass('half') IS NULL"), "t");
+    // Fixed: it applies in a transaction.
+    s.migration(
+        "20250102000000_more",
+        "ALTER TYPE \"Role\" ADD VALUE 'B';\nCREATE TABLE half (x int);\n",
+    );
+    s.run(&["migrate", "resolve", "--rolled-back", "20250102000000_more"]);
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("applied 20250102000000_more in a transaction"),
+        "{r:?}"
+    );
+}
+
+fn spawn_deploy(s: &Setup) -> std::process::Child {
+    Command::new(common::XTASK)
+        .args(["--config", s.config.to_str().unwrap(), "migrate", "deploy"])
+        .env(PW_VAR, PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Kill -9 the xtask once `sql` runs on the server, then end its server
+/// session (as the server does when it notices the client is gone).
+fn kill_while_running(s: &Setup, marker: &str) {
+    let mut child = spawn_deploy(s);
+    let start = std::time::Instant::now();
+    loop {
+        let n = s.pg.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
+        ));
+        if n != "0" {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "the migration never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    s.pg.psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+}
+
+/// Issue: a killed run of a file that cannot run in a transaction: the row
+/// says how many statements ran and which is next; status says so.
+#[test]
+fn a_killed_run_without_a_transaction_records_its_progress() {
+    let s = Setup::new("");
+    s.migration("20250101000000_init", "CREATE TABLE t (x int);\n");
+    assert_eq!(s.run(&["migrate", "deploy"]).code, 0);
+    s.migration(
+        "20250102000000_idx",
+        "CREATE INDEX CONCURRENTLY t_x ON t (x);\nSELECT pg_sleep(30) AS nontx_marker;\nCREATE INDEX CONCURRENTLY t_x2 ON t (x);\n",
+    );
+    kill_while_running(&s, "nontx_marker");
+    let row = s.pg.psql("SELECT applied_steps_count, logs FROM _prisma_migrations WHERE migration_name = '20250102000000_idx'");
+    assert!(
+        row.starts_with("1|") && row.contains("1 of 3 statement(s) applied; the next is line 2"),
+        "{row}"
+    );
+    let st = s.run(&["migrate", "status"]);
+    assert_eq!(st.code, 1, "{st:?}");
+    assert!(
+        st.stdout
+            .contains("It ran without a transaction and was interrupted: 1 of 3"),
+        "{st:?}"
+    );
+    // Not provably rolled back: deploy refuses.
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("P3009"), "{r:?}");
+}
+
+/// Issue: a killed run of a transactional file: the server rolled it back,
+/// so the next deploy says so and applies it again; an error still refuses.
+#[test]
+fn a_killed_transactional_run_is_applied_again() {
+    let s = Setup::new("");
+    s.migration(
+        "20250101000000_init",
+        "CREATE TABLE k (x int);\nSELECT pg_sleep(30) AS tx_marker;\n",
+    );
+    kill_while_running(&s, "tx_marker");
+    assert_eq!(
+        s.pg.psql("SELECT to_regclass('k') IS NULL"),
+        "t",
+        "rolled back by the server"
+    );
+    let st = s.run(&["migrate", "status"]);
+    assert!(
+        st.stdout
+            .contains("ran in a transaction and was interrupted"),
+        "{st:?}"
+    );
+    s.migration("20250101000000_init", "CREATE TABLE k (x int);\n");
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("was interrupted while it ran in a transaction"),
+        "{r:?}"
+    );
+    let rows = s.rows();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(
+        rows[0][4], "t",
+        "the interrupted row is rolled back: {rows:?}"
+    );
+    assert_eq!(rows[1][3], "t", "the new row finished: {rows:?}");
+    assert_eq!(s.pg.psql("SELECT to_regclass('k') IS NOT NULL"), "t");
+}
+
+/// Issue: `status --strict` is a CI gate on drift.
+#[test]
+fn status_strict_fails_on_drift() {
+    let s = Setup::new("");
+    s.migration("20250101000000_init", "CREATE TABLE t (x int);\n");
+    s.migration("20250102000000_two", "CREATE TABLE u (x int);\n");
+    assert_eq!(s.run(&["migrate", "deploy"]).code, 0);
+    s.migration("20250101000000_init", "CREATE TABLE t (x int, y int);\n");
+    let r = s.run(&["migrate", "status"]);
+    assert_eq!(r.code, 0, "drift alone warns: {r:?}");
+    let r = s.run(&["migrate", "status", "--strict"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("20250101000000_init (edited)"), "{r:?}");
+    s.migration("20250101000000_init", "CREATE TABLE t (x int);\n");
+    std::fs::remove_dir_all(s.dir.path().join("migrations/20250102000000_two")).unwrap();
+    let r = s.run(&["migrate", "status", "--strict"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("20250102000000_two (not-on-disk)"),
+        "{r:?}"
+    );
+}
+
+/// Issue: `review --all` reviews each migration as if it were the only new
+/// one; a folder without migration.sql is a finding.
+#[test]
+fn review_all_reviews_each_migration_alone() {
+    let s = Setup::new("");
+    s.migration("20250101000000_init", "CREATE TABLE t (x int);\n");
+    s.migration("20250102000000_drop", "ALTER TABLE t DROP COLUMN x;\n");
+    let r = s.run(&["migrate", "review", "--all"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("ban-drop-column"),
+        "the later migration's finding shows: {r:?}"
+    );
+    std::fs::remove_dir_all(s.dir.path().join("migrations/20250102000000_drop")).unwrap();
+    assert_eq!(s.run(&["migrate", "review", "--all"]).code, 0);
+    std::fs::create_dir_all(s.dir.path().join("migrations/20250103000000_empty")).unwrap();
+    let r = s.run(&["migrate", "review", "--all"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("20250103000000_empty/migration.sql is missing"),
+        "{r:?}"
+    );
+}
+
+/// Issue: an environment that only runs migrations needs no [compose].
+#[test]
+fn migrations_need_no_compose_section() {
+    let s = Setup::new("");
+    let text = format!(
+        "[environments.db]\n[environments.db.database]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pacetracer\"\nname = \"pacetracer\"\n\
+         password_env = \"{PW_VAR}\"\n[environments.db.migrations]\ndir = \"migrations\"\n",
+        s.pg.port
+    );
+    std::fs::write(&s.config, text).unwrap();
+    s.migration("20250101000000_init", "CREATE TABLE t (x int);\n");
+    let r = s.run(&["migrate", "deploy", "db"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = s.run(&["status", "db"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("has no [environments.db.compose]"),
+        "{r:?}"
+    );
 }

@@ -122,7 +122,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
                      value back in {file}; or, to start again from an empty database, remove the stack and its \
                      volumes (`docker-compose -p {} -f FILE down -v`, which deletes the data) and deploy again",
                     generated.join(", "),
-                    env.settings.compose.project
+                    env.project().unwrap_or("?")
                 )));
             }
         }
@@ -156,7 +156,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
             move || fresh()?.ensure_generated_secrets(false).map(drop),
         );
     }
-    for argv in &env.settings.compose.pre_build {
+    for argv in env.pre_build() {
         let shown = Command::new(&argv[0], argv[1..].iter().cloned()).dir(&env.dir);
         plan.action(
             format!("Pre-build: {}", argv.join(" ")),

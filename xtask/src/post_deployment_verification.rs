@@ -59,7 +59,7 @@ struct Row {
 /// missing, not running or unhealthy.
 pub fn show_status(env: &Env, out: &Output) -> Result<()> {
     let docker = Docker::connect(&env.docker_host())?;
-    let project = &env.settings.compose.project;
+    let project = &env.compose()?.project;
     let mut rows: Vec<Row> = Vec::new();
     let expected = env.containers();
     let names: Vec<String> = expected.iter().map(|(_, c)| c.clone()).collect();

@@ -91,15 +91,46 @@ impl Env {
     pub fn compose_files(&self) -> Vec<Utf8PathBuf> {
         self.settings
             .compose
-            .files
             .iter()
+            .flat_map(|c| c.files.iter())
             .map(|f| self.dir.join(f))
             .collect()
     }
 
+    /// The Compose settings; a configuration error naming the section when
+    /// the environment has none.
+    pub fn compose(&self) -> Result<&super::settings::ComposeSettings> {
+        self.settings.compose.as_ref().ok_or_else(|| {
+            config_error(format!(
+                "environment `{}` has no [environments.{}.compose] in ops.toml: this command drives its containers. \
+                 Add the section (docs/ops-toml.md)",
+                self.name, self.name
+            ))
+        })
+    }
+
+    /// The Compose project name, when there is one.
+    pub fn project(&self) -> Option<&str> {
+        self.settings.compose.as_ref().map(|c| c.project.as_str())
+    }
+
+    /// Commands to run before building (none without Compose).
+    pub fn pre_build(&self) -> &[Vec<String>] {
+        self.settings
+            .compose
+            .as_ref()
+            .map(|c| c.pre_build.as_slice())
+            .unwrap_or_default()
+    }
+
     /// The environment Compose runs with: its `env` table and the secrets.
     pub fn compose_env(&self) -> Vec<(String, String)> {
-        let mut vars: BTreeMap<String, String> = self.settings.compose.env.clone();
+        let mut vars: BTreeMap<String, String> = self
+            .settings
+            .compose
+            .as_ref()
+            .map(|c| c.env.clone())
+            .unwrap_or_default();
         for key in self.secret_names() {
             if let Some(v) = self.var(&key) {
                 vars.insert(key, v);

@@ -131,13 +131,13 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
             }
             None => at(field),
         };
-        if env.compose.files.is_empty() {
+        if env.compose.as_ref().is_some_and(|c| c.files.is_empty()) {
             return Err(config_error(format!(
                 "{}: needs at least one Compose file",
                 at("compose.files")
             )));
         }
-        for argv in &env.compose.pre_build {
+        for argv in env.compose.iter().flat_map(|c| c.pre_build.iter()) {
             if argv.is_empty() {
                 return Err(config_error(format!(
                     "{}: an empty command; each entry is [program, args...]",

@@ -33,7 +33,9 @@ pub struct EnvironmentSettings {
     /// For development only: never list production secrets here.
     #[serde(default)]
     pub generate_secrets: Vec<String>,
-    pub compose: ComposeSettings,
+    /// The Compose project; an environment that only runs migrations or
+    /// backups needs none.
+    pub compose: Option<ComposeSettings>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSettings>,
     pub database: Option<DatabaseSettings>,

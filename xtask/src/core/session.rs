@@ -59,6 +59,7 @@ pub fn protect(env: &Env) {
 
 /// The environment's Compose project, its files checked to exist.
 pub fn compose(env: &Env) -> Result<Compose> {
+    let settings = env.compose()?;
     for f in env.compose_files() {
         if !f.exists() {
             bail!(
@@ -67,7 +68,7 @@ pub fn compose(env: &Env) -> Result<Compose> {
             );
         }
     }
-    let flavor = match env.settings.compose.command {
+    let flavor = match settings.command {
         ComposeCommand::Auto => Flavor::Auto,
         ComposeCommand::V2 => Flavor::V2,
         ComposeCommand::V1 => Flavor::V1,
@@ -75,7 +76,7 @@ pub fn compose(env: &Env) -> Result<Compose> {
     Compose::new(
         flavor,
         env.compose_files(),
-        env.settings.compose.project.clone(),
+        settings.project.clone(),
         // Compose talks to the same engine as the Engine API calls.
         [("DOCKER_HOST".to_string(), env.docker_host())]
             .into_iter()

@@ -17,6 +17,8 @@ use crate::core::steps::Plan;
 #[allow(unused_imports)]
 use super::lint::{self, Mode};
 #[allow(unused_imports)]
+use super::progress;
+#[allow(unused_imports)]
 use super::{authoring::*, bookkeeping::*, files::*, prisma::*, state::*};
 
 pub struct DeployOptions {
@@ -90,10 +92,39 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
     if !opts.dry_run {
         db.lock(out, wait)?;
     }
-    let state = read_state(env, &mut db)?;
+    let mut state = read_state(env, &mut db)?;
     warn_edited(env, out, &state);
+    // A row our transactional run left when it was killed: the server rolled
+    // its transaction back (we hold the lock its session held, so that
+    // session is gone). Mark it rolled back and apply the migration again.
+    if !opts.dry_run {
+        let provable: Vec<String> = state
+            .failed()
+            .iter()
+            .filter(|r| progress::killed_in_transaction(r))
+            .map(|r| r.id.clone())
+            .collect();
+        for id in &provable {
+            db.client
+                .execute(
+                    "UPDATE _prisma_migrations SET rolled_back_at = now() WHERE id = $1 AND finished_at IS NULL",
+                    &[id],
+                )
+                .context("marking an interrupted migration rolled back")?;
+        }
+        if !provable.is_empty() {
+            for r in state.failed().iter().filter(|r| provable.contains(&r.id)) {
+                out.line(&format!(
+                    "Migration `{}` was interrupted while it ran in a transaction (started {}): the server rolled it back, \
+                     so it is marked rolled back and applied again.",
+                    r.migration_name, r.started_at
+                ));
+            }
+            state = read_state(env, &mut db)?;
+        }
+    }
     if let Some(r) = state.failed().first() {
-        bail!(failed_message(env, r));
+        bail!(failed_message(env, r, &state));
     }
     let pending: Vec<&Local> = state.pending();
     if let Some(l) = pending.iter().find(|l| l.sql.is_none()) {
@@ -193,10 +224,10 @@ pub(super) fn warn_edited(env: &Env, out: &Output, state: &State) {
     }
 }
 
-/// One migration, with Prisma's bookkeeping around it: the row is inserted
-/// before, completed after success, given `logs` on failure; each of these
-/// is its own autocommit statement (so the failure is recorded even when the
-/// migration's own transaction is rolled back).
+/// One migration, with Prisma's bookkeeping around it. The row is inserted
+/// (committed) before the script, so a failure or a kill leaves a record;
+/// `logs` says how it runs (`progress`), so that the next run can tell a
+/// transaction the server rolled back from statements that stayed applied.
 pub(super) fn apply_one(
     env: &Env,
     out: &Output,
@@ -207,21 +238,16 @@ pub(super) fn apply_one(
     // The lock has been held since before the state was read: nobody else
     // can have applied it meanwhile.
     let sql = l.sql.as_deref().unwrap_or_default();
-    let text = String::from_utf8_lossy(sql).into_owned();
+    let text = std::str::from_utf8(sql).context("the migration is not UTF-8")?;
     let id = uuid_v4()?;
     let checksum = sha256_hex(sql);
-    db.client
-        .execute(
-            "INSERT INTO _prisma_migrations (id, checksum, started_at, migration_name) VALUES ($1, $2, now(), $3)",
-            &[&id, &checksum, &l.name],
-        )
-        .context("recording the start of the migration in _prisma_migrations")?;
-    let start = Instant::now();
     let table = format!("{}._prisma_migrations", quote_ident(&db.schema));
-    let (result, done) = run_script(&mut db.client, &text, mode, &table, &id);
+    let start = Instant::now();
+    let (result, done) = run_script(db, text, mode, &table, &id, &checksum, &l.name);
     if result.is_err() {
-        // A script with its own BEGIN may have left its transaction open
-        // and aborted: close it, or the bookkeeping below cannot run.
+        // A script with its own BEGIN, or our own, may have left its
+        // transaction open and aborted: close it, or the bookkeeping below
+        // cannot run.
         let _ = db.client.batch_execute("ROLLBACK");
     }
     // Session settings a script made (lock_timeout, search_path) end with it.
@@ -230,29 +256,7 @@ pub(super) fn apply_one(
         quote_ident(&db.schema)
     ));
     match result {
-        Ok(()) if matches!(mode, Mode::Transaction) => {
-            // Recorded inside the migration's own transaction (run_script).
-            out.line(&format!(
-                "  applied {} {} in {:.2} s",
-                l.name,
-                mode.describe(),
-                start.elapsed().as_secs_f64()
-            ));
-            Ok(())
-        }
         Ok(()) => {
-            db.client
-                .execute(
-                    "UPDATE _prisma_migrations SET applied_steps_count = applied_steps_count + 1 WHERE id = $1",
-                    &[&id],
-                )
-                .context("recording the migration's step in _prisma_migrations")?;
-            db.client
-                .execute(
-                    "UPDATE _prisma_migrations SET finished_at = now() WHERE id = $1",
-                    &[&id],
-                )
-                .context("recording the end of the migration in _prisma_migrations")?;
             out.line(&format!(
                 "  applied {} {} in {:.2} s",
                 l.name,
@@ -266,7 +270,7 @@ pub(super) fn apply_one(
             let recorded = db
                 .client
                 .execute(
-                    "UPDATE _prisma_migrations SET logs = $1 WHERE id = $2",
+                    &format!("UPDATE {table} SET logs = $1 WHERE id = $2"),
                     &[&logs, &id],
                 )
                 .map(drop)
@@ -308,43 +312,98 @@ pub(super) fn apply_one(
     }
 }
 
-/// Run a migration script; on failure also how many statements had succeeded.
+/// A string constant for a simple query (standard_conforming_strings is on
+/// since PostgreSQL 9.1; E'' when a backslash needs care anyway).
+fn lit(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+/// Insert the row, run the script, complete the row; on failure also how
+/// many statements had succeeded.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn run_script(
-    client: &mut postgres::Client,
+    db: &mut Db,
     sql: &str,
     mode: &Mode,
     table: &str,
     id: &str,
+    checksum: &str,
+    name: &str,
 ) -> (Result<(), postgres::Error>, usize) {
+    let insert = |logs: &str| {
+        format!(
+            "INSERT INTO {table} (id, checksum, started_at, migration_name, logs) VALUES ({}, {}, now(), {}, {})",
+            lit(id),
+            lit(checksum),
+            lit(name),
+            lit(logs)
+        )
+    };
+    let finish = format!(
+        "UPDATE {table} SET applied_steps_count = applied_steps_count + 1, finished_at = now(), logs = NULL WHERE id = {}",
+        lit(id)
+    );
     match mode {
         Mode::Transaction => {
-            // The bookkeeping Prisma does after the script (step count, then
-            // finished_at) commits with the script: a crash between the two
-            // can no longer leave an applied migration looking failed.
-            let r = (|| {
-                let mut tx = client.transaction()?;
-                tx.batch_execute(sql)?;
-                tx.execute(
-                    &format!("UPDATE {table} SET applied_steps_count = applied_steps_count + 1 WHERE id = $1"),
-                    &[&id],
-                )?;
-                tx.execute(
-                    &format!("UPDATE {table} SET finished_at = now() WHERE id = $1"),
-                    &[&id],
-                )?;
-                tx.commit()
-            })();
+            // One round trip: the row is committed first (a failure or a kill
+            // leaves it), then the script and the completion of the row commit
+            // together. A failing statement skips the rest of the query and
+            // leaves the transaction aborted: the caller rolls it back. The
+            // newlines and the empty statement end a trailing `--` comment.
+            let batch = format!(
+                "{}; COMMIT; BEGIN;\n{sql}\n;\n{finish}; COMMIT;",
+                insert(progress::IN_TRANSACTION)
+            );
+            (db.client.batch_execute(&batch), 0)
+        }
+        Mode::ScriptControlled => {
+            if let Err(e) = db
+                .client
+                .batch_execute(&insert(progress::SCRIPT_CONTROLLED))
+            {
+                return (Err(e), 0);
+            }
+            let r = db
+                .client
+                .batch_execute(sql)
+                .and_then(|()| db.client.batch_execute(&finish));
             (r, 0)
         }
-        Mode::ScriptControlled => (client.batch_execute(sql), 0),
         Mode::NoTransaction(_) => {
             let stmts = lint::split(sql);
+            let total = stmts.len();
+            let next = |k: usize| stmts.get(k).map(|s| (s.line, &sql[s.start..s.end]));
+            if let Err(e) =
+                db.client
+                    .batch_execute(&insert(&progress::statements(0, total, next(0))))
+            {
+                return (Err(e), 0);
+            }
             for (k, s) in stmts.iter().enumerate() {
-                if let Err(e) = client.batch_execute(&sql[s.start..s.end]) {
+                if let Err(e) = db.client.batch_execute(&sql[s.start..s.end]) {
                     return (Err(e), k);
                 }
+                // Committed: say so before the next one runs.
+                let logs = progress::statements(k + 1, total, next(k + 1));
+                let step = format!(
+                    "UPDATE {table} SET applied_steps_count = {}, logs = {} WHERE id = {}",
+                    k + 1,
+                    lit(&logs),
+                    lit(id)
+                );
+                if let Err(e) = db.client.batch_execute(&step) {
+                    return (Err(e), k + 1);
+                }
             }
-            (Ok(()), stmts.len())
+            let done = format!(
+                "UPDATE {table} SET applied_steps_count = 1, finished_at = now(), logs = NULL WHERE id = {}",
+                lit(id)
+            );
+            (db.client.batch_execute(&done), total)
         }
     }
 }

@@ -205,6 +205,27 @@ pub(super) fn review(env: &Env, out: &Output, all: bool) -> Result<()> {
     let mut docs = Vec::new();
     let mut open = 0;
     for l in &list {
+        // --all: each migration as if it were the only new one (a table made
+        // by an earlier migration is not "new" to a later one's review).
+        if all {
+            new_tables.clear();
+        }
+        if l.sql.is_none() {
+            open += 1;
+            let what = format!(
+                "{}/migration.sql is missing: deploy stops here (Prisma: P3015). Add the file or remove the folder",
+                l.dir
+            );
+            if !out.json {
+                out.line(&format!(
+                    "=== {}\n  {} {what}\n",
+                    l.name,
+                    out.paint(Tone::Warn, "finding ")
+                ));
+            }
+            docs.push(serde_json::json!({ "name": l.name, "findings": [{ "rule": "missing-migration-sql", "reason": what }] }));
+            continue;
+        }
         let text = l.text();
         let stmts = lint::split(&text);
         let mode = lint::mode(&stmts);

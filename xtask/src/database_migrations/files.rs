@@ -2,7 +2,7 @@
 //! `<dir>/<timestamp>_<name>/migration.sql`, `migration_lock.toml`) and their
 //! checksums.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use sha2::{Digest, Sha256};
 
@@ -68,7 +68,20 @@ pub(super) fn read_local(env: &Env) -> Result<Vec<Local>> {
         let path = entry.path().to_owned();
         let file = path.join("migration.sql");
         let sql = if file.exists() {
-            Some(std::fs::read(&file).with_context(|| format!("reading {file}"))?)
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {file}"))?;
+            // psql refuses such a file; decoding it with U+FFFD would change
+            // a string literal's value while the checksum (of the raw bytes)
+            // shows nothing.
+            if let Err(e) = std::str::from_utf8(&bytes) {
+                let at = e.valid_up_to();
+                let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;
+                bail!(
+                    "{file} is not valid UTF-8: byte {at} (line {line}) is 0x{:02x}. PostgreSQL migrations are UTF-8 text: \
+                     re-save the file as UTF-8 (e.g. `iconv -f LATIN1 -t UTF-8`); nothing was applied",
+                    bytes[at]
+                );
+            }
+            Some(bytes)
         } else {
             None
         };

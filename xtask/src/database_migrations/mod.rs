@@ -18,6 +18,7 @@ mod bookkeeping;
 mod files;
 mod lint;
 mod prisma;
+mod progress;
 mod state;
 
 use std::time::{Duration, Instant};
@@ -52,6 +53,10 @@ enum MigrateCmd {
         /// Environment from ops.toml.
         #[arg(default_value = "development")]
         env: String,
+        /// Also exit 1 on drift: an applied migration edited since, or
+        /// recorded but gone from disk (a CI gate).
+        #[arg(long)]
+        strict: bool,
     },
     /// Apply pending migrations ("Apply migration"), each in a transaction
     /// when it can. On staging and production the lint must pass first, and
@@ -109,7 +114,7 @@ enum MigrateCmd {
 
 pub fn migrate(ops: &Ops, out: &Output, args: &MigrateArgs) -> Result<()> {
     match &args.cmd {
-        MigrateCmd::Status { env } => status(&session::env(ops, out, env)?, out),
+        MigrateCmd::Status { env, strict } => status(&session::env(ops, out, env)?, out, *strict),
         MigrateCmd::Deploy {
             env,
             dry_run,

@@ -117,7 +117,7 @@ pub(super) fn read_state(env: &Env, db: &mut Db) -> Result<State> {
     Ok(State { local, rows, table })
 }
 
-pub(super) fn status(env: &Env, out: &Output) -> Result<()> {
+pub(super) fn status(env: &Env, out: &Output, strict: bool) -> Result<()> {
     if env.settings.migrations.runner == Runner::Prisma {
         out.line("(runner = \"prisma\": the state below is read from the same _prisma_migrations table Prisma writes)");
     }
@@ -177,7 +177,7 @@ pub(super) fn status(env: &Env, out: &Output) -> Result<()> {
         }
         for r in state.failed().into_iter().filter(|_| running.is_none()) {
             out.line("");
-            out.line(&failed_message(env, r));
+            out.line(&failed_message(env, r, &state));
         }
         if pending == 0 && failed == 0 {
             out.line("Database schema is up to date!");
@@ -188,6 +188,19 @@ pub(super) fn status(env: &Env, out: &Output) -> Result<()> {
             ));
         }
     }
+    let drift: Vec<String> = entries
+        .iter()
+        .filter(|e| matches!(e.state, "edited" | "missing" | "not-on-disk"))
+        .map(|e| format!("{} ({})", e.name, e.state))
+        .collect();
+    if strict && !drift.is_empty() && pending == 0 && failed == 0 {
+        bail!(
+            "--strict: the applied migrations of `{}` drifted from the folder: {}. Restore the files as they were applied; \
+             a change belongs in a new migration (`cargo xtask migrate new NAME`)",
+            env.name,
+            drift.join(", ")
+        );
+    }
     if pending > 0 || failed > 0 {
         bail!(
             "{pending} migration(s) pending and {failed} failed in `{}`",
@@ -197,18 +210,41 @@ pub(super) fn status(env: &Env, out: &Output) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn failed_message(env: &Env, r: &Row) -> String {
+pub(super) fn failed_message(env: &Env, r: &Row, state: &State) -> String {
+    let name = &r.migration_name;
+    let env = &env.name;
+    let head = format!(
+        "Migration `{name}` failed: it started at {} and did not finish (Prisma: P3009).",
+        r.started_at
+    );
+    // What the row says of an interrupted run, else what the file says of
+    // how it runs.
+    if let Some(story) = super::progress::describe(r) {
+        return format!(
+            "{head}\n{story}\n  cargo xtask migrate deploy {env}        (after an interrupted transaction)\n  \
+             cargo xtask migrate resolve --rolled-back {name} {env}\n  cargo xtask migrate resolve --applied {name} {env}"
+        );
+    }
+    let how = match state
+        .local
+        .iter()
+        .find(|l| &l.name == name)
+        .and_then(|l| l.sql.as_deref())
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(|t| lint::mode(&lint::split(t)))
+    {
+        Some(Mode::Transaction) => "mre-ops runs this file in a transaction, so if mre-ops ran it the schema is unchanged (Prisma runs it statement by statement: then the statements before the error stay applied).".to_string(),
+        Some(Mode::NoTransaction(why)) => format!("This file cannot run in a transaction ({why}): the statements before the failing one stay applied; reverse them or finish them by hand."),
+        Some(Mode::ScriptControlled) => "This file has its own BEGIN/COMMIT: check which of its parts were committed.".to_string(),
+        None => "Its migration.sql is not on disk: check the schema by hand.".to_string(),
+    };
     format!(
-        "Migration `{name}` failed: it started at {started} and did not finish (Prisma: P3009).\n\
-         Its logs:\n{logs}\n\
-         Next: if it ran in a transaction the schema is unchanged: fix its migration.sql, then\n  \
+        "{head}\nIts logs:\n{logs}\n{how}\n\
+         Next: fix its migration.sql, then\n  \
          cargo xtask migrate resolve --rolled-back {name} {env}\n  cargo xtask migrate deploy {env}\n\
          If you finished it by hand instead, record it as applied:\n  \
          cargo xtask migrate resolve --applied {name} {env}",
-        name = r.migration_name,
-        started = r.started_at,
         logs = indent(r.logs.as_deref().unwrap_or("(none)")),
-        env = env.name
     )
 }
 

@@ -50,7 +50,7 @@ impl<'a> Stage<'a> {
     pub fn container_of(&self, service: &str) -> Result<Option<String>> {
         Ok(self
             .docker
-            .project_containers(&self.env.settings.compose.project)?
+            .project_containers(&self.env.compose()?.project)?
             .into_iter()
             .find(|c| c.service.as_deref() == Some(service))
             .map(|c| c.name))
@@ -113,7 +113,7 @@ impl<'a> Stage<'a> {
         let released = self.released_units();
         let base: Vec<_> = self
             .docker
-            .project_containers(&self.env.settings.compose.project)?
+            .project_containers(&self.env.compose()?.project)?
             .into_iter()
             .filter(|c| !c.service.as_ref().is_some_and(|s| released.contains(s)))
             .collect();
@@ -161,7 +161,8 @@ impl<'a> Stage<'a> {
         self.container_of(&self.rel.proxy.service)?.with_context(|| {
             format!(
                 "the proxy service `{}` (release.proxy.service) has no container in Compose project `{}`",
-                self.rel.proxy.service, self.env.settings.compose.project
+                self.rel.proxy.service,
+                self.env.project().unwrap_or("?")
             )
         })
     }

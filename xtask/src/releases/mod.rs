@@ -195,7 +195,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
             },
         );
     }
-    for argv in &env.settings.compose.pre_build {
+    for argv in env.pre_build() {
         let cmd = crate::adapters::process::Command::new(&argv[0], argv[1..].iter().cloned())
             .dir(&env.dir)
             .envs(&env.compose_env());
@@ -468,7 +468,7 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
         });
         // The checkout's own pre-build steps (the demo stages its binary),
         // then its images: what `git checkout` + `docker compose build` does.
-        for argv in &env.settings.compose.pre_build {
+        for argv in env.pre_build() {
             let cmd = crate::adapters::process::Command::new(&argv[0], argv[1..].iter().cloned())
                 .dir(ctx_root)
                 .envs(&env.compose_env());

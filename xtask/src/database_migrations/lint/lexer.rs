@@ -8,7 +8,9 @@
 pub enum Tok {
     Word(String),
     Quoted(String),
-    Str,
+    /// A string constant's value (`''` unescaped in plain strings; the
+    /// body of a dollar quote as written).
+    Str(String),
     Num,
     Punct(char),
 }
@@ -112,6 +114,7 @@ pub fn split(sql: &str) -> Vec<Statement> {
         if c == b'\'' || ((c == b'e' || c == b'E') && b.get(i + 1) == Some(&b'\'')) {
             let escapes = c != b'\'';
             i += if escapes { 2 } else { 1 };
+            let body = i;
             while i < n {
                 if escapes && b[i] == b'\\' {
                     i += 2;
@@ -126,7 +129,12 @@ pub fn split(sql: &str) -> Vec<Statement> {
                     i += 1;
                 }
             }
-            toks.push(Tok::Str);
+            let raw = &sql[body..i.saturating_sub(1).max(body)];
+            toks.push(Tok::Str(if escapes {
+                raw.to_string()
+            } else {
+                raw.replace("''", "'")
+            }));
             continue;
         }
         if c == b'$' {
@@ -141,7 +149,8 @@ pub fn split(sql: &str) -> Vec<Statement> {
                     let body = te + 1;
                     let close = sql[body..].find(tag).map(|k| body + k + tag.len());
                     i = close.unwrap_or(n);
-                    toks.push(Tok::Str);
+                    let inner_end = close.map(|c| c - tag.len()).unwrap_or(n);
+                    toks.push(Tok::Str(sql[body..inner_end].to_string()));
                     continue;
                 }
             }

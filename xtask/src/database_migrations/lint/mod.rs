@@ -7,7 +7,6 @@
 mod lexer;
 mod rules;
 
-#[cfg(test)]
 use lexer::Tok;
 pub use lexer::{split, Statement};
 pub use rules::lint;
@@ -63,10 +62,6 @@ pub fn mode(stmts: &[Statement]) -> Mode {
             ))
         } else if w0 == "alter" && w1 == "system" {
             Some(format!("line {}: ALTER SYSTEM", s.line))
-        } else if w0 == "alter" && w1 == "type" && s.has_word("add") && s.has_word("value") {
-            // A new enum value cannot be used in the transaction that adds
-            // it (55P04); Prisma applies such scripts statement by statement.
-            Some(format!("line {}: ALTER TYPE ... ADD VALUE", s.line))
         } else {
             None
         };
@@ -74,7 +69,39 @@ pub fn mode(stmts: &[Statement]) -> Mode {
             return Mode::NoTransaction(why);
         }
     }
+    // `ALTER TYPE ... ADD VALUE` runs in a transaction since PostgreSQL 12;
+    // only a use of the new value in the same transaction fails (55P04). A
+    // file that uses a value it adds runs statement by statement.
+    let mut added: Vec<(String, usize)> = Vec::new();
+    for s in stmts {
+        if let Some((value, line)) = added
+            .iter()
+            .find(|(v, _)| s.toks.iter().any(|t| matches!(t, Tok::Str(x) if x == v)))
+        {
+            return Mode::NoTransaction(format!(
+                "line {}: uses the enum value '{value}' added at line {line}, which a transaction cannot",
+                s.line
+            ));
+        }
+        if let Some(v) = added_enum_value(s) {
+            added.push((v, s.line));
+        }
+    }
     Mode::Transaction
+}
+
+/// The value an `ALTER TYPE name ADD VALUE [IF NOT EXISTS] 'v'` adds.
+fn added_enum_value(s: &Statement) -> Option<String> {
+    if s.word(0) != Some("alter") || s.word(1) != Some("type") {
+        return None;
+    }
+    let at = s.toks.windows(2).position(
+        |w| matches!((&w[0], &w[1]), (Tok::Word(a), Tok::Word(b)) if a == "add" && b == "value"),
+    )?;
+    s.toks[at + 2..].iter().find_map(|t| match t {
+        Tok::Str(v) => Some(v.clone()),
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -98,7 +125,28 @@ mod tests {
         );
         assert_eq!(s.len(), 3);
         assert_eq!(s[1].line, 3);
-        assert_eq!(s[1].toks[1], Tok::Str);
+        assert!(matches!(s[1].toks[1], Tok::Str(_)));
+    }
+
+    #[test]
+    fn enum_values_run_in_a_transaction_unless_used() {
+        assert_eq!(
+            mode(&split(
+                "ALTER TYPE \"Role\" ADD VALUE 'admin'; CREATE TABLE t (x int);"
+            )),
+            Mode::Transaction
+        );
+        assert!(matches!(
+            mode(&split("ALTER TYPE r ADD VALUE IF NOT EXISTS 'it''s' BEFORE 'b';\nUPDATE u SET role = 'it''s';")),
+            Mode::NoTransaction(why) if why.contains("line 2") && why.contains("'it's'")
+        ));
+        // Another value, or the one it is placed before, is no use of the new one.
+        assert_eq!(
+            mode(&split(
+                "ALTER TYPE r ADD VALUE 'a' BEFORE 'b'; UPDATE u SET role = 'b';"
+            )),
+            Mode::Transaction
+        );
     }
 
     #[test]

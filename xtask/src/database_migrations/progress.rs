@@ -1,0 +1,56 @@
+//! Database Migration Procedures: what a migration's row says while it
+//! runs. mre-ops writes `logs` before the script (Prisma leaves it NULL
+//! until a failure, and reads only `finished_at`/`rolled_back_at`), so that a
+//! run killed half-way tells its story: a transaction the server rolled
+//! back (safe to apply again), or how many statements of a file that cannot
+//! run in a transaction stayed applied, and which one is next.
+
+use super::bookkeeping::Row;
+
+pub(super) const IN_TRANSACTION: &str =
+    "mre-ops: applying in a transaction. If this row stays unfinished, the run was interrupted and the server rolled the transaction back: `cargo xtask migrate deploy` applies it again.";
+pub(super) const SCRIPT_CONTROLLED: &str =
+    "mre-ops: applying as written (the script has its own BEGIN/COMMIT). If this row stays unfinished, check which of its parts were committed.";
+const STATEMENTS: &str = "mre-ops: without a transaction: ";
+
+/// The `logs` of a file applied statement by statement, after `done` of
+/// `total` statements committed.
+pub(super) fn statements(done: usize, total: usize, next: Option<(usize, &str)>) -> String {
+    let next = match next {
+        Some((line, text)) => format!(
+            "; the next is line {line}: {}",
+            text.trim()
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(120)
+                .collect::<String>()
+        ),
+        None => String::new(),
+    };
+    format!("{STATEMENTS}{done} of {total} statement(s) applied{next}.")
+}
+
+/// A row our transactional run left when it was killed: unfinished, no
+/// error recorded, nothing counted. Only the server could have ended it, and
+/// it rolls back what was not committed.
+pub(super) fn killed_in_transaction(r: &Row) -> bool {
+    r.failed() && r.applied_steps_count == 0 && r.logs.as_deref() == Some(IN_TRANSACTION)
+}
+
+/// What the row says about an interrupted run, in words for `status`.
+pub(super) fn describe(r: &Row) -> Option<String> {
+    let logs = r.logs.as_deref()?;
+    if logs == IN_TRANSACTION {
+        Some("It ran in a transaction and was interrupted: the server rolled it back, the schema is unchanged, and `migrate deploy` applies it again.".into())
+    } else if let Some(rest) = logs.strip_prefix(STATEMENTS) {
+        Some(format!(
+            "It ran without a transaction and was interrupted: {rest} Those stay applied: finish the rest by hand and `migrate resolve --applied`, or reverse them and `migrate resolve --rolled-back`."
+        ))
+    } else if logs == SCRIPT_CONTROLLED {
+        Some("It runs its own BEGIN/COMMIT and was interrupted: check which of its parts were committed.".into())
+    } else {
+        None
+    }
+}
