@@ -1,0 +1,329 @@
+//! Disaster Recovery Procedures: verified database backups (runbook: Backup
+//! Strategy, "Daily, 30 days, secure off-site location"; pre-deployment
+//! "Backup of production database created"), restoring one (runbook:
+//! Database Rollback, "Backup restoration"; Migration Rollback, "If
+//! migration fails": stop the application, restore, retry), and a recovery
+//! drill that rehearses the Recovery Procedures without touching anything
+//! live.
+//!
+//! A backup is `<dir>/<env>/<database>-<UTC timestamp>.dump` (`pg_dump -Fc`)
+//! and a manifest beside it, `<same name>.json`: SHA-256, size, versions,
+//! times, and each table's row count taken in the dump's own snapshot. A
+//! file without a manifest is never treated as a backup.
+//!
+//! Split by concern: `manifest`, `pg_tools`, `store`, `create`, `verify`
+//! (and drill), `restore`; this file holds the command line.
+
+mod create;
+mod manifest;
+mod pg_tools;
+mod restore;
+mod store;
+mod verify;
+
+use anyhow::{bail, Result};
+
+use crate::adapters::output::Output;
+use crate::adapters::postgres::describe_url;
+use crate::config::{config_error, Method, Ops};
+use crate::core::session;
+use crate::core::steps::Plan;
+
+pub use create::create_backup;
+#[allow(unused_imports)]
+use create::*;
+#[allow(unused_imports)]
+use manifest::*;
+#[allow(unused_imports)]
+use pg_tools::*;
+pub use restore::restore;
+#[allow(unused_imports)]
+use store::*;
+pub use verify::drill;
+
+/// Create, list, verify and prune database backups (runbook: Disaster
+/// Recovery Procedures, Backup Strategy; pre-deployment "Backup of
+/// production database created").
+#[derive(clap::Args, Debug)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub cmd: BackupCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum BackupCmd {
+    /// `pg_dump -Fc` of the environment's database into the backup folder,
+    /// with a manifest (SHA-256, sizes, versions, per-table row counts from
+    /// the dump's own snapshot); copied off-site when configured. Prints
+    /// the path written.
+    Create {
+        #[arg(default_value = "development")]
+        env: String,
+        /// Where pg_dump runs (default: `backups.method` in ops.toml).
+        #[arg(long, value_enum)]
+        method: Option<Method>,
+        /// Print the steps without running them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The environment's backups, newest first: age, size, verified or not.
+    List {
+        #[arg(default_value = "development")]
+        env: String,
+    },
+    /// Check a backup: SHA-256 against its manifest, a full restore into a
+    /// scratch database (created and dropped here), and per-table row counts
+    /// against the manifest. The result is recorded in the manifest.
+    Verify {
+        #[arg(default_value = "development")]
+        env: String,
+        /// A path, a name from `backup list`, or `latest`.
+        #[arg(default_value = "latest")]
+        backup: String,
+    },
+    /// Delete backups the retention policy (`keep_days`, `keep_min`) lets
+    /// go; never the newest verified one.
+    Prune {
+        #[arg(default_value = "development")]
+        env: String,
+        /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// Restore an environment's database from a backup (runbook: Database
+/// Rollback, "Backup restoration"; Migration Rollback, "If migration
+/// fails").
+///
+/// Steps: refuse a backup whose checksum does not match; on a protected
+/// environment ask for confirmation; stop the application containers; take
+/// a safety backup; restore into a new database and check its row counts;
+/// swap it in for the live one in one transaction; start the application;
+/// run the health checks. A failure before the swap leaves the database as
+/// it was.
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// Environment from ops.toml.
+    pub env: String,
+    /// A path, a name from `backup list`, or `latest`.
+    pub backup: String,
+    /// Confirm replacing a protected environment's database (for CI).
+    #[arg(long)]
+    pub yes: bool,
+    /// Accept a backup taken of another environment or database.
+    #[arg(long)]
+    pub from_other_environment: bool,
+    /// Print the steps without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds to wait for health afterwards (default: deploy.wait_secs).
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<u64>,
+}
+
+/// Rehearse the Recovery Procedures without touching anything live (runbook:
+/// Disaster Recovery, Recovery Procedures): restore the latest backup into a
+/// scratch database, verify it, time each step, and write a markdown report
+/// beside the backups.
+#[derive(clap::Args, Debug)]
+pub struct DrillArgs {
+    #[arg(default_value = "development")]
+    pub env: String,
+    /// The backup to rehearse with: a path, a name from `backup list`, or
+    /// `latest` (the newest that has not failed verification).
+    #[arg(long, default_value = "latest")]
+    pub backup: String,
+    /// Print the steps without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
+    match &args.cmd {
+        BackupCmd::Create {
+            env,
+            method,
+            dry_run,
+        } => {
+            let env = session::env(ops, out, env)?;
+            let t = Target::new(&env, *method)?;
+            if *dry_run {
+                let tool = t.tool(
+                    "pg_dump",
+                    &["-Fc".into(), "--snapshot=SNAPSHOT".into()],
+                    &t.database,
+                );
+                let mut plan = Plan::new(format!("backup create {}", env.name));
+                plan.action(
+                    "Export a snapshot and count rows in it",
+                    format!(
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT pg_export_snapshot(); SELECT count(*) per table   (on {})",
+                        describe_url(&t.url)
+                    ),
+                    || Ok(()),
+                );
+                plan.action(
+                    "Dump through a temporary file, fsync, rename (mode 0600)",
+                    t.show(
+                        &tool,
+                        None,
+                        Some(&format!("{}/{}-TIMESTAMP.dump", t.folder, t.database)),
+                    ),
+                    || Ok(()),
+                );
+                plan.action(
+                    "Write the manifest",
+                    format!(
+                        "{}/{}-TIMESTAMP.json (SHA-256, size, versions, row counts)",
+                        t.folder, t.database
+                    ),
+                    || Ok(()),
+                );
+                if let Some(o) = &t.settings.offsite {
+                    plan.action(
+                        "Copy off-site and re-check the SHA-256 there",
+                        format!("{}/{}/", env.dir.join(o), env.name),
+                        || Ok(()),
+                    );
+                }
+                return plan.execute(out, true);
+            }
+            let b = {
+                let _s = out.section(&format!(
+                    "Back up `{}` ({})",
+                    env.name,
+                    describe_url(&t.url)
+                ));
+                t.create(out, "manual")?
+            };
+            let m = b.manifest.as_ref().expect("written");
+            if out.json {
+                out.json_doc(&serde_json::json!({
+                    "environment": env.name, "path": b.path.as_str(), "name": b.name, "manifest": m,
+                }));
+            } else {
+                let rows: i64 = m.tables.values().sum();
+                out.line(&format!(
+                    "Backed up `{}`: {} tables, {rows} rows, {}, SHA-256 {}{}",
+                    env.name,
+                    m.tables.len(),
+                    human_size(m.size),
+                    &m.sha256[..16],
+                    m.offsite
+                        .as_ref()
+                        .map(|o| format!(", copied to {}", o.path))
+                        .unwrap_or_default()
+                ));
+                // The path alone on the last line, for scripts.
+                println!("{}", b.path);
+            }
+            out.step_summary(&format!("Backup of `{}`: `{}`", env.name, b.path));
+            Ok(())
+        }
+        BackupCmd::List { env } => {
+            let env = session::env(ops, out, env)?;
+            let t = Target::new(&env, None)?;
+            list(&t, out)
+        }
+        BackupCmd::Verify { env, backup } => {
+            if !ops.names().contains(&env.as_str())
+                && (env == "latest" || env.contains('/') || env.ends_with(".dump"))
+            {
+                return Err(config_error(format!(
+                    "`{env}` is a backup, not an environment: the environment comes first, \
+                     e.g. `cargo xtask backup verify development {env}`"
+                )));
+            }
+            let env = session::env(ops, out, env)?;
+            let t = Target::new(&env, None)?;
+            let b = t.resolve(backup)?;
+            b.manifest()?;
+            let r = t.rehearse(&b, out);
+            let detail = r
+                .failed
+                .clone()
+                .unwrap_or_else(|| "checksum, full restore and row counts ok".into());
+            if r.inconclusive {
+                r.print_steps(out);
+                bail!(
+                    "could not verify {}: {}. The backup was not judged and its manifest is unchanged; \
+                     start the database (`cargo xtask status {}`) and run `cargo xtask backup verify {} {}` again",
+                    b.path,
+                    r.failed.as_deref().unwrap_or("?"),
+                    env.name,
+                    env.name,
+                    b.name
+                );
+            }
+            t.record(&b, r.failed.is_none(), r.seconds(), &detail)?;
+            if out.json {
+                out.json_doc(&serde_json::json!({
+                    "environment": env.name, "backup": b.name, "path": b.path.as_str(),
+                    "ok": r.failed.is_none(), "seconds": r.seconds(),
+                    "steps": r.steps_json(),
+                }));
+            } else {
+                r.print_steps(out);
+            }
+            match r.failed {
+                None => {
+                    out.line(&format!("Verified {} ({:.1}s)", b.path, r.seconds()));
+                    Ok(())
+                }
+                Some(why) => bail!("backup {} FAILED verification: {why}", b.path),
+            }
+        }
+        BackupCmd::Prune { env, dry_run } => {
+            let env = session::env(ops, out, env)?;
+            let t = Target::new(&env, None)?;
+            prune(&t, out, *dry_run)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(name: &str, days: i64, verified: bool) -> (String, i64, bool) {
+        (name.to_string(), days * 86400 + 60, verified)
+    }
+
+    #[test]
+    fn retention_keeps_recent_min_and_newest_verified() {
+        // Newest first.
+        let backups = vec![
+            b("d0", 0, false),
+            b("d10", 10, false),
+            b("d31", 31, false),
+            b("d40", 40, true),
+            b("d45", 45, false),
+            b("d50", 50, true),
+        ];
+        let d = retention(&backups, 30, 1);
+        let kept: Vec<&str> = d
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(kept, ["d0", "d10", "d40"]);
+        assert!(d[3].why.contains("newest verified"));
+        // keep_min wins over age.
+        let d = retention(&backups, 30, 4);
+        let kept: Vec<&str> = d
+            .iter()
+            .filter(|d| d.keep)
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(kept, ["d0", "d10", "d31", "d40"]);
+        // All old, none verified: only keep_min.
+        let old = vec![b("a", 100, false), b("b", 200, false), b("c", 300, false)];
+        let d = retention(&old, 30, 2);
+        assert_eq!(d.iter().filter(|d| d.keep).count(), 2);
+        // keep_min 0 still keeps the newest verified.
+        let old = vec![b("a", 100, false), b("b", 200, true)];
+        let d = retention(&old, 30, 0);
+        assert_eq!((d[0].keep, d[1].keep), (false, true));
+    }
+}

@@ -1,0 +1,409 @@
+//! Disaster Recovery Procedures: where the database is and how its tools
+//! run: pg_dump and pg_restore inside the database container (the runbook's
+//! `docker exec -it mre-postgres pg_restore ...`) or on this machine, scratch
+//! databases, and the SQL shared by backup, verify and restore.
+
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use camino::Utf8PathBuf;
+
+use crate::adapters::docker::Docker;
+use crate::adapters::output::Output;
+use crate::adapters::postgres::describe_url;
+use crate::adapters::process::Command;
+use crate::config::{config_error, BackupSettings, Env, Method};
+
+// Siblings: the module's parts share their items (pub(super)).
+#[allow(unused_imports)]
+use super::*;
+
+pub(super) struct Target<'a> {
+    pub(super) env: &'a Env,
+    pub(super) settings: BackupSettings,
+    pub(super) method: Method,
+    /// From the host: for the snapshot, row counts and scratch databases.
+    pub(super) config: postgres::Config,
+    pub(super) url: String,
+    pub(super) host: String,
+    pub(super) port: u16,
+    pub(super) user: String,
+    pub(super) password: Option<String>,
+    pub(super) database: String,
+    pub(super) container: Option<String>,
+    pub(super) pg_bin: Option<Utf8PathBuf>,
+    pub(super) folder: Utf8PathBuf,
+    pub(super) docker: std::cell::OnceCell<Docker>,
+}
+
+impl<'a> Target<'a> {
+    pub(super) fn new(env: &'a Env, method: Option<Method>) -> Result<Target<'a>> {
+        let settings = env.settings.backups.clone().unwrap_or_default();
+        let Some(db) = &env.settings.database else {
+            return Err(config_error(format!(
+                "environment `{}` has no [database] section in ops.toml: there is nothing to back up",
+                env.name
+            )));
+        };
+        let url = env.database_url()?;
+        let config = postgres::Config::from_str(&url).map_err(|e| {
+            config_error(format!(
+                "the database URL of `{}` ({}) is not a valid PostgreSQL URL: {e}",
+                env.name,
+                describe_url(&url)
+            ))
+        })?;
+        let host = match config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(h)) => h.clone(),
+            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+            None => "localhost".into(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let user = config.get_user().unwrap_or(&db.user).to_string();
+        let password = config
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        let database = config.get_dbname().unwrap_or(&db.name).to_string();
+        let method = method
+            .or(settings.method)
+            .unwrap_or(if db.container.is_some() {
+                Method::Container
+            } else {
+                Method::Host
+            });
+        if method == Method::Container && db.container.is_none() {
+            return Err(config_error(format!(
+                "backups of `{}` use method = \"container\", but environments.{}.database.container is not set: \
+                 set it, or use method = \"host\"",
+                env.name, env.name
+            )));
+        }
+        let pg_bin = match &settings.pg_bin {
+            Some(p) => Some(env.dir.join(p)),
+            None => {
+                let default = Utf8PathBuf::from("/usr/lib/postgresql/15/bin");
+                default.join("pg_dump").exists().then_some(default)
+            }
+        };
+        let folder = env.dir.join(&settings.dir).join(&env.name);
+        Ok(Target {
+            env,
+            settings,
+            method,
+            config,
+            url,
+            host,
+            port,
+            user,
+            password,
+            database,
+            container: db.container.clone(),
+            pg_bin,
+            folder,
+            docker: std::cell::OnceCell::new(),
+        })
+    }
+
+    pub(super) fn docker(&self) -> Result<&Docker> {
+        if let Some(d) = self.docker.get() {
+            return Ok(d);
+        }
+        let d = Docker::connect(&self.env.docker_host())?;
+        Ok(self.docker.get_or_init(|| d))
+    }
+
+    pub(super) fn connect(&self, db: &str) -> Result<postgres::Client> {
+        let mut config = self.config.clone();
+        config.dbname(db);
+        config.connect_timeout(Duration::from_secs(10));
+        config.application_name("mre-ops");
+        config.connect(postgres::NoTls).with_context(|| {
+            format!(
+                "cannot connect to database `{db}` at {}:{} as {}: is the database running (`cargo xtask status {}`)?",
+                self.host, self.port, self.user, self.env.name
+            )
+        })
+    }
+
+    pub(super) fn program(&self, tool: &str) -> String {
+        match &self.pg_bin {
+            Some(bin) => bin.join(tool).to_string(),
+            None => tool.to_string(),
+        }
+    }
+
+    /// A PostgreSQL client tool's command line against database `db`.
+    /// `tail` comes after the connection options (e.g. a file to read).
+    pub(super) fn tool(&self, tool: &str, opts: &[String], db: &str) -> Tool {
+        match self.method {
+            Method::Container => {
+                let mut argv = vec![tool.to_string()];
+                argv.extend(opts.iter().cloned());
+                argv.extend(["-U".into(), self.user.clone(), "-d".into(), db.into()]);
+                Tool::Container(argv)
+            }
+            Method::Host => {
+                let mut args: Vec<String> = opts.to_vec();
+                args.extend([
+                    "-h".into(),
+                    self.host.clone(),
+                    "-p".into(),
+                    self.port.to_string(),
+                    "-U".into(),
+                    self.user.clone(),
+                    "-d".into(),
+                    db.into(),
+                ]);
+                let env: Vec<(String, String)> = self
+                    .password
+                    .iter()
+                    .map(|p| ("PGPASSWORD".to_string(), p.clone()))
+                    .collect();
+                Tool::Host(Command::new(&self.program(tool), args).envs(&env))
+            }
+        }
+    }
+
+    pub(super) fn show(&self, tool: &Tool, stdin: Option<&str>, stdout: Option<&str>) -> String {
+        let redirect = |s: &mut String| {
+            if let Some(i) = stdin {
+                s.push_str(&format!(" < {i}"));
+            }
+            if let Some(o) = stdout {
+                s.push_str(&format!(" > {o}"));
+            }
+        };
+        match tool {
+            Tool::Container(argv) => {
+                let mut s = format!(
+                    "$ docker exec {}{} {}",
+                    if stdin.is_some() { "-i " } else { "" },
+                    self.container.as_deref().unwrap_or("?"),
+                    argv.join(" ")
+                );
+                redirect(&mut s);
+                s.push_str("   (through the Docker Engine API)");
+                s
+            }
+            Tool::Host(cmd) => {
+                let mut s = format!("$ {}", cmd.display());
+                redirect(&mut s);
+                s
+            }
+        }
+    }
+
+    /// Run a tool, streaming `stdin` in and its output into `stdout`.
+    pub(super) fn run(
+        &self,
+        tool: &Tool,
+        stdin: Option<std::fs::File>,
+        stdout: &mut dyn Write,
+    ) -> Result<()> {
+        match tool {
+            Tool::Container(argv) => {
+                let container = self.container.as_deref().expect("checked in Target::new");
+                let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
+                let env: Vec<String> = self
+                    .password
+                    .iter()
+                    .map(|p| format!("PGPASSWORD={p}"))
+                    .collect();
+                let mut input = stdin;
+                let reader = input.as_mut().map(|f| f as &mut (dyn Read + Send));
+                let outcome = self
+                    .docker()?
+                    .exec(container, &argv_ref, &env, reader, stdout)?;
+                if outcome.exit_code != 0 {
+                    bail!(
+                        "`{}` in container {container} failed (exit code {}): {}",
+                        argv[0],
+                        outcome.exit_code,
+                        outcome.stderr
+                    );
+                }
+                Ok(())
+            }
+            Tool::Host(cmd) => {
+                let mut child = std::process::Command::new(&cmd.program);
+                child.args(&cmd.args);
+                for (k, v) in &cmd.env {
+                    child.env(k, v);
+                }
+                child
+                    .stdin(match stdin {
+                        Some(f) => std::process::Stdio::from(f),
+                        None => std::process::Stdio::null(),
+                    })
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                let mut child = child.spawn().with_context(|| {
+                    format!(
+                        "could not start `{}`: install the PostgreSQL 15 client tools (`apt-get install postgresql-client-15`) \
+                         or set backups.pg_bin in ops.toml",
+                        cmd.program
+                    )
+                })?;
+                let mut err = child.stderr.take().expect("piped");
+                let errors = std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let _ = err.read_to_end(&mut buf);
+                    buf
+                });
+                let mut o = child.stdout.take().expect("piped");
+                let copied = std::io::copy(&mut o, stdout);
+                drop(o);
+                let status = child.wait().context("waiting for a PostgreSQL tool")?;
+                let stderr = errors.join().unwrap_or_default();
+                let stderr =
+                    crate::adapters::output::redact(String::from_utf8_lossy(&stderr).trim());
+                copied.with_context(|| format!("copying the output of `{}`", cmd.program))?;
+                if !status.success() {
+                    bail!("`{}` failed ({status}): {stderr}", cmd.display());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) fn read_tool(&self, tool: &Tool) -> Result<String> {
+        let mut buf = Vec::new();
+        self.run(tool, None, &mut buf)?;
+        Ok(String::from_utf8_lossy(&buf).trim().to_string())
+    }
+
+    pub(super) fn pg_dump_version(&self) -> Result<String> {
+        let tool = match self.tool("pg_dump", &["--version".into()], &self.database) {
+            Tool::Container(_) => Tool::Container(vec!["pg_dump".into(), "--version".into()]),
+            Tool::Host(_) => Tool::Host(Command::new(&self.program("pg_dump"), ["--version"])),
+        };
+        self.read_tool(&tool)
+    }
+
+    // -- listing
+}
+
+pub(super) enum Tool {
+    /// argv run with `docker exec` in the database container.
+    Container(Vec<String>),
+    Host(Command),
+}
+
+/// A database created by the tool, dropped when this goes out of scope,
+/// even on failure, unless it was swapped in.
+pub(super) struct Scratch<'a> {
+    pub(super) target: &'a Target<'a>,
+    pub(super) name: String,
+    pub(super) keep: Cell<bool>,
+}
+
+impl Scratch<'_> {
+    pub(super) fn drop_now(self) -> Result<()> {
+        self.keep.set(true);
+        drop_database(self.target, &self.name)
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if !self.keep.get() {
+            if let Err(e) = drop_database(self.target, &self.name) {
+                eprintln!(
+                    "warning: could not drop the scratch database `{}`: {e:#}. Drop it by hand: DROP DATABASE \"{}\"",
+                    self.name, self.name
+                );
+            }
+        }
+    }
+}
+
+pub(super) fn drop_database(t: &Target, name: &str) -> Result<()> {
+    let mut admin = t.connect(&t.settings.maintenance_db)?;
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            ident(name)
+        ))
+        .with_context(|| format!("dropping database `{name}`"))
+}
+
+/// `CREATE DATABASE new` with the live database's owner, encoding and
+/// locale (from template0), so that the swapped-in database is the same to
+/// the application. Grants on the database and per-database settings are
+/// not copied (docs/disaster-recovery.md).
+pub(super) fn create_like(
+    admin: &mut postgres::Client,
+    new_db: &str,
+    live: &str,
+    out: &Output,
+) -> Result<()> {
+    let row = admin
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype \
+             FROM pg_database WHERE datname = $1",
+            &[&live],
+        )
+        .with_context(|| format!("reading the settings of database `{live}`"))?;
+    let lit = |v: &str| format!("'{}'", v.replace('\'', "''"));
+    let (owner, like) = match &row {
+        Some(r) => {
+            let (owner, enc, collate, ctype): (String, String, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            (
+                Some(owner),
+                format!(
+                    " TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                    lit(&enc),
+                    lit(&collate),
+                    lit(&ctype)
+                ),
+            )
+        }
+        None => (None, String::new()),
+    };
+    let create = format!("CREATE DATABASE {}{like}", ident(new_db));
+    let with_owner = owner
+        .as_ref()
+        .map(|o| format!("{create} OWNER {}", ident(o)));
+    if let Some(sql) = &with_owner {
+        match admin.batch_execute(sql) {
+            Ok(()) => return Ok(()),
+            Err(e) => out.line(&format!(
+                "warning: could not give the new database the live one's owner `{}` ({e}); it will belong to the user mre-ops connects as",
+                owner.as_deref().unwrap_or("?")
+            )),
+        }
+    }
+    admin
+        .batch_execute(&create)
+        .with_context(|| format!("creating database `{new_db}` (the user needs CREATEDB)"))
+}
+
+pub(super) fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Exact row counts, one `SELECT count(*)` per table, in the client's
+/// current transaction.
+pub(super) fn count_rows(
+    client: &mut postgres::Client,
+    tables: &[String],
+) -> Result<BTreeMap<String, i64>> {
+    let mut counts = BTreeMap::new();
+    for t in tables {
+        // Names come from format('%I.%I'): already quoted.
+        let row = client.query_one(&format!("SELECT count(*) FROM {t}"), &[]);
+        match row {
+            Ok(row) => {
+                counts.insert(t.clone(), row.get::<_, i64>(0));
+            }
+            Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => {}
+            Err(e) => return Err(e).with_context(|| format!("counting the rows of {t}")),
+        }
+    }
+    Ok(counts)
+}

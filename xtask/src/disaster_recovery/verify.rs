@@ -1,0 +1,392 @@
+//! Disaster Recovery Procedures, Recovery Procedures: `backup verify` and
+//! `drill`: a full restore into a scratch database, row counts against the
+//! manifest, timed, with a report; nothing live is touched.
+
+use std::cell::{Cell, RefCell};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::adapters::clock::Utc;
+use crate::adapters::output::{Output, Tone};
+use crate::adapters::postgres::describe_url;
+use crate::config::{Method, Ops};
+use crate::core::files::{random_hex, write_private};
+use crate::core::session;
+use crate::core::steps::Plan;
+
+// Siblings: the module's parts share their items (pub(super)).
+#[allow(unused_imports)]
+use super::*;
+
+impl<'a> Target<'a> {
+    /// Restore `backup` into the (empty) database `db`, stopping at the first error.
+    pub(super) fn restore_into(&self, backup: &Backup, db: &str) -> Result<()> {
+        let (tool, stdin) = self.restore_tool(backup, db)?;
+        self.run(&tool, stdin, &mut std::io::sink())
+            .with_context(|| format!("restoring {} into database `{db}`", backup.name))
+    }
+
+    pub(super) fn restore_tool(
+        &self,
+        backup: &Backup,
+        db: &str,
+    ) -> Result<(Tool, Option<std::fs::File>)> {
+        let opts = vec!["--exit-on-error".to_string(), "--no-password".to_string()];
+        Ok(match self.method {
+            // The archive streams in through the Engine API: nothing is copied into the container.
+            Method::Container => (
+                self.tool("pg_restore", &opts, db),
+                Some(
+                    std::fs::File::open(&backup.path)
+                        .with_context(|| format!("opening {}", backup.path))?,
+                ),
+            ),
+            Method::Host => {
+                let Tool::Host(cmd) = self.tool("pg_restore", &opts, db) else {
+                    unreachable!()
+                };
+                let mut cmd = cmd;
+                cmd.args.push(backup.path.to_string());
+                (Tool::Host(cmd), None)
+            }
+        })
+    }
+
+    pub(super) fn show_restore(&self, backup: &Backup, db: &str) -> String {
+        match self.restore_tool(backup, db) {
+            Ok((tool, Some(_))) => self.show(&tool, Some(backup.path.as_str()), None),
+            Ok((tool, None)) => self.show(&tool, None, None),
+            Err(e) => format!("(cannot open the backup: {e})"),
+        }
+    }
+
+    /// Row counts of database `db` against the manifest; Err names the differences.
+    pub(super) fn check_counts(&self, backup: &Backup, db: &str) -> Result<usize> {
+        let m = backup.manifest()?;
+        let mut client = self.connect(db)?;
+        // Only names the restored database itself reports are put into SQL:
+        // the manifest is a file anyone could have edited.
+        let existing: std::collections::BTreeSet<String> = client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg_toast%'",
+                &[],
+            )
+            .with_context(|| format!("listing the tables of `{db}`"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let tables: Vec<String> = m
+            .tables
+            .keys()
+            .filter(|t| existing.contains(*t))
+            .cloned()
+            .collect();
+        let got = count_rows(&mut client, &tables)?;
+        let mut wrong = Vec::new();
+        for (t, want) in &m.tables {
+            match got.get(t) {
+                Some(n) if n == want => {}
+                Some(n) => wrong.push(format!("{t}: {n} rows, expected {want}")),
+                None => wrong.push(format!("{t}: missing")),
+            }
+        }
+        if !wrong.is_empty() {
+            bail!(
+                "the restored data differs from the manifest: {}",
+                wrong.join("; ")
+            );
+        }
+        Ok(m.tables.len())
+    }
+
+    pub(super) fn record(
+        &self,
+        backup: &Backup,
+        ok: bool,
+        seconds: f64,
+        detail: &str,
+    ) -> Result<()> {
+        let Some(mut m) = backup.manifest.clone() else {
+            return Ok(());
+        };
+        // Re-read: another step may have updated it.
+        if let Ok(b) = load(&backup.path) {
+            if let Some(fresh) = b.manifest {
+                m = fresh;
+            }
+        }
+        m.verifications.push(Verification {
+            at: Utc::now().rfc3339(),
+            ok,
+            seconds: (seconds * 1000.0).round() / 1000.0,
+            detail: detail.to_string(),
+        });
+        backup.save_manifest(&m)
+    }
+
+    pub(super) fn scratch(&self, tag: &str) -> Result<Scratch<'_>> {
+        let name = format!("mre_ops_{tag}_{}_{}", std::process::id(), random_hex(4)?);
+        let mut admin = self.connect(&self.settings.maintenance_db)?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {} TEMPLATE template0", ident(&name)))
+            .with_context(|| {
+                format!(
+                    "creating the scratch database `{name}`: the user {} needs the CREATEDB privilege",
+                    self.user
+                )
+            })?;
+        Ok(Scratch {
+            target: self,
+            name,
+            keep: Cell::new(false),
+        })
+    }
+
+    /// Checksum, restore into a scratch database, row counts; each step timed.
+    pub(super) fn rehearse(&self, backup: &Backup, out: &Output) -> Rehearsal {
+        let mut r = Rehearsal::default();
+        let step = |r: &mut Rehearsal, title: &str, f: &mut dyn FnMut() -> Result<String>| {
+            if r.failed.is_some() {
+                return;
+            }
+            let _s = out.section(title);
+            let t = Instant::now();
+            let result = f();
+            let secs = t.elapsed().as_secs_f64();
+            match result {
+                Ok(detail) => r.steps.push((title.to_string(), secs, true, detail)),
+                Err(e) => {
+                    let text = format!("{e:#}");
+                    r.steps.push((title.to_string(), secs, false, text.clone()));
+                    r.failed = Some(text);
+                }
+            }
+        };
+        step(
+            &mut r,
+            "Check the SHA-256 against the manifest",
+            &mut || {
+                self.check_checksum(backup)?;
+                Ok(format!(
+                    "{} bytes, SHA-256 {}",
+                    backup.manifest()?.size,
+                    backup.manifest()?.sha256
+                ))
+            },
+        );
+        let scratch: RefCell<Option<Scratch>> = RefCell::new(None);
+        step(&mut r, "Create a scratch database", &mut || {
+            let s = self.scratch("verify")?;
+            let name = s.name.clone();
+            *scratch.borrow_mut() = Some(s);
+            Ok(format!("`{name}` on {}", describe_url(&self.url)))
+        });
+        r.inconclusive = r.failed.is_some() && r.steps.len() == 2;
+        step(
+            &mut r,
+            "Restore into it (pg_restore --exit-on-error)",
+            &mut || {
+                let db = scratch.borrow().as_ref().expect("created").name.clone();
+                self.restore_into(backup, &db)?;
+                Ok(format!("restored into `{db}` without an error"))
+            },
+        );
+        step(
+            &mut r,
+            "Compare per-table row counts with the manifest",
+            &mut || {
+                let db = scratch.borrow().as_ref().expect("created").name.clone();
+                let n = self.check_counts(backup, &db)?;
+                let rows: i64 = backup.manifest()?.tables.values().sum();
+                Ok(format!("{n} tables, {rows} rows, all as in the manifest"))
+            },
+        );
+        step(
+            &mut r,
+            "Drop the scratch database",
+            &mut || match scratch.borrow_mut().take() {
+                Some(s) => {
+                    let name = s.name.clone();
+                    s.drop_now()?;
+                    Ok(format!("`{name}` dropped"))
+                }
+                None => Ok("nothing to drop".into()),
+            },
+        );
+        // A failed step leaves it: the guard drops it now.
+        drop(scratch);
+        r
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Rehearsal {
+    /// (title, seconds, ok, detail)
+    pub(super) steps: Vec<(String, f64, bool, String)>,
+    pub(super) failed: Option<String>,
+    /// The failure was the server's (no scratch database could be made),
+    /// not the backup's: nothing was learnt about the backup.
+    pub(super) inconclusive: bool,
+}
+
+impl Rehearsal {
+    pub(super) fn seconds(&self) -> f64 {
+        self.steps.iter().map(|s| s.1).sum()
+    }
+
+    pub(super) fn steps_json(&self) -> Vec<serde_json::Value> {
+        self.steps
+            .iter()
+            .map(
+                |(t, s, ok, d)| serde_json::json!({"step": t, "seconds": s, "ok": ok, "detail": d}),
+            )
+            .collect()
+    }
+
+    /// One line a step: a mark, its title, how long it took, what it found.
+    pub(super) fn print_steps(&self, out: &Output) {
+        for (title, secs, ok, d) in &self.steps {
+            let mark = if *ok {
+                out.paint(Tone::Good, "✓")
+            } else {
+                out.paint(Tone::Bad, "✗")
+            };
+            out.line(&format!("  {mark} {title} ({secs:.1}s): {d}"));
+        }
+    }
+}
+
+pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
+    let env = session::env(ops, out, &args.env)?;
+    let t = Target::new(&env, None)?;
+    if args.dry_run {
+        let mut plan = Plan::new(format!("drill {} (nothing live is touched)", env.name));
+        plan.action(
+            "Find the backup",
+            format!("`{}` in {}", args.backup, t.folder),
+            || Ok(()),
+        );
+        plan.action(
+            "Check the SHA-256 against the manifest",
+            "SHA-256 and size of the file, against its manifest",
+            || Ok(()),
+        );
+        plan.action(
+            "Restore into a scratch database",
+            format!("CREATE DATABASE mre_ops_verify_PID_RAND; pg_restore --exit-on-error ...   (method {})", if t.method == Method::Container { "container" } else { "host" }),
+            || Ok(()),
+        );
+        plan.action(
+            "Compare per-table row counts with the manifest",
+            "SELECT count(*) per table in the scratch database",
+            || Ok(()),
+        );
+        plan.action(
+            "Drop the scratch database",
+            "DROP DATABASE mre_ops_verify_PID_RAND WITH (FORCE)   (also when a step fails)",
+            || Ok(()),
+        );
+        plan.action(
+            "Write the report",
+            format!("{}/drill-TIMESTAMP.md", t.folder),
+            || Ok(()),
+        );
+        return plan.execute(out, true);
+    }
+    let started = Utc::now();
+    let clock = Instant::now();
+    let find = Instant::now();
+    let backup = t.resolve(&args.backup)?;
+    let find_secs = find.elapsed().as_secs_f64();
+    let m = backup.manifest()?.clone();
+    let mut r = t.rehearse(&backup, out);
+    r.steps.insert(
+        0,
+        (
+            "Find the backup".into(),
+            find_secs,
+            true,
+            backup.path.to_string(),
+        ),
+    );
+    let total = clock.elapsed().as_secs_f64();
+    let ok = r.failed.is_none();
+    // A server that could not be reached says nothing about the backup.
+    if !r.inconclusive {
+        t.record(
+            &backup,
+            ok,
+            r.seconds(),
+            &format!("drill: {}", r.failed.as_deref().unwrap_or("ok")),
+        )?;
+    }
+
+    let rows: i64 = m.tables.values().sum();
+    let mut md = format!(
+        "# Recovery drill: `{}`\n\n\
+         - Started: {}\n- Result: **{}**\n- Total time: {:.1} s\n\
+         - Backup: `{}` ({}, taken {} for \"{}\")\n\
+         - Data as of: {}\n- Server: PostgreSQL {}; {}\n- Method: {:?}\n\
+         - Live database: not touched (restored into a scratch database on {}, then dropped)\n\n\
+         ## Steps\n\n| step | seconds | result | detail |\n|---|---:|---|---|\n",
+        env.name,
+        started.rfc3339(),
+        if ok { "passed" } else { "FAILED" },
+        total,
+        backup.name,
+        human_size(m.size),
+        m.started_at,
+        m.reason,
+        m.started_at,
+        m.server_version,
+        m.pg_dump_version,
+        t.method,
+        describe_url(&t.url),
+    );
+    for (title, secs, ok, detail) in &r.steps {
+        md.push_str(&format!(
+            "| {title} | {secs:.2} | {} | {} |\n",
+            if *ok { "ok" } else { "FAILED" },
+            detail.replace('|', "\\|").replace('\n', " ")
+        ));
+    }
+    md.push_str(&format!(
+        "\n## What was checked\n\n\
+         - The archive's SHA-256 and size against its manifest.\n\
+         - A full `pg_restore --exit-on-error` into an empty scratch database.\n\
+         - Row counts of all {} tables ({rows} rows) against the counts taken in the dump's own snapshot.\n\n\
+         ## Tables\n\n| table | rows |\n|---|---:|\n",
+        m.tables.len()
+    ));
+    for (t, n) in &m.tables {
+        md.push_str(&format!("| {t} | {n} |\n"));
+    }
+    md.push_str(&format!(
+        "\nTo restore this backup for real: `cargo xtask restore {} {}`\n",
+        env.name, backup.name
+    ));
+    let report = t.folder.join(format!("drill-{}.md", started.compact()));
+    write_private(&report, &md)?;
+    if out.json {
+        out.json_doc(&serde_json::json!({
+            "environment": env.name, "ok": ok, "backup": backup.name, "report": report.as_str(),
+            "seconds": total,
+            "steps": r.steps_json(),
+        }));
+    } else {
+        r.print_steps(out);
+        out.line(&format!("Drill report: {report}"));
+    }
+    out.step_summary(&md);
+    match r.failed {
+        None => Ok(()),
+        Some(why) => bail!(
+            "the recovery drill of `{}` FAILED: {why} (report: {report})",
+            env.name
+        ),
+    }
+}
