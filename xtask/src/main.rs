@@ -99,7 +99,7 @@ fn main() -> ExitCode {
             } else {
                 1
             };
-            let text = redact(&format!("{e:#}"));
+            let text = redact(&error_text(&e));
             if out.json && !out.json_printed.get() {
                 out.json_doc(&serde_json::json!({ "ok": false, "error": text, "exit_code": code }));
             }
@@ -109,6 +109,23 @@ fn main() -> ExitCode {
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes in one message: `: ` between parts, but a part
+/// that ends a sentence is followed by the next sentence, not by `.:`.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for part in e.chain().map(|c| c.to_string()) {
+        if !text.is_empty() {
+            if text.ends_with(['.', '!', '?', '\n']) {
+                text.push(' ');
+            } else {
+                text.push_str(": ");
+            }
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {

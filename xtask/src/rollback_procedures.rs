@@ -5,12 +5,10 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
-use crate::adapters::postgres;
-use crate::config::{Env, Ops};
+use crate::config::Ops;
 use crate::core::report::Report;
 use crate::core::steps::Plan;
 use crate::core::{intent, lock, session};
@@ -79,36 +77,27 @@ pub fn recover(ops: &Ops, out: &Output, args: &RecoverArgs) -> Result<()> {
         env.name,
         pending.describe()
     ));
-    let live = env.settings.database.as_ref().map(|d| d.name.clone());
-    let mut plan = Plan::new(format!("recover {}", env.name));
-    for db in &pending.scratch_databases {
-        if Some(db) == live.as_ref() {
-            bail!("the record names the live database `{db}` as scratch: refusing to drop it; remove {} by hand after checking", intent::path(&env));
+    if args.dry_run {
+        let mut plan: Plan = Plan::new(format!("recover {}", env.name));
+        for db in &pending.scratch_databases {
+            plan.action(
+                format!("Drop the staged database {db}"),
+                format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE) (the live database is untouched)"),
+                || Ok(()),
+            );
         }
-        let db = db.clone();
-        let e = &env;
-        plan.action(
-            format!("Drop the staged database {db}"),
-            format!(
-                "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE) (the live database is untouched)"
-            ),
-            move || drop_database(e, &db),
-        );
-    }
-    for c in &pending.stopped {
-        let c = c.clone();
-        let e = &env;
-        plan.action(
-            format!("Start {c}"),
-            format!("docker start {c}"),
-            move || Docker::connect(&e.docker_host())?.start_container(&c),
-        );
+        for c in &pending.stopped {
+            plan.action(format!("Start {c}"), format!("docker start {c}"), || Ok(()));
+        }
+        plan.print(out);
+        return Ok(());
     }
     let e = &env;
+    let mut plan = Plan::new(format!("recover {}", env.name));
     plan.action(
-        "Forget the record",
-        format!("remove {}", intent::path(&env)),
-        move || intent::clear(e),
+        "Undo what the interrupted operation left",
+        format!("{} (from {})", pending.describe(), intent::path(&env)),
+        move || intent::recover(e, out).map(drop),
     );
     if !pending.stopped.is_empty() {
         plan.action(
@@ -127,39 +116,16 @@ pub fn recover(ops: &Ops, out: &Output, args: &RecoverArgs) -> Result<()> {
             },
         );
     }
-    plan.execute(out, args.dry_run)?;
-    if !args.dry_run {
-        Report::new(
-            serde_json::json!({ "environment": env.name, "recovered": true, "pending": pending }),
-        )
-        .line(format!(
-            "Recovered `{}`: every service it stopped runs again.",
-            env.name
-        ))
-        .emit(out);
-    }
-    Ok(())
-}
-
-fn drop_database(env: &Env, name: &str) -> Result<()> {
-    let url = env.database_url()?;
-    let maintenance = env
-        .settings
-        .backups
-        .as_ref()
-        .map(|b| b.maintenance_db.clone())
-        .unwrap_or_else(|| "postgres".into());
-    let mut c = postgres::connect_to(
-        &url,
-        &maintenance,
-        "mre-ops recover",
-        Duration::from_secs(5),
-    )?;
-    c.batch_execute(&format!(
-        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-        name.replace('"', "\"\"")
+    plan.execute(out, false)?;
+    Report::new(
+        serde_json::json!({ "environment": env.name, "recovered": true, "pending": pending }),
+    )
+    .line(format!(
+        "Recovered `{}`: every service it stopped runs again.",
+        env.name
     ))
-    .with_context(|| format!("dropping {name}"))
+    .emit(out);
+    Ok(())
 }
 
 pub fn lock_cmd(ops: &Ops, out: &Output, args: &LockArgs) -> Result<()> {

@@ -27,6 +27,10 @@ pub struct BackupSettings {
     /// Folder of pg_dump/pg_restore for `method = "host"` (default:
     /// /usr/lib/postgresql/15/bin when present, else PATH).
     pub pg_bin: Option<String>,
+    /// How many databases replaced by `restore` (`<db>__mre_replaced_*`)
+    /// `backup prune` keeps, newest first.
+    #[serde(default = "default_keep_replaced")]
+    pub keep_replaced: usize,
     /// The database to connect to for CREATE/DROP/RENAME DATABASE.
     #[serde(default = "default_maintenance_db")]
     pub maintenance_db: String,
@@ -41,6 +45,7 @@ impl Default for BackupSettings {
             keep_min: default_keep_min(),
             offsite: None,
             pg_bin: None,
+            keep_replaced: default_keep_replaced(),
             maintenance_db: default_maintenance_db(),
         }
     }
@@ -54,6 +59,9 @@ fn default_keep_days() -> u64 {
 }
 fn default_keep_min() -> usize {
     7
+}
+fn default_keep_replaced() -> usize {
+    2
 }
 fn default_maintenance_db() -> String {
     "postgres".into()

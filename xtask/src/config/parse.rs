@@ -171,6 +171,15 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
                 )));
             }
         }
+        if let Some(b) = &env.backups {
+            if b.keep_min == 0 {
+                return Err(config_error(format!(
+                    "{}: keep_min = 0 would let `backup prune` delete every backup but the newest verified one; \
+                     keep at least 1 (the runbook keeps 30 days)",
+                    at("backups.keep_min")
+                )));
+            }
+        }
         if let Some(host) = &env.docker_host {
             if !(host.starts_with("unix://")
                 || host.starts_with("tcp://")

@@ -143,3 +143,48 @@ pub fn clear(env: &Env) -> Result<()> {
         _ => Ok(()),
     }
 }
+
+/// Finish what an interrupted operation left, from its record: drop the
+/// scratch databases it made (never the live one), start the containers it
+/// stopped, forget the record. `None` when there was nothing to do.
+pub fn recover(env: &Env, out: &crate::adapters::output::Output) -> Result<Option<Intent>> {
+    let Some(pending) = pending(env) else {
+        return Ok(None);
+    };
+    let live = env.settings.database.as_ref().map(|d| d.name.clone());
+    for db in &pending.scratch_databases {
+        if Some(db) == live.as_ref() {
+            anyhow::bail!(
+                "the record {} names the live database `{db}` as scratch: refusing to drop it; check it and remove the file by hand",
+                path(env)
+            );
+        }
+        let maintenance = env
+            .settings
+            .backups
+            .as_ref()
+            .map(|b| b.maintenance_db.clone())
+            .unwrap_or_else(|| "postgres".into());
+        let mut c = crate::adapters::postgres::connect_to(
+            &env.database_url()?,
+            &maintenance,
+            "mre-ops recover",
+            std::time::Duration::from_secs(5),
+        )?;
+        c.batch_execute(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            db.replace('"', "\"\"")
+        ))
+        .with_context(|| format!("dropping the staged database {db}"))?;
+        out.line(&format!("Dropped {db}, staged by {}.", pending.operation));
+    }
+    if !pending.stopped.is_empty() {
+        let docker = crate::adapters::docker::Docker::connect(&env.docker_host())?;
+        for c in &pending.stopped {
+            docker.start_container(c)?;
+            out.line(&format!("Started {c}, stopped by {}.", pending.operation));
+        }
+    }
+    clear(env)?;
+    Ok(Some(pending))
+}

@@ -114,6 +114,9 @@ pub struct RestoreArgs {
     /// Accept a backup taken of another environment or database.
     #[arg(long)]
     pub from_other_environment: bool,
+    /// Accept a backup whose last verification failed.
+    #[arg(long)]
+    pub force_unverified: bool,
     /// Print the steps without running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -277,6 +280,15 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
         BackupCmd::Prune { env, dry_run } => {
             let env = session::env(ops, out, env)?;
             let t = Target::new(&env, None)?;
+            let _lock = if *dry_run {
+                None
+            } else {
+                Some(crate::core::lock::acquire(
+                    &env,
+                    out,
+                    &format!("backup prune {}", env.name),
+                )?)
+            };
             prune(&t, out, *dry_run)
         }
     }

@@ -223,7 +223,7 @@ impl<'a> Target<'a> {
                         "`{}` in container {container} failed (exit code {}): {}",
                         argv[0],
                         outcome.exit_code,
-                        outcome.stderr
+                        why_failed(outcome.exit_code, outcome.stderr.trim())
                     );
                 }
                 Ok(())
@@ -263,7 +263,16 @@ impl<'a> Target<'a> {
                     crate::adapters::output::redact(String::from_utf8_lossy(&stderr).trim());
                 copied.with_context(|| format!("copying the output of `{}`", cmd.program))?;
                 if !status.success() {
-                    bail!("`{}` failed ({status}): {stderr}", cmd.display());
+                    use std::os::unix::process::ExitStatusExt;
+                    let code = status
+                        .code()
+                        .map(i64::from)
+                        .unwrap_or_else(|| 128 + i64::from(status.signal().unwrap_or(0)));
+                    bail!(
+                        "`{}` failed ({status}): {}",
+                        cmd.display(),
+                        why_failed(code, &stderr)
+                    );
                 }
                 Ok(())
             }
@@ -406,4 +415,17 @@ pub(super) fn count_rows(
         }
     }
     Ok(counts)
+}
+
+/// What a PostgreSQL tool's failure means, when it said nothing itself.
+pub(super) fn why_failed(code: i64, stderr: &str) -> String {
+    if !stderr.is_empty() {
+        return stderr.to_string();
+    }
+    match code {
+        137 => "killed by SIGKILL without a word: out of memory (check `dmesg` or the container's memory limit) or stopped by someone; run it again".into(),
+        143 => "stopped by SIGTERM (the container or this machine is shutting down?); run it again".into(),
+        c if c > 128 => format!("killed by signal {}; run it again", c - 128),
+        c => format!("it printed nothing (exit code {c}); run it by hand to see why"),
+    }
 }

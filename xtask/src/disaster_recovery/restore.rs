@@ -2,7 +2,6 @@
 //! migration fails"): `restore` into a new database, swapped in when
 //! complete, with the application stopped around it.
 
-use std::cell::{Cell, RefCell};
 use std::io::IsTerminal;
 use std::time::Duration;
 
@@ -12,6 +11,8 @@ use crate::adapters::clock::Utc;
 use crate::adapters::output::Output;
 use crate::config::{config_error, Ops};
 use crate::core::files::random_hex;
+use crate::core::intent;
+use crate::core::report::Report;
 use crate::core::session;
 use crate::core::steps::Plan;
 use crate::health_checks;
@@ -20,11 +21,35 @@ use crate::health_checks;
 #[allow(unused_imports)]
 use super::*;
 
+/// What the restore's steps share, and what its undos need.
+#[derive(Default)]
+pub(super) struct RestoreState {
+    /// Containers this restore stopped (started again by the undo or the
+    /// "Start the application" step).
+    pub(super) stopped: Vec<String>,
+    pub(super) safety: Option<Backup>,
+    /// The new database exists under its staging name.
+    pub(super) staged: bool,
+    pub(super) swapped: bool,
+    pub(super) record: Option<intent::Record>,
+}
+
+impl RestoreState {
+    fn note(&mut self, f: impl FnOnce(&mut intent::Record) -> Result<()>) -> Result<()> {
+        match self.record.as_mut() {
+            Some(r) => f(r),
+            None => Ok(()),
+        }
+    }
+}
+
 pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
     let t = Target::new(&env, None)?;
     let backup = t.resolve(&args.backup)?;
-    // Refuse a damaged backup before anything else happens.
+    // Everything that can be checked without changing anything, before the
+    // first change: the backup's checksum, its environment, its last
+    // verification, the database server and the credentials.
     t.check_checksum(&backup).context(
         "refusing to restore: the backup does not match its manifest; nothing was changed",
     )?;
@@ -36,6 +61,20 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
              Nothing was changed",
             backup.name, m.database, m.environment, t.database, env.name
         )));
+    }
+    if m.verified() == Some(false) && !args.force_unverified {
+        return Err(config_error(format!(
+            "refusing to restore: the last verification of {} FAILED. Pick another backup (`cargo xtask backup list {}`), \
+             verify this one again (`cargo xtask backup verify {} {}`), or pass --force-unverified. Nothing was changed",
+            backup.name, env.name, env.name, backup.name
+        )));
+    }
+    if !args.dry_run {
+        for db in [t.settings.maintenance_db.as_str(), t.database.as_str()] {
+            t.connect(db)
+                .and_then(|mut c| c.batch_execute("SELECT 1").context("running SELECT 1"))
+                .context("refusing to restore before stopping anything: the database server must accept mre-ops's credentials; nothing was changed")?;
+        }
     }
     out.line(&format!(
         "Backup chosen: {} ({} of `{}`, taken {}, reason: {}, verified: {})",
@@ -53,6 +92,22 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
     if !args.dry_run {
         confirm(&t, &backup, args.yes)?;
     }
+    // One operation at a time on the environment; what an interrupted one
+    // left is undone first.
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(crate::core::lock::acquire(
+            &env,
+            out,
+            &format!("restore {}", env.name),
+        )?)
+    };
+    if !args.dry_run {
+        if let Some(i) = intent::recover(&env, out)? {
+            out.line(&format!("Recovered {} first.", i.describe()));
+        }
+    }
     let wait = Duration::from_secs(args.wait.unwrap_or(env.settings.deploy.wait_secs));
     let app: Vec<String> = env
         .settings
@@ -63,14 +118,11 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
     let live = t.database.clone();
     let new_db = format!("{live}__mre_restore_{}", random_hex(4)?);
     let replaced = format!("{live}__mre_replaced_{}", Utc::now().compact());
+    let (t, app, live, new_db, replaced, backup) = (&t, &app, &live, &new_db, &replaced, &backup);
 
-    let stopped: RefCell<Vec<String>> = RefCell::new(Vec::new());
-    let safety: RefCell<Option<Backup>> = RefCell::new(None);
-    let staged: RefCell<Option<Scratch>> = RefCell::new(None);
-    let swapped = Cell::new(false);
-
-    let mut plan = Plan::new(format!("restore {} from {}", env.name, backup.name));
-    plan.action(
+    let mut plan: Plan<RestoreState> =
+        Plan::new(format!("restore {} from {}", env.name, backup.name));
+    plan.step(
         "Stop the application",
         if app.is_empty() {
             "no application containers in ops.toml".to_string()
@@ -80,119 +132,153 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
                 app.join(" ")
             )
         },
-        || {
+        move |st: &mut RestoreState| {
             if app.is_empty() {
                 return Ok(());
             }
             let docker = t.docker()?;
-            for c in &app {
+            for c in app {
                 let running = docker.container(c)?.is_some_and(|c| c.state == "running");
                 if running {
+                    // Written down before it happens: a kill -9 from here on
+                    // is recovered by the next command.
+                    st.note(|r| r.stopping(c))?;
+                    st.stopped.push(c.clone());
                     docker.stop_container(c, 10)?;
-                    stopped.borrow_mut().push(c.clone());
                     out.detail(&format!("stopped {c}"));
                 }
             }
             Ok(())
         },
+    )
+    .undo(
+        "start the containers this restore stopped",
+        move |st: &mut RestoreState| start_again(t, st),
     );
-    plan.action(
+    plan.step(
         "Take a safety backup",
         format!(
             "cargo xtask backup create {}   (into {}; with the application stopped, it holds every write)",
             env.name, t.folder
         ),
-        || {
+        move |st: &mut RestoreState| {
             let b = t.create(out, &format!("safety before restoring {}", backup.name))?;
             out.line(&format!("Safety backup: {}", b.path));
-            *safety.borrow_mut() = Some(b);
+            st.safety = Some(b);
             Ok(())
         },
     );
-    plan.action(
+    plan.step(
         "Restore into a new database",
         format!(
             "CREATE DATABASE {new_db}; {}",
-            t.show_restore(&backup, &new_db)
+            t.show_restore(backup, new_db)
         ),
-        || {
+        move |st: &mut RestoreState| {
+            st.note(|r| r.creating_database(new_db))?;
             let mut admin = t.connect(&t.settings.maintenance_db)?;
-            create_like(&mut admin, &new_db, &live, out)?;
-            *staged.borrow_mut() = Some(Scratch {
-                target: &t,
-                name: new_db.clone(),
-                keep: Cell::new(false),
-            });
-            t.restore_into(&backup, &new_db)
+            create_like(&mut admin, new_db, live, out)?;
+            st.staged = true;
+            interruptible(t, new_db, || t.restore_into(backup, new_db))
+        },
+    )
+    .undo(
+        format!("DROP DATABASE {new_db} (the live database is untouched)"),
+        move |st: &mut RestoreState| {
+            if st.swapped {
+                return Ok(());
+            }
+            drop_database(t, new_db)?;
+            st.staged = false;
+            st.note(|r| r.database_done(new_db))
         },
     );
-    plan.action(
+    plan.step(
         "Verify data integrity",
         format!("per-table row counts of {new_db} against the manifest"),
-        || t.check_counts(&backup, &new_db).map(drop),
+        move |_| t.check_counts(backup, new_db).map(drop),
     );
-    plan.action(
+    plan.step(
         "Swap it in",
         format!(
             "terminate connections to {live}; BEGIN; ALTER DATABASE {live} RENAME TO {replaced}; \
              ALTER DATABASE {new_db} RENAME TO {live}; COMMIT (the replaced one is kept as {replaced})"
         ),
-        || {
-            swap(&t, &live, &new_db, &replaced)?;
-            if let Some(s) = staged.borrow().as_ref() {
-                s.keep.set(true);
-            }
-            swapped.set(true);
+        move |st: &mut RestoreState| {
+            swap(t, live, new_db, replaced)?;
+            st.swapped = true;
+            st.staged = false;
             // Kept, not dropped: a client that wrote after the safety backup
             // (anything not stopped above) has its writes only there.
+            st.note(|r| r.database_done(new_db))
+        },
+    )
+    .undo(
+        format!("swap back: {live} → {new_db}, {replaced} → {live} (what was there before, untouched)"),
+        move |st: &mut RestoreState| {
+            if !st.swapped {
+                return Ok(());
+            }
+            st.note(|r| r.creating_database(new_db))?;
+            swap(t, live, replaced, new_db)?;
+            st.swapped = false;
+            st.staged = true;
             Ok(())
         },
     );
-    plan.action(
+    plan.step(
         "Start the application",
         if app.is_empty() {
             "no application containers in ops.toml".to_string()
         } else {
             format!("$ docker start {}   (those stopped above)", app.join(" "))
         },
-        || start_again(&t, &stopped),
+        move |st: &mut RestoreState| start_again(t, st),
     );
-    plan.action(
+    let e = &env;
+    plan.step(
         "Verify functionality (health checks)",
         format!(
             "every health check of `{}`, at most {} s",
             env.name,
             wait.as_secs()
         ),
-        || {
-            let checks = health_checks::wait_until_healthy(&env, out, wait);
-            let failed: Vec<String> = checks
-                .iter()
-                .filter(|c| !c.ok)
-                .map(|c| format!("{}: {}", c.name, c.detail))
-                .collect();
-            if !failed.is_empty() {
+        move |_| {
+            let checks = health_checks::wait_until_healthy(e, out, wait);
+            crate::core::interrupt::check()?;
+            if checks.iter().any(|c| !c.ok) {
                 bail!(
-                    "health checks fail after the restore: {}",
-                    failed.join("; ")
+                    "health checks fail after the restore:{}",
+                    crate::core::check::failures(&checks)
                 );
             }
             Ok(())
         },
     );
 
-    let result = plan.execute(out, args.dry_run);
     if args.dry_run {
-        return result;
+        plan.print(out);
+        return Ok(());
     }
-    let safety_name = safety.borrow().as_ref().map(|b| b.name.clone());
+    let mut state = RestoreState {
+        record: Some(intent::Record::begin(
+            &env,
+            &format!("restore {}", env.name),
+        )?),
+        ..RestoreState::default()
+    };
+    let (result, _) = plan.execute_timed(out, &mut state);
+    let settled = state.stopped.is_empty() && !state.staged;
+    if settled {
+        if let Some(r) = state.record.take() {
+            r.finish()?;
+        }
+    }
+    let safety_name = state.safety.as_ref().map(|b| b.name.clone());
     if let Err(e) = result {
-        // Nothing half-done: drop the staged copy, start what was stopped.
-        drop(staged.borrow_mut().take());
-        let restarted = start_again(&t, &stopped);
-        let state = if swapped.get() {
+        let db_state = if state.swapped {
             format!(
-                "The database `{live}` now holds backup {} but a later step failed. To undo: cargo xtask restore {} {} --yes",
+                "The database `{live}` holds backup {} but a later step failed and could not be undone. To undo: cargo xtask restore {} {} --yes",
                 backup.name,
                 env.name,
                 safety_name.as_deref().unwrap_or("(no safety backup)")
@@ -200,59 +286,91 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         } else {
             format!("The database `{live}` was not changed: it holds what it held before.")
         };
-        let app_state = match restarted {
-            Ok(()) if stopped.borrow().is_empty() => String::new(),
-            Ok(()) => " The application was started again.".to_string(),
-            Err(e) => format!(
-                " Starting the application again failed too ({e:#}): `cargo xtask deploy {}`.",
+        let app_state = if settled {
+            " The application runs as before.".to_string()
+        } else {
+            format!(
+                " Some of what it stopped or staged is left ({}): `cargo xtask recover {}` finishes it.",
+                intent::path(&env),
                 env.name
-            ),
+            )
         };
         return Err(e.context(format!(
-            "restore of `{}` failed. {state}{app_state}",
+            "restore of `{}` failed. {db_state}{app_state}",
             env.name
         )));
     }
     let safety_name = safety_name.unwrap_or_default();
-    if out.json {
-        out.json_doc(&serde_json::json!({
-            "environment": env.name, "restored": backup.name, "path": backup.path.as_str(),
-            "point_in_time": m.started_at, "safety_backup": safety_name,
-            "undo": format!("cargo xtask restore {} {} --yes", env.name, safety_name),
-            "replaced_database": replaced,
-        }));
-    } else {
-        out.line(&format!("Restored `{}` from {}.", env.name, backup.path));
-        out.line(&format!(
-            "The data now reflects {} (when that backup's snapshot was taken).",
-            m.started_at
-        ));
-        out.line(&format!(
+    let kept = t
+        .leftovers()
+        .map(|l| l.iter().filter(|d| d.kind == "replaced").count())
+        .unwrap_or(0);
+    let mut r = Report::new(serde_json::json!({
+        "environment": env.name, "restored": backup.name, "path": backup.path.as_str(),
+        "point_in_time": m.started_at, "safety_backup": safety_name,
+        "undo": format!("cargo xtask restore {} {} --yes", env.name, safety_name),
+        "replaced_database": replaced, "replaced_databases_kept": kept,
+    }));
+    r.line(format!("Restored `{}` from {}.", env.name, backup.path))
+        .line(format!("The data now reflects {} (when that backup's snapshot was taken).", m.started_at))
+        .line(format!(
             "Safety backup of what was there before: {safety_name}. To undo: cargo xtask restore {} {safety_name}",
             env.name
+        ))
+        .line(format!(
+            "The replaced database is kept as `{replaced}` (with any write made after the safety backup by a client \
+             mre-ops did not stop). {kept} replaced database(s) are kept now; `cargo xtask backup prune {}` keeps the \
+             newest {} (backups.keep_replaced).",
+            env.name, t.settings.keep_replaced
+        ))
+        .summary(format!(
+            "Restored `{}` from `{}` (data as of {}); safety backup `{safety_name}`",
+            env.name, backup.name, m.started_at
         ));
-        out.line(&format!(
-            "The replaced database is kept as `{replaced}` (with any write made after the safety backup by a \
-             client mre-ops did not stop). Drop it when satisfied: DROP DATABASE \"{replaced}\";"
-        ));
-    }
-    out.step_summary(&format!(
-        "Restored `{}` from `{}` (data as of {}); safety backup `{safety_name}`",
-        env.name, backup.name, m.started_at
-    ));
+    r.emit(out);
     Ok(())
 }
 
-pub(super) fn start_again(t: &Target, stopped: &RefCell<Vec<String>>) -> Result<()> {
-    let list = stopped.borrow().clone();
-    if list.is_empty() {
+/// Run `f` (a pg_restore into `db`); on SIGINT/SIGTERM, end the sessions
+/// restoring into `db` so that `f` returns at once, and report the signal.
+fn interruptible(t: &Target, db: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (config, maintenance) = (t.config.clone(), t.settings.maintenance_db.clone());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                if crate::core::interrupt::pending().is_some() {
+                    let mut c = config.clone();
+                    c.dbname(&maintenance);
+                    c.application_name("mre-ops interrupt");
+                    if let Ok(mut client) = c.connect(postgres::NoTls) {
+                        let _ = client.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                            &[&db],
+                        );
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let r = f();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        crate::core::interrupt::check()?;
+        r
+    })
+}
+
+/// Start what this restore stopped, and say so in its record.
+pub(super) fn start_again(t: &Target, st: &mut RestoreState) -> Result<()> {
+    if st.stopped.is_empty() {
         return Ok(());
     }
     let docker = t.docker()?;
-    for c in &list {
-        docker.start_container(c)?;
+    for c in std::mem::take(&mut st.stopped) {
+        docker.start_container(&c)?;
+        st.note(|r| r.started(&c))?;
     }
-    stopped.borrow_mut().clear();
     Ok(())
 }
 

@@ -89,10 +89,106 @@ impl<'a> Target<'a> {
                 self.env.name
             )));
         }
-        load(&path)
+        let b = load(&path)?;
+        if b.manifest.is_none() {
+            return Err(config_error(format!(
+                "{path} is not a backup made by mre-ops: it has no manifest ({}) beside it. \
+                 `cargo xtask backup list {}` shows the backups",
+                manifest_path(&path),
+                self.env.name
+            )));
+        }
+        Ok(b)
     }
 
-    // -- creating
+    /// Databases that restore, verify and drill left on the server: staged
+    /// restores and scratch copies an interrupted run did not drop, and the
+    /// databases restores replaced (kept on purpose). Newest first by name.
+    pub(super) fn leftovers(&self) -> Result<Vec<Leftover>> {
+        let mut admin = self.connect(&self.settings.maintenance_db)?;
+        let rows = admin
+            .query(
+                "SELECT d.datname::text, pg_database_size(d.oid),                         (SELECT count(*) FROM pg_stat_activity a WHERE a.datname = d.datname)::bigint                  FROM pg_database d                  WHERE d.datname LIKE $1 OR d.datname LIKE $2 OR d.datname LIKE 'mre\\_ops\\_%'                  ORDER BY d.datname DESC",
+                &[
+                    &format!("{}\\_\\_mre\\_restore\\_%", like_escape(&self.database)),
+                    &format!("{}\\_\\_mre\\_replaced\\_%", like_escape(&self.database)),
+                ],
+            )
+            .context("listing the databases restore and verify left")?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let name: String = r.get(0);
+                let kind = if name.contains("__mre_replaced_") {
+                    "replaced"
+                } else if name.contains("__mre_restore_") {
+                    "restore-staging"
+                } else {
+                    "verify-scratch"
+                };
+                Leftover {
+                    name,
+                    kind,
+                    bytes: r.get::<_, i64>(1).max(0) as u64,
+                    sessions: r.get(2),
+                }
+            })
+            .collect())
+    }
+}
+
+/// A database an operation left.
+#[derive(serde::Serialize, Clone, Debug)]
+pub(super) struct Leftover {
+    pub(super) name: String,
+    /// `replaced` (kept by restore on purpose), `restore-staging` or
+    /// `verify-scratch` (an interrupted run's).
+    pub(super) kind: &'static str,
+    pub(super) bytes: u64,
+    pub(super) sessions: i64,
+}
+
+fn scratch_owner_alive(name: &str) -> bool {
+    name.split('_')
+        .nth(3)
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('_', "\\_")
+        .replace('%', "\\%")
+}
+
+/// What `backup prune` drops: an interrupted run's staging and scratch
+/// databases nobody is connected to, and replaced databases beyond the
+/// newest `keep_replaced`.
+pub(super) fn leftovers_to_drop(
+    list: &[Leftover],
+    keep_replaced: usize,
+) -> Vec<(&Leftover, String)> {
+    let mut drop = Vec::new();
+    let mut replaced = 0;
+    for l in list {
+        match l.kind {
+            "replaced" => {
+                replaced += 1;
+                if replaced > keep_replaced {
+                    drop.push((l, format!("a replaced database beyond the newest {keep_replaced} (backups.keep_replaced)")));
+                }
+            }
+            // A verify or drill running now on this machine owns its scratch
+            // (`mre_ops_<tag>_<pid>_<hex>`).
+            "verify-scratch" if scratch_owner_alive(&l.name) => {}
+            _ if l.sessions == 0 => drop.push((
+                l,
+                "left by an interrupted run, nobody connected".to_string(),
+            )),
+            _ => {}
+        }
+    }
+    drop
 }
 
 pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
@@ -114,9 +210,28 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
             })
         })
         .collect();
+    // Best effort: the backups are listed even when the server is down.
+    let leftovers = t.leftovers().unwrap_or_default();
     if out.json {
-        out.json_doc(&serde_json::json!({"environment": t.env.name, "folder": t.folder.as_str(), "backups": rows}));
+        out.json_doc(&serde_json::json!({"environment": t.env.name, "folder": t.folder.as_str(), "backups": rows, "leftover_databases": leftovers}));
         return Ok(());
+    }
+    if !leftovers.is_empty() {
+        out.line(&format!("Leftover databases of `{}` on its server (`cargo xtask backup prune {}` drops them by retention):", t.env.name, t.env.name));
+        for l in &leftovers {
+            out.line(&format!(
+                "  {:<48} {:<16} {:>10}{}",
+                l.name,
+                l.kind,
+                human_size(l.bytes),
+                if l.sessions > 0 {
+                    format!("  ({} session(s) connected)", l.sessions)
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        out.line("");
     }
     if backups.is_empty() {
         out.line(&format!(
@@ -244,6 +359,28 @@ pub(super) fn prune(t: &Target, out: &Output, dry_run: bool) -> Result<()> {
             }
         }
     }
+    // Databases operations left on the server.
+    let leftovers = t.leftovers().unwrap_or_default();
+    let mut dropped_dbs = Vec::new();
+    for (l, why) in leftovers_to_drop(&leftovers, t.settings.keep_replaced) {
+        if dry_run {
+            out.line(&format!(
+                "would drop database {} ({}, {})",
+                l.name,
+                human_size(l.bytes),
+                why
+            ));
+        } else {
+            drop_database(t, &l.name)?;
+            out.line(&format!(
+                "dropped database {} ({}, {})",
+                l.name,
+                human_size(l.bytes),
+                why
+            ));
+        }
+        dropped_dbs.push(l.name.clone());
+    }
     let mut deleted = Vec::new();
     for (b, d) in backups.iter().zip(&decisions) {
         if d.keep {
@@ -264,7 +401,7 @@ pub(super) fn prune(t: &Target, out: &Output, dry_run: bool) -> Result<()> {
         out.json_doc(&serde_json::json!({
             "environment": t.env.name, "dry_run": dry_run,
             "keep_days": t.settings.keep_days, "keep_min": t.settings.keep_min,
-            "decisions": decisions,
+            "decisions": decisions, "dropped_databases": dropped_dbs,
         }));
     } else {
         out.line(&format!(
