@@ -1,5 +1,6 @@
 //! The tree stays tidy: every source file says what it is for in a `//!`
-//! line, and every command's `--help` names the runbook section it automates.
+//! line, every command's `--help` names the runbook section it automates, no
+//! file passes ~600 lines, and the layers import only downwards.
 
 mod common;
 
@@ -67,4 +68,64 @@ fn every_command_help_names_its_runbook_section() {
             "`cargo xtask {c} --help` must name the runbook section it automates:\n{text}"
         );
     }
+}
+
+/// A file past ~600 lines holds two concerns (ARCHITECTURE.md).
+#[test]
+fn no_source_file_is_over_600_lines() {
+    let root = common::workspace_root();
+    let mut files = Vec::new();
+    rust_files(&root.join("xtask/src"), &mut files);
+    let big: Vec<String> = files
+        .iter()
+        .filter_map(|p| {
+            let n = std::fs::read_to_string(p).unwrap().lines().count();
+            (n > 650).then(|| format!("{} ({n} lines)", p.strip_prefix(&root).unwrap().display()))
+        })
+        .collect();
+    assert!(big.is_empty(), "split these by concern: {big:?}");
+}
+
+/// Adapters are the edge: they import nothing above them, and config (the
+/// settings types) imports no runbook section.
+#[test]
+fn layers_import_only_downwards() {
+    let root = common::workspace_root();
+    let sections = [
+        "deployment_architecture",
+        "deployment",
+        "database_migrations",
+        "health_checks",
+        "post_deployment_verification",
+        "rollback_procedures",
+        "disaster_recovery",
+        "releases",
+        "demo",
+    ];
+    let mut bad = Vec::new();
+    for (dir, forbidden) in [
+        ("xtask/src/adapters", vec!["config", "core"]),
+        (
+            "xtask/src/config",
+            vec!["core::steps", "core::check", "core::lock", "core::session"],
+        ),
+        ("xtask/src/core", vec![]),
+    ] {
+        let mut files = Vec::new();
+        rust_files(&root.join(dir), &mut files);
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            for name in forbidden.iter().copied().chain(sections) {
+                if text.contains(&format!("crate::{name}::"))
+                    || text.contains(&format!("crate::{name};"))
+                {
+                    bad.push(format!(
+                        "{} imports crate::{name}",
+                        f.strip_prefix(&root).unwrap().display()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "imports that point upwards: {bad:?}");
 }
