@@ -13,126 +13,210 @@ use crate::adapters::output::Output;
 use crate::config::Env;
 use crate::core::files::write_private;
 
+/// What the steps of `backup create` hand on.
+#[derive(Default)]
+pub(super) struct CreateState {
+    client: Option<postgres::Client>,
+    start: Option<Utc>,
+    snapshot: String,
+    server_version: String,
+    pg_dump_version: String,
+    tables: Vec<String>,
+    counts: BTreeMap<String, i64>,
+    name: String,
+    tmp: Option<Utf8PathBuf>,
+    path: Option<Utf8PathBuf>,
+    sha256: String,
+    size: u64,
+    backup: Option<Backup>,
+}
+
 // Siblings: the module's parts share their items (pub(super)).
 #[allow(unused_imports)]
 use super::*;
 
 impl<'a> Target<'a> {
-    pub(super) fn create(&self, out: &Output, reason: &str) -> Result<Backup> {
-        create_dir_private(&self.folder)?;
-        let pg_dump_version = self
-            .pg_dump_version()
-            .context("asking pg_dump for its version")?;
-        let mut client = self.connect(&self.database)?;
-        let start = Utc::now();
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .context("starting the snapshot transaction")?;
-        let row = client
-            .query_one(
-                "SELECT pg_export_snapshot(), current_setting('server_version')",
-                &[],
-            )
-            .context("exporting a snapshot (pg_export_snapshot)")?;
-        let snapshot: String = row.get(0);
-        let server_version: String = row.get(1);
-        let tables: Vec<String> = client
-            .query(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1",
-                &[],
-            )
-            .context("listing the tables")?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-
-        let mut name = format!("{}-{}", self.database, start.compact());
-        let mut n = 1;
-        while self.folder.join(format!("{name}.dump")).exists() {
-            n += 1;
-            name = format!("{}-{}-{n}", self.database, start.compact());
-        }
-        let path = self.folder.join(format!("{name}.dump"));
-        // Never ends in .dump: an interrupted dump cannot pass for a backup.
-        let tmp = self
-            .folder
-            .join(format!(".{name}.dump.partial-{}", std::process::id()));
+    /// `backup create` as a plan: what `--dry-run` prints is what runs.
+    pub(super) fn create_plan<'p>(
+        &'p self,
+        out: &'p Output,
+        reason: &'p str,
+    ) -> Plan<'p, CreateState> {
+        let mut plan: Plan<CreateState> = Plan::new(format!("backup create {}", self.env.name));
+        plan.step(
+            "Export a snapshot",
+            format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_export_snapshot()   (on {})",
+                describe_url(&self.url)
+            ),
+            move |st: &mut CreateState| {
+                create_dir_private(&self.folder)?;
+                st.pg_dump_version = self.pg_dump_version().context("asking pg_dump for its version")?;
+                let mut client = self.connect(&self.database)?;
+                st.start = Some(Utc::now());
+                client
+                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    .context("starting the snapshot transaction")?;
+                let row = client
+                    .query_one("SELECT pg_export_snapshot(), current_setting('server_version')", &[])
+                    .context("exporting a snapshot (pg_export_snapshot)")?;
+                st.snapshot = row.get(0);
+                st.server_version = row.get(1);
+                st.tables = list_tables(&mut client)?;
+                st.client = Some(client);
+                Ok(())
+            },
+        );
         let tool = self.tool(
             "pg_dump",
-            &["-Fc".into(), format!("--snapshot={snapshot}")],
+            &["-Fc".into(), "--snapshot=SNAPSHOT".into()],
             &self.database,
         );
-        out.detail(&self.show(&tool, None, Some(tmp.as_str())));
+        plan.step(
+            "Dump, and count rows in the same snapshot meanwhile",
+            format!(
+                "{}   (and SELECT count(*) of every table in the snapshot, concurrently)",
+                self.show(
+                    &tool,
+                    None,
+                    Some(&format!(
+                        "{}/.{}-TIMESTAMP.dump.partial-PID",
+                        self.folder, self.database
+                    ))
+                )
+            ),
+            move |st: &mut CreateState| {
+                let start = st.start.expect("snapshot exported");
+                let mut name = format!("{}-{}", self.database, start.compact());
+                let mut n = 1;
+                while self.folder.join(format!("{name}.dump")).exists() {
+                    n += 1;
+                    name = format!("{}-{}-{n}", self.database, start.compact());
+                }
+                // Never ends in .dump: an interrupted dump cannot pass for a backup.
+                let tmp = self
+                    .folder
+                    .join(format!(".{name}.dump.partial-{}", std::process::id()));
+                st.name = name;
+                st.tmp = Some(tmp.clone());
+                let tool = self.tool(
+                    "pg_dump",
+                    &["-Fc".into(), format!("--snapshot={}", st.snapshot)],
+                    &self.database,
+                );
+                out.detail(&self.show(&tool, None, Some(tmp.as_str())));
+                let file = open_private(&tmp)?;
+                let mut sink = HashingWriter::new(file);
+                let mut client = st.client.take().expect("snapshot exported");
+                let tables = &st.tables;
+                let (dumped, counts) = std::thread::scope(|s| {
+                    let counter = s.spawn(|| count_rows(&mut client, tables));
+                    let dumped = self.run(&tool, None, &mut sink);
+                    (dumped, counter.join().expect("row count thread"))
+                });
+                let _ = client.batch_execute("COMMIT");
+                dumped.with_context(|| format!("dumping database `{}`", self.database))?;
+                st.counts = counts.context("counting rows in the dump's snapshot")?;
+                let (file, sha, size) = sink.finish();
+                if size < 5 {
+                    bail!("pg_dump wrote {size} bytes: not an archive");
+                }
+                file.sync_all().with_context(|| format!("fsync {tmp}"))?;
+                st.sha256 = sha;
+                st.size = size;
+                Ok(())
+            },
+        )
+        .undo(
+            "remove the partial file (nothing is kept)",
+            move |st: &mut CreateState| {
+                if let Some(tmp) = st.tmp.take() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                Ok(())
+            },
+        );
+        plan.step(
+            "Check the archive and keep it",
+            format!("PGDMP magic, then rename to {}/{}-TIMESTAMP.dump (mode 0600) and fsync the folder", self.folder, self.database),
+            move |st: &mut CreateState| {
+                let tmp = st.tmp.clone().expect("dumped");
+                if !starts_with_magic(&tmp)? {
+                    bail!("pg_dump's output does not start with PGDMP: not a custom-format archive; nothing was kept");
+                }
+                let path = self.folder.join(format!("{}.dump", st.name));
+                std::fs::rename(&tmp, &path).with_context(|| format!("renaming {tmp} to {path}"))?;
+                st.tmp = None;
+                sync_dir(&self.folder)?;
+                st.path = Some(path);
+                Ok(())
+            },
+        );
+        plan.step(
+            "Write the manifest",
+            format!(
+                "{}/{}-TIMESTAMP.json (SHA-256, size, versions, row counts)",
+                self.folder, self.database
+            ),
+            move |st: &mut CreateState| {
+                let start = st.start.expect("snapshot exported");
+                let finished = Utc::now();
+                let manifest = Manifest {
+                    format: FORMAT.into(),
+                    file: format!("{}.dump", st.name),
+                    sha256: st.sha256.clone(),
+                    size: st.size,
+                    environment: self.env.name.clone(),
+                    database: self.database.clone(),
+                    server_version: st.server_version.clone(),
+                    pg_dump_version: st.pg_dump_version.clone(),
+                    method: self.method,
+                    reason: reason.into(),
+                    started_at: start.rfc3339(),
+                    started_unix: start.unix(),
+                    finished_at: finished.rfc3339(),
+                    git_commit: git_commit(&self.env.dir),
+                    tables: std::mem::take(&mut st.counts),
+                    verifications: Vec::new(),
+                    offsite: None,
+                };
+                let mut backup = Backup {
+                    path: st.path.clone().expect("kept"),
+                    name: st.name.clone(),
+                    manifest: None,
+                };
+                backup.save_manifest(&manifest)?;
+                backup.manifest = Some(manifest);
+                st.backup = Some(backup);
+                Ok(())
+            },
+        );
+        if let Some(dest) = &self.settings.offsite {
+            let root = self.env.dir.join(dest);
+            plan.step(
+                "Copy off-site and re-check the SHA-256 there",
+                format!("{root}/{}/", self.env.name),
+                move |st: &mut CreateState| {
+                    let backup = st.backup.as_mut().expect("written");
+                    self.copy_offsite(backup, &root, out)
+                },
+            );
+        }
+        plan
+    }
 
-        let written = (|| -> Result<(String, u64, BTreeMap<String, i64>)> {
-            let file = open_private(&tmp)?;
-            let mut sink = HashingWriter::new(file);
-            // Count rows in the snapshot while pg_dump reads it.
-            let (dumped, counts) = std::thread::scope(|s| {
-                let counter = s.spawn(|| count_rows(&mut client, &tables));
-                let dumped = self.run(&tool, None, &mut sink);
-                (dumped, counter.join().expect("row count thread"))
-            });
-            dumped.with_context(|| format!("dumping database `{}`", self.database))?;
-            let counts = counts.context("counting rows in the dump's snapshot")?;
-            let (file, sha, size) = sink.finish();
-            if size < 5 {
-                bail!("pg_dump wrote {size} bytes: not an archive");
-            }
-            file.sync_all().with_context(|| format!("fsync {tmp}"))?;
-            Ok((sha, size, counts))
-        })();
-        let _ = client.batch_execute("COMMIT");
-        let (sha256, size, tables) = match written {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(e.context(format!(
+    /// `pg_dump -Fc` with its manifest, written atomically.
+    pub(super) fn create(&self, out: &Output, reason: &str) -> Result<Backup> {
+        let mut st = CreateState::default();
+        self.create_plan(out, reason)
+            .execute_with(out, false, &mut st)
+            .map_err(|e| {
+                e.context(format!(
                     "the backup of `{}` failed; nothing was kept (the partial file was removed)",
                     self.env.name
-                )));
-            }
-        };
-        if !starts_with_magic(&tmp)? {
-            let _ = std::fs::remove_file(&tmp);
-            bail!("pg_dump's output does not start with PGDMP: not a custom-format archive; nothing was kept");
-        }
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming {tmp} to {path}"))?;
-        sync_dir(&self.folder)?;
-        let finished = Utc::now();
-        let manifest = Manifest {
-            format: FORMAT.into(),
-            file: format!("{name}.dump"),
-            sha256,
-            size,
-            environment: self.env.name.clone(),
-            database: self.database.clone(),
-            server_version,
-            pg_dump_version,
-            method: self.method,
-            reason: reason.into(),
-            started_at: start.rfc3339(),
-            started_unix: start.unix(),
-            finished_at: finished.rfc3339(),
-            git_commit: git_commit(&self.env.dir),
-            tables,
-            verifications: Vec::new(),
-            offsite: None,
-        };
-        let mut backup = Backup {
-            path,
-            name,
-            manifest: None,
-        };
-        backup.save_manifest(&manifest)?;
-        backup.manifest = Some(manifest);
-        if let Some(dest) = &self.settings.offsite {
-            self.copy_offsite(&mut backup, &self.env.dir.join(dest), out)?;
-        }
-        Ok(backup)
+                ))
+            })?;
+        Ok(st.backup.expect("the plan writes it"))
     }
 
     pub(super) fn copy_offsite(

@@ -152,45 +152,8 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             let env = session::env(ops, out, env)?;
             let t = Target::new(&env, *method)?;
             if *dry_run {
-                let tool = t.tool(
-                    "pg_dump",
-                    &["-Fc".into(), "--snapshot=SNAPSHOT".into()],
-                    &t.database,
-                );
-                let mut plan = Plan::new(format!("backup create {}", env.name));
-                plan.action(
-                    "Export a snapshot and count rows in it",
-                    format!(
-                        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT pg_export_snapshot(); SELECT count(*) per table   (on {})",
-                        describe_url(&t.url)
-                    ),
-                    || Ok(()),
-                );
-                plan.action(
-                    "Dump through a temporary file, fsync, rename (mode 0600)",
-                    t.show(
-                        &tool,
-                        None,
-                        Some(&format!("{}/{}-TIMESTAMP.dump", t.folder, t.database)),
-                    ),
-                    || Ok(()),
-                );
-                plan.action(
-                    "Write the manifest",
-                    format!(
-                        "{}/{}-TIMESTAMP.json (SHA-256, size, versions, row counts)",
-                        t.folder, t.database
-                    ),
-                    || Ok(()),
-                );
-                if let Some(o) = &t.settings.offsite {
-                    plan.action(
-                        "Copy off-site and re-check the SHA-256 there",
-                        format!("{}/{}/", env.dir.join(o), env.name),
-                        || Ok(()),
-                    );
-                }
-                return plan.execute(out, true);
+                t.create_plan(out, "manual").print(out);
+                return Ok(());
             }
             let b = {
                 let _s = out.section(&format!(

@@ -3,7 +3,6 @@
 //! `docker exec -it mre-postgres pg_restore ...`) or on this machine, scratch
 //! databases, and the SQL shared by backup, verify and restore.
 
-use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::str::FromStr;
@@ -304,32 +303,6 @@ pub(super) enum Tool {
 
 /// A database created by the tool, dropped when this goes out of scope,
 /// even on failure, unless it was swapped in.
-pub(super) struct Scratch<'a> {
-    pub(super) target: &'a Target<'a>,
-    pub(super) name: String,
-    pub(super) keep: Cell<bool>,
-}
-
-impl Scratch<'_> {
-    pub(super) fn drop_now(self) -> Result<()> {
-        self.keep.set(true);
-        drop_database(self.target, &self.name)
-    }
-}
-
-impl Drop for Scratch<'_> {
-    fn drop(&mut self) {
-        if !self.keep.get() {
-            if let Err(e) = drop_database(self.target, &self.name) {
-                eprintln!(
-                    "warning: could not drop the scratch database `{}`: {e:#}. Drop it by hand: DROP DATABASE \"{}\"",
-                    self.name, self.name
-                );
-            }
-        }
-    }
-}
-
 pub(super) fn drop_database(t: &Target, name: &str) -> Result<()> {
     let mut admin = t.connect(&t.settings.maintenance_db)?;
     admin
@@ -394,6 +367,24 @@ pub(super) fn create_like(
 
 pub(super) fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The user tables of the client's database, quoted (`format('%I.%I')`):
+/// ordinary and partitioned tables outside the system, toast and temporary
+/// schemas. One list for the backup's counts and the restore's check.
+pub(super) fn list_tables(client: &mut postgres::Client) -> Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' ORDER BY 1",
+            &[],
+        )
+        .context("listing the tables")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// Exact row counts, one `SELECT count(*)` per table, in the client's

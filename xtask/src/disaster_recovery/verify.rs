@@ -2,7 +2,6 @@
 //! `drill`: a full restore into a scratch database, row counts against the
 //! manifest, timed, with a report; nothing live is touched.
 
-use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -67,17 +66,9 @@ impl<'a> Target<'a> {
         let mut client = self.connect(db)?;
         // Only names the restored database itself reports are put into SQL:
         // the manifest is a file anyone could have edited.
-        let existing: std::collections::BTreeSet<String> = client
-            .query(
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c \
-                 JOIN pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-                 AND n.nspname NOT LIKE 'pg_toast%'",
-                &[],
-            )
+        let existing: std::collections::BTreeSet<String> = list_tables(&mut client)
             .with_context(|| format!("listing the tables of `{db}`"))?
-            .iter()
-            .map(|r| r.get(0))
+            .into_iter()
             .collect();
         let tables: Vec<String> = m
             .tables
@@ -128,7 +119,8 @@ impl<'a> Target<'a> {
         backup.save_manifest(&m)
     }
 
-    pub(super) fn scratch(&self, tag: &str) -> Result<Scratch<'_>> {
+    /// Create an empty scratch database; its name. The caller drops it.
+    pub(super) fn scratch(&self, tag: &str) -> Result<String> {
         let name = format!("mre_ops_{tag}_{}_{}", std::process::id(), random_hex(4)?);
         let mut admin = self.connect(&self.settings.maintenance_db)?;
         admin
@@ -139,90 +131,114 @@ impl<'a> Target<'a> {
                     self.user
                 )
             })?;
-        Ok(Scratch {
-            target: self,
-            name,
-            keep: Cell::new(false),
-        })
+        Ok(name)
     }
 
-    /// Checksum, restore into a scratch database, row counts; each step timed.
-    pub(super) fn rehearse(&self, backup: &Backup, out: &Output) -> Rehearsal {
-        let mut r = Rehearsal::default();
-        let step = |r: &mut Rehearsal, title: &str, f: &mut dyn FnMut() -> Result<String>| {
-            if r.failed.is_some() {
-                return;
-            }
-            let _s = out.section(title);
-            let t = Instant::now();
-            let result = f();
-            let secs = t.elapsed().as_secs_f64();
-            match result {
-                Ok(detail) => r.steps.push((title.to_string(), secs, true, detail)),
-                Err(e) => {
-                    let text = format!("{e:#}");
-                    r.steps.push((title.to_string(), secs, false, text.clone()));
-                    r.failed = Some(text);
-                }
-            }
-        };
-        step(
-            &mut r,
+    /// The rehearsal as a plan: checksum, a scratch database, a full
+    /// restore into it, row counts, drop. `--dry-run` prints it; `rehearse`
+    /// runs it. The scratch database's drop is also the undo of its creation,
+    /// so a failing step never leaves it.
+    pub(super) fn rehearsal_plan<'p>(&'p self, backup: &'p Backup) -> Plan<'p, Rehearsal> {
+        let mut plan: Plan<Rehearsal> = Plan::new(format!(
+            "rehearse the recovery of {} on `{}` (nothing live is touched)",
+            backup.name, self.env.name
+        ));
+        plan.step(
             "Check the SHA-256 against the manifest",
-            &mut || {
+            format!("SHA-256 and size of {}, against its manifest", backup.path),
+            move |st: &mut Rehearsal| {
                 self.check_checksum(backup)?;
-                Ok(format!(
-                    "{} bytes, SHA-256 {}",
-                    backup.manifest()?.size,
-                    backup.manifest()?.sha256
-                ))
+                let m = backup.manifest()?;
+                st.detail(format!("{} bytes, SHA-256 {}", m.size, m.sha256));
+                Ok(())
             },
         );
-        let scratch: RefCell<Option<Scratch>> = RefCell::new(None);
-        step(&mut r, "Create a scratch database", &mut || {
-            let s = self.scratch("verify")?;
-            let name = s.name.clone();
-            *scratch.borrow_mut() = Some(s);
-            Ok(format!("`{name}` on {}", describe_url(&self.url)))
-        });
-        r.inconclusive = r.failed.is_some() && r.steps.len() == 2;
-        step(
-            &mut r,
+        plan.step(
+            "Create a scratch database",
+            format!(
+                "CREATE DATABASE mre_ops_verify_<pid>_<random> TEMPLATE template0 on {}",
+                describe_url(&self.url)
+            ),
+            move |st: &mut Rehearsal| {
+                st.creating_scratch = true;
+                let name = self.scratch("verify")?;
+                st.detail(format!("`{name}` on {}", describe_url(&self.url)));
+                st.scratch = Some(name);
+                Ok(())
+            },
+        )
+        .undo(
+            "DROP DATABASE the scratch database WITH (FORCE)",
+            move |st: &mut Rehearsal| match st.scratch.take() {
+                Some(name) => drop_database(self, &name),
+                None => Ok(()),
+            },
+        );
+        plan.step(
             "Restore into it (pg_restore --exit-on-error)",
-            &mut || {
-                let db = scratch.borrow().as_ref().expect("created").name.clone();
+            self.show_restore(backup, "mre_ops_verify_<pid>_<random>"),
+            move |st: &mut Rehearsal| {
+                st.creating_scratch = false;
+                let db = st.scratch.clone().expect("created by the step before");
                 self.restore_into(backup, &db)?;
-                Ok(format!("restored into `{db}` without an error"))
+                st.detail(format!("restored into `{db}` without an error"));
+                Ok(())
             },
         );
-        step(
-            &mut r,
+        plan.step(
             "Compare per-table row counts with the manifest",
-            &mut || {
-                let db = scratch.borrow().as_ref().expect("created").name.clone();
+            "SELECT count(*) of every table in the scratch database, against the manifest",
+            move |st: &mut Rehearsal| {
+                let db = st.scratch.clone().expect("created");
                 let n = self.check_counts(backup, &db)?;
                 let rows: i64 = backup.manifest()?.tables.values().sum();
-                Ok(format!("{n} tables, {rows} rows, all as in the manifest"))
+                st.detail(format!("{n} tables, {rows} rows, all as in the manifest"));
+                Ok(())
             },
         );
-        step(
-            &mut r,
+        plan.step(
             "Drop the scratch database",
-            &mut || match scratch.borrow_mut().take() {
-                Some(s) => {
-                    let name = s.name.clone();
-                    s.drop_now()?;
-                    Ok(format!("`{name}` dropped"))
+            "DROP DATABASE ... WITH (FORCE)   (also when a step fails)",
+            move |st: &mut Rehearsal| {
+                if let Some(name) = st.scratch.take() {
+                    drop_database(self, &name)?;
+                    st.detail(format!("`{name}` dropped"));
                 }
-                None => Ok("nothing to drop".into()),
+                Ok(())
             },
         );
-        // A failed step leaves it: the guard drops it now.
-        drop(scratch);
-        r
+        plan
+    }
+
+    /// Run the rehearsal; each step timed, with what it found.
+    pub(super) fn rehearse(&self, backup: &Backup, out: &Output) -> Rehearsal {
+        let mut st = Rehearsal::default();
+        let (result, timings) = self.rehearsal_plan(backup).execute_timed(out, &mut st);
+        let details = std::mem::take(&mut st.details);
+        st.steps = timings
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let detail = details.get(i).cloned().unwrap_or_default();
+                (t.title, t.seconds, t.ok, detail)
+            })
+            .collect();
+        if let Err(e) = result {
+            // The failing step's own error, not the runner's summary line.
+            let why = format!("{:#}", e.root_cause());
+            if let Some(last) = st.steps.last_mut() {
+                last.3 = why.clone();
+            }
+            // No scratch database could be made: the server's failure, not
+            // the backup's.
+            st.inconclusive = st.creating_scratch;
+            st.failed = Some(why);
+        }
+        st
     }
 }
 
+/// What a rehearsal found, step by step.
 #[derive(Default)]
 pub(super) struct Rehearsal {
     /// (title, seconds, ok, detail)
@@ -231,9 +247,16 @@ pub(super) struct Rehearsal {
     /// The failure was the server's (no scratch database could be made),
     /// not the backup's: nothing was learnt about the backup.
     pub(super) inconclusive: bool,
+    details: Vec<String>,
+    scratch: Option<String>,
+    creating_scratch: bool,
 }
 
 impl Rehearsal {
+    fn detail(&mut self, text: String) {
+        self.details.push(text);
+    }
+
     pub(super) fn seconds(&self) -> f64 {
         self.steps.iter().map(|s| s.1).sum()
     }
@@ -264,38 +287,15 @@ pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
     let t = Target::new(&env, None)?;
     if args.dry_run {
-        let mut plan = Plan::new(format!("drill {} (nothing live is touched)", env.name));
-        plan.action(
-            "Find the backup",
-            format!("`{}` in {}", args.backup, t.folder),
-            || Ok(()),
-        );
-        plan.action(
-            "Check the SHA-256 against the manifest",
-            "SHA-256 and size of the file, against its manifest",
-            || Ok(()),
-        );
-        plan.action(
-            "Restore into a scratch database",
-            format!("CREATE DATABASE mre_ops_verify_PID_RAND; pg_restore --exit-on-error ...   (method {})", if t.method == Method::Container { "container" } else { "host" }),
-            || Ok(()),
-        );
-        plan.action(
-            "Compare per-table row counts with the manifest",
-            "SELECT count(*) per table in the scratch database",
-            || Ok(()),
-        );
-        plan.action(
-            "Drop the scratch database",
-            "DROP DATABASE mre_ops_verify_PID_RAND WITH (FORCE)   (also when a step fails)",
-            || Ok(()),
-        );
-        plan.action(
-            "Write the report",
-            format!("{}/drill-TIMESTAMP.md", t.folder),
-            || Ok(()),
-        );
-        return plan.execute(out, true);
+        let backup = t.resolve(&args.backup)?;
+        t.rehearsal_plan(&backup).print(out);
+        if !out.json {
+            out.line(&format!(
+                "  then: write the report to {}/drill-TIMESTAMP.md",
+                t.folder
+            ));
+        }
+        return Ok(());
     }
     let started = Utc::now();
     let clock = Instant::now();
