@@ -117,6 +117,17 @@ fn maintenance_db(env: &Env) -> String {
 
 /// Take the environment's lock for `operation`, waiting up to `--lock-wait`.
 pub fn acquire(env: &Env, out: &Output, operation: &str) -> Result<EnvLock> {
+    acquire_waiting(env, out, operation, Duration::ZERO)
+}
+
+/// The same, waiting at least `at_least` (`migrate deploy` waits its
+/// `migrations.lock_wait_secs`, as it always waited for another migrator).
+pub fn acquire_waiting(
+    env: &Env,
+    out: &Output,
+    operation: &str,
+    at_least: Duration,
+) -> Result<EnvLock> {
     {
         let mut held = HELD.lock().unwrap();
         if let Some(n) = held.get_mut(&env.name) {
@@ -132,7 +143,7 @@ pub fn acquire(env: &Env, out: &Output, operation: &str) -> Result<EnvLock> {
             return Ok(nested(env));
         }
     }
-    let wait = WAIT.get().copied().unwrap_or_default();
+    let wait = WAIT.get().copied().unwrap_or_default().max(at_least);
     let start = Instant::now();
     let me = Holder::me(operation);
 
@@ -150,6 +161,7 @@ pub fn acquire(env: &Env, out: &Output, operation: &str) -> Result<EnvLock> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("opening the lock file {path}"))?;
+    let mut said = false;
     loop {
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -165,7 +177,17 @@ pub fn acquire(env: &Env, out: &Output, operation: &str) -> Result<EnvLock> {
                 env.name
             );
         }
-        out.progress(&format!("waiting for the lock of `{}`", env.name));
+        if !said {
+            out.line(&format!(
+                "Waiting for the lock of `{}`, held by {}; at most {} s",
+                env.name,
+                holder
+                    .map(|h| h.describe())
+                    .unwrap_or_else(|| "another mre-ops command".into()),
+                wait.as_secs()
+            ));
+            said = true;
+        }
         std::thread::sleep(Duration::from_millis(250));
         crate::core::interrupt::check()?;
     }

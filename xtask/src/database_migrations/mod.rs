@@ -122,6 +122,18 @@ pub fn migrate(ops: &Ops, out: &Output, args: &MigrateArgs) -> Result<()> {
         } => {
             let env = session::env(ops, out, env)?;
             let backup = needs_backup(&env)?;
+            // The environment's lock (beside Prisma's advisory lock, which
+            // only orders migrators): no restore or release meanwhile.
+            let _lock = if *dry_run {
+                None
+            } else {
+                Some(crate::core::lock::acquire_waiting(
+                    &env,
+                    out,
+                    &format!("migrate deploy {}", env.name),
+                    Duration::from_secs(env.settings.migrations.lock_wait_secs),
+                )?)
+            };
             deploy(
                 &env,
                 out,
@@ -142,6 +154,15 @@ pub fn migrate(ops: &Ops, out: &Output, args: &MigrateArgs) -> Result<()> {
             dry_run,
         } => {
             let env = session::env(ops, out, env)?;
+            let _lock = if *dry_run {
+                None
+            } else {
+                Some(crate::core::lock::acquire(
+                    &env,
+                    out,
+                    &format!("migrate resolve {}", env.name),
+                )?)
+            };
             match (applied, rolled_back) {
                 (Some(name), None) => resolve(&env, out, name, true, *dry_run),
                 (None, Some(name)) => resolve(&env, out, name, false, *dry_run),
