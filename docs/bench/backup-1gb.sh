@@ -3,7 +3,8 @@
 # PostgreSQL 15 holding >= 1 GB of pgbench tables, time side by side in one
 # run:
 #   pg_dump -Fc to a file            vs  cargo xtask backup create
-#   pg_restore into an empty db      vs  the restore step of cargo xtask restore
+#   pg_restore into an empty db      vs  the safety backup + restore step, and the
+#                                        whole guarded cargo xtask restore
 # and the whole `restore`, `backup verify` and `drill`.
 # Usage (as root, from the workspace root): docs/bench/backup-1gb.sh [SCALE]
 # Needs /usr/lib/postgresql/15/bin. Leaves nothing behind (trap).
@@ -61,7 +62,7 @@ for i in $(seq "$RUNS"); do
   alone+=("$(t $BIN/pg_restore --exit-on-error -h 127.0.0.1 -p $PORT -U pacetracer -d plain_restore "$WORK/plain.dump")")
   $PSQL -d postgres -c "DROP DATABASE plain_restore"
   wholes+=("$(t $X -v restore bench latest --yes --wait 30 2>"$WORK/restore.log")")
-  steps+=("$(grep -o 'Restore into a new database took [0-9.]*s' "$WORK/restore.log" | tail -1 | grep -o '[0-9.]*s$' | tr -d s)")
+  steps+=("$(grep -o 'Take a safety backup while restoring into a new database took [0-9.]*s' "$WORK/restore.log" | tail -1 | grep -o '[0-9.]*s$' | tr -d s)")
 done
 # What create adds on top of pg_dump: exact counts of every table, alone.
 counts=$(t $PSQL -d pacetracer -c "SELECT (SELECT count(*) FROM pgbench_accounts) + (SELECT count(*) FROM pgbench_history) + (SELECT count(*) FROM pgbench_tellers) + (SELECT count(*) FROM pgbench_branches)")
@@ -78,8 +79,8 @@ runs: pg_restore ${alone[*]} | restore step ${steps[*]} | whole restore ${wholes
 | measured (median of $RUNS, alternating) | mre-ops (s) | plain tool (s) | ratio |
 |---|---:|---:|---:|
 | \`backup create\` vs \`pg_dump -Fc -f FILE\` | $(f $create) | $(f $dump) | $(r $create $dump) |
-| restore step of \`restore\` vs \`pg_restore -d EMPTYDB FILE\` | $(f $restore_step) | $(f $restore_alone) | $(r $restore_step $restore_alone) |
-| whole \`restore\` (stop, safety backup, restore, counts, swap, start, health) | $(f $restore_whole) | | |
+| safety backup + restore step of \`restore\` (overlapped) vs \`pg_restore -d EMPTYDB FILE\` | $(f $restore_step) | $(f $restore_alone) | $(r $restore_step $restore_alone) |
+| whole guarded \`restore\` (checks, lock, stop, safety backup ∥ restore, counts, swap, start, health) vs \`pg_restore\` | $(f $restore_whole) | $(f $restore_alone) | $(r $restore_whole $restore_alone) |
 | exact \`count(*)\` of every table, alone (what \`create\` adds, run alongside pg_dump) | $(f $counts) | | |
 | \`backup verify\` (checksum, restore into scratch, counts, drop) | $(f $verify) | | |
 | \`drill\` | $(f $drill) | | |

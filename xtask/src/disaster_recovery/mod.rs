@@ -185,6 +185,7 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
                 println!("{}", b.path);
             }
             out.step_summary(&format!("Backup of `{}`: `{}`", env.name, b.path));
+            out.github_output(&[("backup_path", b.path.as_str()), ("backup_name", &b.name)]);
             Ok(())
         }
         BackupCmd::List { env } => {

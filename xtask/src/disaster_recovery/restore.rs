@@ -156,22 +156,12 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         move |st: &mut RestoreState| start_again(t, st),
     );
     plan.step(
-        "Take a safety backup",
+        "Take a safety backup while restoring into a new database",
         format!(
-            "cargo xtask backup create {}   (into {}; with the application stopped, it holds every write)",
-            env.name, t.folder
-        ),
-        move |st: &mut RestoreState| {
-            let b = t.create(out, &format!("safety before restoring {}", backup.name))?;
-            out.line(&format!("Safety backup: {}", b.path));
-            st.safety = Some(b);
-            Ok(())
-        },
-    );
-    plan.step(
-        "Restore into a new database",
-        format!(
-            "CREATE DATABASE {new_db}; {}",
+            "cargo xtask backup create {}   (into {}; with the application stopped, it holds every write)\n       \
+             and meanwhile: CREATE DATABASE {new_db}; {}",
+            env.name,
+            t.folder,
             t.show_restore(backup, new_db)
         ),
         move |st: &mut RestoreState| {
@@ -179,7 +169,23 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
             let mut admin = t.connect(&t.settings.maintenance_db)?;
             create_like(&mut admin, new_db, live, out)?;
             st.staged = true;
-            interruptible(t, new_db, || t.restore_into(backup, new_db))
+            // The two touch different databases: they overlap. The safety
+            // backup runs on its own connection and engine client (a Target
+            // is not shared across threads), quietly; its path is printed.
+            let reason = format!("safety before restoring {}", backup.name);
+            let (env, method) = (t.env, t.method);
+            let (safety, restored) = std::thread::scope(|s| {
+                let safety = s.spawn(move || {
+                    let quiet = Output::new(false, true, 0);
+                    Target::new(env, Some(method))?.create(&quiet, &reason)
+                });
+                let restored = interruptible(t, new_db, || t.restore_into(backup, new_db));
+                (safety.join().expect("safety backup thread"), restored)
+            });
+            let b = safety.context("the safety backup failed: nothing was swapped")?;
+            out.line(&format!("Safety backup: {}", b.path));
+            st.safety = Some(b);
+            restored
         },
     )
     .undo(

@@ -42,6 +42,16 @@ impl<'a> Target<'a> {
                 ),
             ),
             Method::Host => {
+                // From a file, pg_restore loads tables and builds indexes in
+                // parallel (not from the container's stdin).
+                let jobs = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .clamp(1, 4);
+                let mut opts = opts;
+                if jobs > 1 {
+                    opts.push(format!("--jobs={jobs}"));
+                }
                 let Tool::Host(cmd) = self.tool("pg_restore", &opts, db) else {
                     unreachable!()
                 };

@@ -303,7 +303,13 @@ fn finish(
         r.error(text);
     }
     r.emit(out);
-    out.github_output(&[("version", version), ("result", outcome)]);
+    let url = env
+        .settings
+        .services
+        .values()
+        .find_map(|s| s.url.clone())
+        .unwrap_or_default();
+    out.github_output(&[("version", version), ("result", outcome), ("url", &url)]);
     result
 }
 
