@@ -12,7 +12,7 @@ use common::{xtask, TempDir, XTASK};
 /// An environment whose deploy spends a few seconds in a pre-build step
 /// (no database, no engine needed until `compose build`).
 fn slow_env(dir: &TempDir) -> std::path::PathBuf {
-    dir.write("compose.yml", "services: {}\n");
+    dir.write("compose.yml", "version: \"3.8\"\nservices: {}\n");
     dir.write(
         "ops.toml",
         "[environments.t]\n[environments.t.compose]\nfiles = [\"compose.yml\"]\nproject = \"mre-lock-test\"\n\
@@ -154,7 +154,7 @@ fn recover_starts_what_a_killed_operation_stopped() {
     }
     let _rm = Rm(name.clone());
     common::docker(&["stop", "-t", "0", &name]);
-    dir.write("compose.yml", "services: {}\n");
+    dir.write("compose.yml", "version: \"3.8\"\nservices: {}\n");
     let config = dir.write(
         "ops.toml",
         "[environments.t]\n[environments.t.compose]\nfiles = [\"compose.yml\"]\nproject = \"mre-lock-test\"\n",
@@ -196,4 +196,24 @@ fn deploy_dry_run_needs_no_docker_engine() {
     );
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("Dry run: deploy t"), "{r:?}");
+}
+
+#[test]
+fn down_is_compose_down_under_the_lock() {
+    let dir = TempDir::new("lock-down");
+    let config = slow_env(&dir);
+    let dry = xtask(&config, &["down", "t", "--dry-run", "--volumes"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout.contains("down --remove-orphans --volumes"),
+        "{dry:?}"
+    );
+    let first = start_deploy(&config);
+    let r = xtask(&config, &["down", "t"]);
+    assert_eq!(r.code, 1, "refused while a deploy holds the lock: {r:?}");
+    assert!(r.stderr.contains("is locked"), "{r:?}");
+    let _ = first.wait_with_output().unwrap();
+    let r = xtask(&config, &["down", "t"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("`t` is down (volumes kept)"), "{r:?}");
 }

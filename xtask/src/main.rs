@@ -81,6 +81,7 @@ enum Cmd {
     Rollback(releases::RollbackArgs),
     Recover(rollback_procedures::RecoverArgs),
     Lock(rollback_procedures::LockArgs),
+    Down(rollback_procedures::DownArgs),
     /// Build the bundled demo stack's offline images (the stand-in for the
     /// MRE application).
     Demo(demo::DemoArgs),
@@ -145,6 +146,7 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Cmd::Rollback(args) => releases::rollback(&ops, out, args),
         Cmd::Recover(args) => rollback_procedures::recover(&ops, out, args),
         Cmd::Lock(args) => rollback_procedures::lock_cmd(&ops, out, args),
+        Cmd::Down(args) => rollback_procedures::down(&ops, out, args),
         Cmd::Health(args) => health_checks::health(&ops, out, args),
         Cmd::Status(args) => post_deployment_verification::status(&ops, out, args),
         Cmd::Logs(args) => post_deployment_verification::logs(&ops, out, args),

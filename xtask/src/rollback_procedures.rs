@@ -1,7 +1,8 @@
 //! Rollback Procedures, for operations that did not finish: `recover` starts
 //! what an interrupted (even `kill -9`ed) restore or deploy stopped and drops
 //! the databases it staged, from the record it wrote before changing
-//! anything; `lock status|release` shows and clears the environment's lock.
+//! anything; `lock status|release` shows and clears the environment's lock;
+//! `down` is the runbook's `docker compose down`.
 
 use std::time::Duration;
 
@@ -28,6 +29,95 @@ pub struct RecoverArgs {
     /// Print the steps without running them.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+/// Stop and remove an environment's containers (runbook: Application
+/// Rollback, "Stop current containers": `docker compose down`).
+///
+/// Takes the environment's lock; a protected environment asks first
+/// (`--yes` in CI). `--volumes` also deletes the volumes, the database's
+/// data with them: refused unless a backup younger than an hour passed its
+/// verification (`cargo xtask backup create ENV` then `backup verify ENV`).
+#[derive(clap::Args, Debug)]
+pub struct DownArgs {
+    /// Environment from ops.toml.
+    pub env: String,
+    /// Also delete the volumes (the database's data).
+    #[arg(long)]
+    pub volumes: bool,
+    /// Do not ask on a protected environment.
+    #[arg(long)]
+    pub yes: bool,
+    /// Print the steps without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn down(ops: &Ops, out: &Output, args: &DownArgs) -> Result<()> {
+    let env = session::env(ops, out, &args.env)?;
+    let compose = session::compose(&env)?;
+    if args.volumes && env.settings.database.is_some() {
+        let fresh = crate::disaster_recovery::newest_verified_age(&env)
+            .ok()
+            .flatten();
+        if fresh.is_none_or(|age| age >= 3600) {
+            return Err(crate::config::config_error(format!(
+                "--volumes deletes the database's data, and `{}` has no verified backup younger than an hour{}. \
+                 Take one first: `cargo xtask backup create {0}` then `cargo xtask backup verify {0}`. Nothing was changed",
+                env.name,
+                fresh.map(|a| format!(" (the newest is {} min old)", a / 60)).unwrap_or_default()
+            )));
+        }
+    }
+    if env.settings.protected && !args.yes && !args.dry_run {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            return Err(crate::config::config_error(format!(
+                "`{}` is protected: `down` stops it. Pass --yes, or run it on a terminal. Nothing was changed",
+                env.name
+            )));
+        }
+        eprint!(
+            "This stops every container of `{}`. Type the environment's name to go on: ",
+            env.name
+        );
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        if line.trim() != env.name {
+            return Err(crate::config::config_error(
+                "not confirmed: nothing was changed",
+            ));
+        }
+    }
+    let _lock = if args.dry_run {
+        None
+    } else {
+        Some(lock::acquire(&env, out, &format!("down {}", env.name))?)
+    };
+    let mut words = vec!["down", "--remove-orphans"];
+    if args.volumes {
+        words.push("--volumes");
+    }
+    let mut plan: Plan = Plan::new(format!("down {}", env.name));
+    plan.command("Stop and remove the containers", compose.cmd(&words), out);
+    plan.execute(out, args.dry_run)?;
+    if !args.dry_run {
+        Report::new(
+            serde_json::json!({ "environment": env.name, "down": true, "volumes": args.volumes }),
+        )
+        .line(format!(
+            "`{}` is down{}. `cargo xtask deploy {}` brings it back.",
+            env.name,
+            if args.volumes {
+                ", its volumes deleted"
+            } else {
+                " (volumes kept)"
+            },
+            env.name
+        ))
+        .emit(out);
+    }
+    Ok(())
 }
 
 /// Show or release an environment's lock (runbook: Deployment Procedures:

@@ -258,6 +258,19 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
     }
 }
 
+/// The age in seconds of the environment's newest backup whose last
+/// verification passed (`down --volumes` wants one younger than an hour).
+pub fn newest_verified_age(env: &crate::config::Env) -> Result<Option<i64>> {
+    let t = Target::new(env, None)?;
+    let now = now_unix();
+    Ok(t.backups()?
+        .iter()
+        .filter_map(|b| b.manifest.as_ref())
+        .filter(|m| m.verified() == Some(true))
+        .map(|m| now - m.started_unix)
+        .min())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
