@@ -171,6 +171,25 @@ pub fn recover(env: &Env, out: &crate::adapters::output::Output) -> Result<Optio
             "mre-ops recover",
             std::time::Duration::from_secs(5),
         )?;
+        // The killed run's server session may still be executing (a CREATE
+        // DATABASE finishes after its client died): end the sessions that
+        // work on this database or create it, and wait until they are gone,
+        // or the drop below could run first and the database appear after.
+        let start = std::time::Instant::now();
+        loop {
+            let busy: i64 = c
+                .query_one(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                     WHERE pid <> pg_backend_pid() AND (datname = $1 OR position($1 in query) > 0)",
+                    &[db],
+                )
+                .context("ending the interrupted run's sessions")?
+                .get(0);
+            if busy == 0 || start.elapsed() > std::time::Duration::from_secs(30) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         c.batch_execute(&format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
             db.replace('"', "\"\"")

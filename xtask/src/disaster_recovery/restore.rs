@@ -107,6 +107,17 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         if let Some(i) = intent::recover(&env, out)? {
             out.line(&format!("Recovered {} first.", i.describe()));
         }
+        // Under the lock no other restore runs: a staged database nobody is
+        // connected to is an interrupted run's, whatever its record says.
+        for l in t.leftovers().unwrap_or_default() {
+            if l.kind == "restore-staging" && l.sessions == 0 {
+                drop_database(&t, &l.name)?;
+                out.line(&format!(
+                    "Dropped {}, left by an interrupted restore.",
+                    l.name
+                ));
+            }
+        }
     }
     let wait = Duration::from_secs(args.wait.unwrap_or(env.settings.deploy.wait_secs));
     let app: Vec<String> = env

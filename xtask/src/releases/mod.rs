@@ -63,6 +63,12 @@ pub struct RollbackArgs {
     /// Do not ask for confirmation on a protected environment.
     #[arg(long)]
     pub yes: bool,
+    /// Also restore the database (runbook: Database Rollback): `pre-deploy`
+    /// (the backup the live release took before its migrations, named in
+    /// the journal) or a backup's name or path. Restored before the code
+    /// goes back, through `cargo xtask restore`'s guarded steps.
+    #[arg(long, value_name = "BACKUP|pre-deploy")]
+    pub with_db: Option<String>,
 }
 
 fn settings(env: &Env) -> Result<&ReleaseSettings> {
@@ -494,6 +500,37 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
         current.clone(),
         targets.clone(),
     );
+    // Database Rollback first: the older code must not meet the newer schema.
+    let db_backup = match args.with_db.as_deref() {
+        Some("pre-deploy") => Some(
+            journal::current(&entries)
+                .and_then(|e| e.backup.clone())
+                .ok_or_else(|| {
+                    config_error(format!(
+                        "--with-db pre-deploy: the live release of `{}` took no backup before its migrations (only protected environments do); name a backup instead (`cargo xtask backup list {}`)",
+                        env.name, env.name
+                    ))
+                })?,
+        ),
+        Some(b) => Some(b.to_string()),
+        None => None,
+    };
+    if let Some(b) = &db_backup {
+        let restore_args = crate::disaster_recovery::RestoreArgs {
+            env: env.name.clone(),
+            backup: b.clone(),
+            yes: true,
+            from_other_environment: false,
+            force_unverified: false,
+            dry_run: false,
+            wait: Some(rel.health_timeout_secs),
+        };
+        plan.action(
+            "Restore the database",
+            format!("cargo xtask restore {} {b} --yes   (its checks, safety backup, swap and undos; under this lock)", env.name),
+            move || crate::disaster_recovery::restore(ops, out, &restore_args),
+        );
+    }
     plan::cutover_steps(&mut plan, env, rel, out, &targets, &live);
     if args.dry_run {
         plan.print(out);
