@@ -213,3 +213,25 @@ pub fn docker(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
+
+/// `docker compose` (v2) or `docker-compose` (v1) `-p PROJECT -f FILE down
+/// -v`: what a stack fixture's drop runs; errors ignored.
+pub fn compose_down(project: &str, file: &Path, env: &[(&str, &str)]) {
+    let v2 = Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let program: &[&str] = if v2 {
+        &["docker", "compose"]
+    } else {
+        &["docker-compose"]
+    };
+    let mut c = Command::new(program[0]);
+    c.args(&program[1..])
+        .args(["-p", project, "-f", &file.display().to_string()])
+        .args(["down", "-v", "--remove-orphans", "-t", "2"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let _ = c.output();
+}

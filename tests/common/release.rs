@@ -228,23 +228,14 @@ strategy = "stop-first"
 
 impl Drop for ReleaseStack {
     fn drop(&mut self) {
-        let compose = workspace_root().join("demo/docker-compose.release.yml");
-        let v2 = Command::new("docker")
-            .args(["compose", "version"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        let program: &[&str] = if v2 {
-            &["docker", "compose"]
-        } else {
-            &["docker-compose"]
-        };
-        let _ = Command::new(program[0])
-            .args(&program[1..])
-            .args(["-p", &self.project, "-f", &compose.display().to_string()])
-            .args(["down", "-v", "--remove-orphans", "-t", "2"])
-            .env("POSTGRES_PASSWORD", self.password())
-            .env("MRE_CONTAINER_PREFIX", &self.prefix)
-            .output();
+        super::compose_down(
+            &self.project,
+            &workspace_root().join("demo/docker-compose.release.yml"),
+            &[
+                ("POSTGRES_PASSWORD", &self.password()),
+                ("MRE_CONTAINER_PREFIX", &self.prefix),
+            ],
+        );
         // The release images this stack pulled (its registry's port is unique).
         let listed = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
         let mine: Vec<&str> = listed

@@ -2,10 +2,8 @@
 //! Compose project, container prefix and free ports (so it runs beside a
 //! deployed demo), torn down with its volumes on drop.
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use super::{docker, free_port, workspace_root, xtask, Run, TempDir, XTASK};
+use std::path::PathBuf;
 
 pub struct Stack {
     pub dir: TempDir,
@@ -122,22 +120,13 @@ dir = "{migrations}"
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let compose = workspace_root().join("demo/docker-compose.yml");
-        let v2 = Command::new("docker")
-            .args(["compose", "version"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        let program: &[&str] = if v2 {
-            &["docker", "compose"]
-        } else {
-            &["docker-compose"]
-        };
-        let _ = Command::new(program[0])
-            .args(&program[1..])
-            .args(["-p", &self.project, "-f", &compose.display().to_string()])
-            .args(["down", "-v", "--remove-orphans", "-t", "2"])
-            .env("POSTGRES_PASSWORD", self.password())
-            .env("MRE_CONTAINER_PREFIX", &self.prefix)
-            .output();
+        super::compose_down(
+            &self.project,
+            &workspace_root().join("demo/docker-compose.yml"),
+            &[
+                ("POSTGRES_PASSWORD", &self.password()),
+                ("MRE_CONTAINER_PREFIX", &self.prefix),
+            ],
+        );
     }
 }

@@ -130,15 +130,12 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
 
     // One operation at a time on an environment, held until the deploy ends
     // (on error and Ctrl-C too).
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(crate::core::lock::acquire(
-            &env,
-            out,
-            &format!("deploy {}", env.name),
-        )?)
-    };
+    let _lock = crate::core::lock::unless_dry_run(
+        args.dry_run,
+        &env,
+        out,
+        &format!("deploy {}", env.name),
+    )?;
     if !args.dry_run && generated.is_empty() {
         check_password_against_running_database(&env)?;
     }

@@ -89,11 +89,8 @@ pub fn down(ops: &Ops, out: &Output, args: &DownArgs) -> Result<()> {
             ));
         }
     }
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(lock::acquire(&env, out, &format!("down {}", env.name))?)
-    };
+    let _lock =
+        crate::core::lock::unless_dry_run(args.dry_run, &env, out, &format!("down {}", env.name))?;
     let mut words = vec!["down", "--remove-orphans"];
     if args.volumes {
         words.push("--volumes");
@@ -146,11 +143,7 @@ pub enum LockCmd {
 
 pub fn recover(ops: &Ops, out: &Output, args: &RecoverArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(lock::acquire(&env, out, "recover")?)
-    };
+    let _lock = crate::core::lock::unless_dry_run(args.dry_run, &env, out, "recover")?;
     let Some(pending) = intent::pending(&env) else {
         Report::new(
             serde_json::json!({ "environment": env.name, "recovered": false, "pending": null }),

@@ -30,21 +30,7 @@ pub fn describe_url(url: &str) -> String {
 }
 
 pub fn connect(url: &str, timeout: Duration) -> Result<postgres::Client> {
-    let mut config = postgres::Config::from_str(url).with_context(|| {
-        format!(
-            "the database URL for {} is not a valid PostgreSQL URL",
-            describe_url(url)
-        )
-    })?;
-    config.connect_timeout(timeout);
-    config.application_name("mre-ops");
-    config.connect(postgres::NoTls).with_context(|| {
-        format!(
-            "cannot connect to PostgreSQL at {}: is the database container running (`cargo xtask status`) \
-             and are the host, port and password in ops.toml and its env file right?",
-            describe_url(url)
-        )
-    })
+    connect_with(url, None, "mre-ops", timeout)
 }
 
 /// `SELECT 1`, as the runbook's connection test does.
@@ -67,6 +53,15 @@ pub fn connect_to(
     application: &str,
     timeout: Duration,
 ) -> Result<postgres::Client> {
+    connect_with(url, Some(dbname), application, timeout)
+}
+
+fn connect_with(
+    url: &str,
+    dbname: Option<&str>,
+    application: &str,
+    timeout: Duration,
+) -> Result<postgres::Client> {
     let mut config = postgres::Config::from_str(url).with_context(|| {
         format!(
             "the database URL for {} is not a valid PostgreSQL URL",
@@ -74,11 +69,18 @@ pub fn connect_to(
         )
     })?;
     config.connect_timeout(timeout);
-    config.dbname(dbname);
+    if let Some(db) = dbname {
+        config.dbname(db);
+    }
     config.application_name(application);
+    let db = dbname
+        .map(str::to_string)
+        .or_else(|| config.get_dbname().map(str::to_string))
+        .unwrap_or_default();
     config.connect(postgres::NoTls).with_context(|| {
         format!(
-            "cannot connect to PostgreSQL at {} (database {dbname}): is the database running and the password right?",
+            "cannot connect to PostgreSQL at {} (database {db}): is the database container running (`cargo xtask status`) \
+             and are the host, port and password in ops.toml and its env file right?",
             describe_url(url)
         )
     })

@@ -97,6 +97,16 @@ impl Env {
             .collect()
     }
 
+    /// The database mre-ops connects to for CREATE/DROP/RENAME DATABASE, the
+    /// environment's lock and the release journal.
+    pub fn maintenance_db(&self) -> String {
+        self.settings
+            .backups
+            .as_ref()
+            .map(|b| b.maintenance_db.clone())
+            .unwrap_or_else(|| "postgres".into())
+    }
+
     /// The Compose settings; a configuration error naming the section when
     /// the environment has none.
     pub fn compose(&self) -> Result<&super::settings::ComposeSettings> {

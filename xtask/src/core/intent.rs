@@ -159,12 +159,7 @@ pub fn recover(env: &Env, out: &crate::adapters::output::Output) -> Result<Optio
                 path(env)
             );
         }
-        let maintenance = env
-            .settings
-            .backups
-            .as_ref()
-            .map(|b| b.maintenance_db.clone())
-            .unwrap_or_else(|| "postgres".into());
+        let maintenance = env.maintenance_db();
         let mut c = crate::adapters::postgres::connect_to(
             &env.database_url()?,
             &maintenance,

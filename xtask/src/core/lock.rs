@@ -107,17 +107,22 @@ fn key(env: &Env) -> i64 {
     i64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
 }
 
-fn maintenance_db(env: &Env) -> String {
-    env.settings
-        .backups
-        .as_ref()
-        .map(|b| b.maintenance_db.clone())
-        .unwrap_or_else(|| "postgres".into())
-}
-
 /// Take the environment's lock for `operation`, waiting up to `--lock-wait`.
 pub fn acquire(env: &Env, out: &Output, operation: &str) -> Result<EnvLock> {
     acquire_waiting(env, out, operation, Duration::ZERO)
+}
+
+/// The lock, unless this is a dry run (which changes nothing).
+pub fn unless_dry_run(
+    dry_run: bool,
+    env: &Env,
+    out: &Output,
+    operation: &str,
+) -> Result<Option<EnvLock>> {
+    if dry_run {
+        return Ok(None);
+    }
+    acquire(env, out, operation).map(Some)
 }
 
 /// The same, waiting at least `at_least` (`migrate deploy` waits its
@@ -259,7 +264,7 @@ fn target_lock(
     let app: String = app.chars().take(63).collect();
     let mut client = match postgres::connect_to(
         &url,
-        &maintenance_db(env),
+        &env.maintenance_db(),
         &app,
         Duration::from_secs(3),
     ) {
@@ -333,7 +338,7 @@ pub fn status(env: &Env) -> Result<(Option<Holder>, bool, Option<String>)> {
     let target = env.database_url().ok().and_then(|url| {
         let mut c = postgres::connect_to(
             &url,
-            &maintenance_db(env),
+            &env.maintenance_db(),
             "mre-ops lock status",
             Duration::from_secs(3),
         )
@@ -365,7 +370,7 @@ pub fn force_release(env: &Env) -> Result<Vec<String>> {
     if let Ok(url) = env.database_url() {
         let mut c = postgres::connect_to(
             &url,
-            &maintenance_db(env),
+            &env.maintenance_db(),
             "mre-ops lock release",
             Duration::from_secs(3),
         )?;

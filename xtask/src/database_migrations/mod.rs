@@ -154,15 +154,12 @@ pub fn migrate(ops: &Ops, out: &Output, args: &MigrateArgs) -> Result<()> {
             dry_run,
         } => {
             let env = session::env(ops, out, env)?;
-            let _lock = if *dry_run {
-                None
-            } else {
-                Some(crate::core::lock::acquire(
-                    &env,
-                    out,
-                    &format!("migrate resolve {}", env.name),
-                )?)
-            };
+            let _lock = crate::core::lock::unless_dry_run(
+                *dry_run,
+                &env,
+                out,
+                &format!("migrate resolve {}", env.name),
+            )?;
             match (applied, rolled_back) {
                 (Some(name), None) => resolve(&env, out, name, true, *dry_run),
                 (None, Some(name)) => resolve(&env, out, name, false, *dry_run),

@@ -244,15 +244,12 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
         BackupCmd::Prune { env, dry_run } => {
             let env = session::env(ops, out, env)?;
             let t = Target::new(&env, None)?;
-            let _lock = if *dry_run {
-                None
-            } else {
-                Some(crate::core::lock::acquire(
-                    &env,
-                    out,
-                    &format!("backup prune {}", env.name),
-                )?)
-            };
+            let _lock = crate::core::lock::unless_dry_run(
+                *dry_run,
+                &env,
+                out,
+                &format!("backup prune {}", env.name),
+            )?;
             prune(&t, out, *dry_run)
         }
     }

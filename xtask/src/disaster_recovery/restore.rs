@@ -94,15 +94,12 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
     }
     // One operation at a time on the environment; what an interrupted one
     // left is undone first.
-    let _lock = if args.dry_run {
-        None
-    } else {
-        Some(crate::core::lock::acquire(
-            &env,
-            out,
-            &format!("restore {}", env.name),
-        )?)
-    };
+    let _lock = crate::core::lock::unless_dry_run(
+        args.dry_run,
+        &env,
+        out,
+        &format!("restore {}", env.name),
+    )?;
     if !args.dry_run {
         if let Some(i) = intent::recover(&env, out)? {
             out.line(&format!("Recovered {} first.", i.describe()));

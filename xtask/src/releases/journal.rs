@@ -58,12 +58,7 @@ pub struct Journal {
 impl Journal {
     pub fn open(env: &Env) -> Result<Journal> {
         let url = env.database_url()?;
-        let maintenance = env
-            .settings
-            .backups
-            .as_ref()
-            .map(|b| b.maintenance_db.clone())
-            .unwrap_or_else(|| "postgres".into());
+        let maintenance = env.maintenance_db();
         let mut client = postgres::connect_to(
             &url,
             &maintenance,

@@ -201,15 +201,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
             },
         );
     }
-    for argv in env.pre_build() {
-        let cmd = crate::adapters::process::Command::new(&argv[0], argv[1..].iter().cloned())
-            .dir(&env.dir)
-            .envs(&env.compose_env());
-        plan.command(format!("Pre-build: {}", argv.join(" ")), cmd, out);
-    }
-    for (title, cmd) in images::commands(env, rel, &ops.dir, v) {
-        plan.command(title, cmd, out);
-    }
+    build_steps(&mut plan, env, rel, out, &ops.dir, v, "Pre-build");
     plan::begin_base(&mut plan, env, rel, out, v);
     plan::journal_step(
         &mut plan,
@@ -251,6 +243,28 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
         result,
         timings,
     )
+}
+
+/// The environment's pre-build commands, run in `root` (ops.toml's folder,
+/// or a checkout of an older commit), then build, push and pull the images.
+fn build_steps<'a>(
+    plan: &mut Plan<'a, RelState>,
+    env: &Env,
+    rel: &ReleaseSettings,
+    out: &'a Output,
+    root: &camino::Utf8Path,
+    version: &str,
+    label: &str,
+) {
+    for argv in env.pre_build() {
+        let cmd = crate::adapters::process::Command::new(&argv[0], argv[1..].iter().cloned())
+            .dir(root)
+            .envs(&env.compose_env());
+        plan.command(format!("{label}: {}", argv.join(" ")), cmd, out);
+    }
+    for (title, cmd) in images::commands(env, rel, root, version) {
+        plan.command(title, cmd, out);
+    }
 }
 
 /// Close the journal entry, notify, report; the lock goes with the state.
@@ -480,15 +494,15 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
         });
         // The checkout's own pre-build steps (the demo stages its binary),
         // then its images: what `git checkout` + `docker compose build` does.
-        for argv in env.pre_build() {
-            let cmd = crate::adapters::process::Command::new(&argv[0], argv[1..].iter().cloned())
-                .dir(ctx_root)
-                .envs(&env.compose_env());
-            plan.command(format!("Pre-build at {rev}: {}", argv.join(" ")), cmd, out);
-        }
-        for (title, cmd) in images::commands(env, rel, ctx_root, v) {
-            plan.command(title, cmd, out);
-        }
+        build_steps(
+            &mut plan,
+            env,
+            rel,
+            out,
+            ctx_root,
+            v,
+            &format!("Pre-build at {rev}"),
+        );
     }
     plan::begin_base(&mut plan, env, rel, out, v);
     plan::journal_step(
