@@ -109,6 +109,45 @@ impl Command {
         Ok(())
     }
 
+    /// Run with `stdin` streamed in (or nothing) and stdout streamed into
+    /// `sink` as it comes (a dump written while it is hashed); stderr is
+    /// captured. The outcome: the exit code (128 + N for a signal N) and
+    /// stderr, masked; an error only when it could not run at all.
+    pub fn stream(
+        &self,
+        stdin: Option<std::fs::File>,
+        sink: &mut dyn std::io::Write,
+    ) -> Result<(i64, String)> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut e = self.expression().stderr_capture().unchecked();
+        e = match stdin {
+            Some(f) => e.stdin_file(f),
+            None => e.stdin_null(),
+        };
+        let mut reader = e.reader().with_context(|| {
+            format!(
+                "could not start `{}`: is `{}` installed and on PATH?",
+                self.display(),
+                self.program
+            )
+        })?;
+        let copied = std::io::copy(&mut reader, sink);
+        let output = reader
+            .try_wait()
+            .with_context(|| format!("waiting for `{}`", self.program))?
+            .cloned();
+        copied.with_context(|| format!("copying the output of `{}`", self.program))?;
+        let Some(output) = output else {
+            bail!("`{}` did not finish after its output ended", self.program);
+        };
+        let code = output
+            .status
+            .code()
+            .map(i64::from)
+            .unwrap_or_else(|| 128 + i64::from(output.status.signal().unwrap_or(0)));
+        Ok((code, redact(String::from_utf8_lossy(&output.stderr).trim())))
+    }
+
     /// Run and capture stdout (stderr is captured too and shown on failure).
     pub fn read(&self) -> Result<String> {
         let output = self

@@ -228,47 +228,16 @@ impl<'a> Target<'a> {
                 Ok(())
             }
             Tool::Host(cmd) => {
-                let mut child = std::process::Command::new(&cmd.program);
-                child.args(&cmd.args);
-                for (k, v) in &cmd.env {
-                    child.env(k, v);
-                }
-                child
-                    .stdin(match stdin {
-                        Some(f) => std::process::Stdio::from(f),
-                        None => std::process::Stdio::null(),
-                    })
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped());
-                let mut child = child.spawn().with_context(|| {
+                let (code, stderr) = cmd.stream(stdin, stdout).with_context(|| {
                     format!(
-                        "could not start `{}`: install the PostgreSQL 15 client tools (`apt-get install postgresql-client-15`) \
+                        "running {}: install the PostgreSQL 15 client tools (`apt-get install postgresql-client-15`) \
                          or set backups.pg_bin in ops.toml",
                         cmd.program
                     )
                 })?;
-                let mut err = child.stderr.take().expect("piped");
-                let errors = std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let _ = err.read_to_end(&mut buf);
-                    buf
-                });
-                let mut o = child.stdout.take().expect("piped");
-                let copied = std::io::copy(&mut o, stdout);
-                drop(o);
-                let status = child.wait().context("waiting for a PostgreSQL tool")?;
-                let stderr = errors.join().unwrap_or_default();
-                let stderr =
-                    crate::adapters::output::redact(String::from_utf8_lossy(&stderr).trim());
-                copied.with_context(|| format!("copying the output of `{}`", cmd.program))?;
-                if !status.success() {
-                    use std::os::unix::process::ExitStatusExt;
-                    let code = status
-                        .code()
-                        .map(i64::from)
-                        .unwrap_or_else(|| 128 + i64::from(status.signal().unwrap_or(0)));
+                if code != 0 {
                     bail!(
-                        "`{}` failed ({status}): {}",
+                        "`{}` failed (exit code {code}): {}",
                         cmd.display(),
                         why_failed(code, &stderr)
                     );
