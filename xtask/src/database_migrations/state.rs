@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::adapters::output::{Output, Tone};
 use crate::config::{Env, Runner};
+use crate::core::report::Report;
 
 // Siblings: the module's parts share their items (pub(super)).
 #[allow(unused_imports)]
@@ -139,15 +140,14 @@ pub(super) fn status(env: &Env, out: &Output, strict: bool) -> Result<()> {
         .count();
     let failed = entries.iter().filter(|e| e.state == "failed").count();
     let dir = migrations_dir(env);
-    if out.json {
-        out.json_doc(&serde_json::json!({
-            "environment": env.name, "database": db.target, "schema": db.schema,
-            "migrations_dir": dir.as_str(), "table_exists": state.table,
-            "migrations": entries, "pending": pending, "failed": failed,
-            "up_to_date": pending == 0 && failed == 0,
-        }));
-    } else {
-        out.line(&format!(
+    let mut report = Report::new(serde_json::json!({
+        "environment": env.name, "database": db.target, "schema": db.schema,
+        "migrations_dir": dir.as_str(), "table_exists": state.table,
+        "migrations": entries, "pending": pending, "failed": failed,
+        "up_to_date": pending == 0 && failed == 0,
+    }));
+    {
+        report.line(format!(
             "{} migrations found in {dir}; database {} (schema `{}`){}",
             state.local.len(),
             db.target,
@@ -169,25 +169,26 @@ pub(super) fn status(env: &Env, out: &Output, strict: bool) -> Result<()> {
             } else {
                 format!("  {}", e.detail)
             };
-            out.line(&format!(
+            report.line(format!(
                 "  {} {}{detail}",
                 out.paint(tone, &format!("{:<11}", e.state)),
                 e.name
             ));
         }
         for r in state.failed().into_iter().filter(|_| running.is_none()) {
-            out.line("");
-            out.line(&failed_message(env, r, &state));
+            report.line("");
+            report.line(failed_message(env, r, &state));
         }
         if pending == 0 && failed == 0 {
-            out.line("Database schema is up to date!");
+            report.line("Database schema is up to date!");
         } else if pending > 0 {
-            out.line(&format!(
+            report.line(format!(
                 "{pending} pending: review them with `cargo xtask migrate review {0}`, apply with `cargo xtask migrate deploy {0}`",
                 env.name
             ));
         }
     }
+    report.emit(out);
     let drift: Vec<String> = entries
         .iter()
         .filter(|e| matches!(e.state, "edited" | "missing" | "not-on-disk"))
