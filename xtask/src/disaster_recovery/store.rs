@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::adapters::clock::Utc;
 use crate::adapters::output::{Output, Tone};
 use crate::config::config_error;
+use crate::core::report::Report;
 
 // Siblings: the module's parts share their items (pub(super)).
 #[allow(unused_imports)]
@@ -212,14 +213,13 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
         .collect();
     // Best effort: the backups are listed even when the server is down.
     let leftovers = t.leftovers().unwrap_or_default();
-    if out.json {
-        out.json_doc(&serde_json::json!({"environment": t.env.name, "folder": t.folder.as_str(), "backups": rows, "leftover_databases": leftovers}));
-        return Ok(());
-    }
+    let mut report = Report::new(
+        serde_json::json!({"environment": t.env.name, "folder": t.folder.as_str(), "backups": rows, "leftover_databases": leftovers}),
+    );
     if !leftovers.is_empty() {
-        out.line(&format!("Leftover databases of `{}` on its server (`cargo xtask backup prune {}` drops them by retention):", t.env.name, t.env.name));
+        report.line(format!("Leftover databases of `{}` on its server (`cargo xtask backup prune {}` drops them by retention):", t.env.name, t.env.name));
         for l in &leftovers {
-            out.line(&format!(
+            report.line(format!(
                 "  {:<48} {:<16} {:>10}{}",
                 l.name,
                 l.kind,
@@ -231,20 +231,21 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
                 }
             ));
         }
-        out.line("");
+        report.line("");
     }
     if backups.is_empty() {
-        out.line(&format!(
+        report.line(format!(
             "No backups of `{}` in {}. Create one: cargo xtask backup create {}",
             t.env.name, t.folder, t.env.name
         ));
+        report.emit(out);
         return Ok(());
     }
-    out.line(&format!(
+    report.line(format!(
         "Backups of `{}` in {} (newest first):",
         t.env.name, t.folder
     ));
-    out.line(&format!(
+    report.line(format!(
         "  {:<34} {:>6} {:>10}  {:<10} reason",
         "name", "age", "size", "verified"
     ));
@@ -256,7 +257,7 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
                     Some(false) => out.paint(Tone::Bad, "FAILED"),
                     None => out.paint(Tone::Warn, "no"),
                 };
-                out.line(&format!(
+                report.line(format!(
                     "  {:<34} {:>6} {:>10}  {:<10} {}",
                     b.name,
                     human_age(now - m.started_unix),
@@ -265,12 +266,15 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
                     m.reason
                 ));
             }
-            None => out.line(&format!(
-                "  {:<34} {:>6} {:>10}  {:<10} no manifest: not a usable backup",
-                b.name, "?", "?", "-"
-            )),
+            None => {
+                report.line(format!(
+                    "  {:<34} {:>6} {:>10}  {:<10} no manifest: not a usable backup",
+                    b.name, "?", "?", "-"
+                ));
+            }
         }
     }
+    report.emit(out);
     Ok(())
 }
 
