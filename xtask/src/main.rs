@@ -28,9 +28,10 @@ use config::{ConfigError, Ops};
 use core::interrupt::Interrupted;
 
 /// The MRE deployment runbook, runnable: each command automates one section
-/// of the runbook (see README.md). Every command that changes an environment
-/// (deploy, migrate deploy/resolve, backup create/prune, restore) has
-/// --dry-run.
+/// of the runbook (see README.md). Every command that changes something
+/// (deploy, rollback, recover, down, migrate deploy/resolve, backup
+/// create/verify/prune, restore, drill, demo prepare) has --dry-run, which
+/// prints the steps that would run, from the plan that runs them.
 #[derive(Parser, Debug)]
 #[command(
     name = "cargo xtask",

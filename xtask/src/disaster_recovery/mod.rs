@@ -80,6 +80,9 @@ pub enum BackupCmd {
         /// A path, a name from `backup list`, or `latest`.
         #[arg(default_value = "latest")]
         backup: String,
+        /// Print the steps without running them.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete backups the retention policy (`keep_days`, `keep_min`) lets
     /// go; never the newest verified one.
@@ -193,7 +196,11 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             let t = Target::new(&env, None)?;
             list(&t, out)
         }
-        BackupCmd::Verify { env, backup } => {
+        BackupCmd::Verify {
+            env,
+            backup,
+            dry_run,
+        } => {
             if !ops.names().contains(&env.as_str())
                 && (env == "latest" || env.contains('/') || env.ends_with(".dump"))
             {
@@ -206,6 +213,10 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             let t = Target::new(&env, None)?;
             let b = t.resolve(backup)?;
             b.manifest()?;
+            if *dry_run {
+                t.rehearsal_plan(&b).print(out);
+                return Ok(());
+            }
             let r = t.rehearse(&b, out);
             let detail = r
                 .failed

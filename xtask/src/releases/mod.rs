@@ -192,6 +192,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
                     cmd: crate::disaster_recovery::BackupCmd::Verify {
                         env: env.name.clone(),
                         backup: path.to_string(),
+                        dry_run: false,
                     },
                 };
                 crate::disaster_recovery::backup(ops, &quiet, &verify)
