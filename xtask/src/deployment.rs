@@ -259,7 +259,7 @@ fn wait_healthy(env: &Env, out: &Output, wait: Duration) -> Result<()> {
 /// A running database keeps the password its volume was created with: when
 /// the env file says otherwise, recreating the containers would lock the
 /// application out. Found before anything is recreated.
-fn check_password_against_running_database(env: &Env) -> Result<()> {
+pub fn check_password_against_running_database(env: &Env) -> Result<()> {
     let Some(container) = env
         .settings
         .database

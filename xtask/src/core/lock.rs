@@ -88,6 +88,10 @@ impl Drop for EnvLock {
             return;
         }
         HELD.lock().unwrap().remove(&self.env);
+        // Child processes started from now on no longer run under it.
+        if std::env::var(CHILD_VAR).is_ok_and(|v| v == self.env) {
+            std::env::remove_var(CHILD_VAR);
+        }
         if let Some((f, _)) = &mut self.file {
             // Empty file = released cleanly; the flock goes with the fd.
             let _ = f.set_len(0);

@@ -136,8 +136,34 @@ fn targets(rel: &ReleaseSettings, version: &str) -> BTreeMap<String, String> {
 pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> Result<()> {
     // Secrets the environment may generate (a stand-in's database password)
     // exist before anything else runs.
-    if !opts.dry_run && !env.ensure_generated_secrets(false)?.is_empty() {
-        session::protect(&env);
+    if !opts.dry_run {
+        let missing = env.ensure_generated_secrets(true)?;
+        if !missing.is_empty() {
+            // A database created with the old password keeps it: a new
+            // random one would lock the application out of its own data.
+            let db = env
+                .settings
+                .database
+                .as_ref()
+                .and_then(|d| d.container.clone());
+            if let Some(c) = db {
+                if crate::adapters::docker::Docker::connect(&env.docker_host())?
+                    .container(&c)?
+                    .is_some()
+                {
+                    return Err(config_error(format!(
+                        "{} missing from {}, but the database container `{c}` exists and keeps the password it was created \
+                         with: put the old value back; nothing was changed",
+                        missing.join(", "),
+                        env.env_file_hint()
+                    )));
+                }
+            }
+            env.ensure_generated_secrets(false)?;
+            session::protect(&env);
+        } else {
+            crate::deployment::check_password_against_running_database(&env)?;
+        }
     }
     let env = &env;
     let rel = settings(env)?;
