@@ -222,7 +222,8 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     }
 
     post_deployment_verification::show_status(&env, out)?;
-    if !out.json {
+    // Human lines (on stderr under --json, where the status is the document).
+    {
         out.line("");
         for (svc, s) in &env.settings.services {
             if let Some(url) = &s.url {

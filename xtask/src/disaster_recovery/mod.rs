@@ -26,6 +26,7 @@ use anyhow::{bail, Result};
 use crate::adapters::output::Output;
 use crate::adapters::postgres::describe_url;
 use crate::config::{config_error, Method, Ops};
+use crate::core::report::Report;
 use crate::core::session;
 use crate::core::steps::Plan;
 
@@ -223,7 +224,9 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
                 .clone()
                 .unwrap_or_else(|| "checksum, full restore and row counts ok".into());
             if r.inconclusive {
-                r.print_steps(out);
+                for l in r.step_lines(out) {
+                    out.line(&l);
+                }
                 bail!(
                     "could not verify {}: {}. The backup was not judged and its manifest is unchanged; \
                      start the database (`cargo xtask status {}`) and run `cargo xtask backup verify {} {}` again",
@@ -235,15 +238,15 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
                 );
             }
             t.record(&b, r.failed.is_none(), r.seconds(), &detail)?;
-            if out.json {
-                out.json_doc(&serde_json::json!({
-                    "environment": env.name, "backup": b.name, "path": b.path.as_str(),
-                    "ok": r.failed.is_none(), "seconds": r.seconds(),
-                    "steps": r.steps_json(),
-                }));
-            } else {
-                r.print_steps(out);
+            let mut doc = Report::new(serde_json::json!({
+                "environment": env.name, "backup": b.name, "path": b.path.as_str(),
+                "ok": r.failed.is_none(), "seconds": r.seconds(),
+                "steps": r.steps_json(),
+            }));
+            for l in r.step_lines(out) {
+                doc.line(l);
             }
+            doc.emit(out);
             match r.failed {
                 None => {
                     out.line(&format!("Verified {} ({:.1}s)", b.path, r.seconds()));

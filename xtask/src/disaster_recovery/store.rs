@@ -401,14 +401,13 @@ pub(super) fn prune(t: &Target, out: &Output, dry_run: bool) -> Result<()> {
         }
         deleted.push(b.name.clone());
     }
-    if out.json {
-        out.json_doc(&serde_json::json!({
-            "environment": t.env.name, "dry_run": dry_run,
-            "keep_days": t.settings.keep_days, "keep_min": t.settings.keep_min,
-            "decisions": decisions, "dropped_databases": dropped_dbs,
-        }));
-    } else {
-        out.line(&format!(
+    let mut report = Report::new(serde_json::json!({
+        "environment": t.env.name, "dry_run": dry_run,
+        "keep_days": t.settings.keep_days, "keep_min": t.settings.keep_min,
+        "decisions": decisions, "dropped_databases": dropped_dbs,
+    }));
+    {
+        report.line(format!(
             "{} {} of {} backups of `{}` (policy: keep {} days, at least {}, and the newest verified one)",
             if dry_run { "Would delete" } else { "Deleted" },
             deleted.len(),
@@ -418,5 +417,6 @@ pub(super) fn prune(t: &Target, out: &Output, dry_run: bool) -> Result<()> {
             t.settings.keep_min
         ));
     }
+    report.emit(out);
     Ok(())
 }

@@ -11,6 +11,7 @@ use crate::adapters::output::{Output, Tone};
 use crate::adapters::postgres::describe_url;
 use crate::config::{Method, Ops};
 use crate::core::files::{random_hex, write_private};
+use crate::core::report::Report;
 use crate::core::session;
 use crate::core::steps::Plan;
 
@@ -281,15 +282,18 @@ impl Rehearsal {
     }
 
     /// One line a step: a mark, its title, how long it took, what it found.
-    pub(super) fn print_steps(&self, out: &Output) {
-        for (title, secs, ok, d) in &self.steps {
-            let mark = if *ok {
-                out.paint(Tone::Good, "✓")
-            } else {
-                out.paint(Tone::Bad, "✗")
-            };
-            out.line(&format!("  {mark} {title} ({secs:.1}s): {d}"));
-        }
+    pub(super) fn step_lines(&self, out: &Output) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|(title, secs, ok, d)| {
+                let mark = if *ok {
+                    out.paint(Tone::Good, "✓")
+                } else {
+                    out.paint(Tone::Bad, "✗")
+                };
+                format!("  {mark} {title} ({secs:.1}s): {d}")
+            })
+            .collect()
     }
 }
 
@@ -381,17 +385,16 @@ pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
     ));
     let report = t.folder.join(format!("drill-{}.md", started.compact()));
     write_private(&report, &md)?;
-    if out.json {
-        out.json_doc(&serde_json::json!({
-            "environment": env.name, "ok": ok, "backup": backup.name, "report": report.as_str(),
-            "seconds": total,
-            "steps": r.steps_json(),
-        }));
-    } else {
-        r.print_steps(out);
-        out.line(&format!("Drill report: {report}"));
+    let mut doc = Report::new(serde_json::json!({
+        "environment": env.name, "ok": ok, "backup": backup.name, "report": report.as_str(),
+        "seconds": total,
+        "steps": r.steps_json(),
+    }));
+    for l in r.step_lines(out) {
+        doc.line(l);
     }
-    out.step_summary(&md);
+    doc.line(format!("Drill report: {report}")).summary(md);
+    doc.emit(out);
     match r.failed {
         None => Ok(()),
         Some(why) => bail!(
