@@ -1,0 +1,183 @@
+//! Rollback Procedures, Application Rollback: `rollback` to the previous
+//! release (the kept colour, in seconds), another kept one (`--to`), a
+//! rebuild of an older commit (`--rebuild`, the runbook's git checkout +
+//! rebuild), with the database restored first when asked (`--with-db`).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+
+use super::plan::{self, RelState};
+use super::{build_steps, confirm, finish, journal, observe, settings, targets, RollbackArgs};
+use crate::adapters::output::Output;
+use crate::config::{config_error, Env, Ops};
+use crate::core::session;
+use crate::core::steps::Plan;
+
+pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
+    let env = session::env(ops, out, &args.env)?;
+    let env: &Env = &env;
+    let rel = settings(env)?;
+    let (live, entries) = observe(env, rel, args.dry_run)?;
+    let current = journal::current(&entries).map(|e| e.version.clone());
+    let (version, targets, build_root): (
+        String,
+        BTreeMap<String, String>,
+        Option<camino::Utf8PathBuf>,
+    ) = if let Some(rev) = &args.rebuild {
+        let sha = crate::adapters::process::Command::new(
+            "git",
+            ["rev-parse", "--short=12", &format!("{rev}^{{commit}}")],
+        )
+        .dir(&ops.dir)
+        .read()
+        .map_err(|e| {
+            config_error(format!(
+                "`{rev}` is not a commit of the checkout at {}: {e:#}",
+                ops.dir
+            ))
+        })?;
+        let v = sha.trim().to_string();
+        let root =
+            camino::Utf8PathBuf::from(format!("/tmp/mre-ops-rebuild-{}-{v}", std::process::id()));
+        (v.clone(), targets(rel, &v), Some(root))
+    } else {
+        let target = match &args.to {
+            Some(v) => entries
+                .iter()
+                .rev()
+                .find(|e| &e.version == v && e.result == "success")
+                .with_context(|| format!("{v} was never released successfully to `{}`: `cargo xtask releases {}` lists them", env.name, env.name))
+                .map_err(|e| config_error(format!("{e:#}")))?,
+            None => journal::previous(&entries).ok_or_else(|| {
+                config_error(format!(
+                    "`{}` has no previous release in its journal to roll back to (`cargo xtask releases {}`); use --rebuild REV",
+                    env.name, env.name
+                ))
+            })?,
+        };
+        (target.version.clone(), target.images.clone(), None)
+    };
+    if current.as_deref() == Some(version.as_str()) {
+        return Err(config_error(format!(
+            "{version} is already the live release of `{}`",
+            env.name
+        )));
+    }
+    if !args.dry_run {
+        confirm(env, &format!("Roll back to {version}"), args.yes)?;
+    }
+    let v: &str = &version;
+    // ops.toml's folder inside the checkout (it may sit below the top level).
+    let ctx_root = match &build_root {
+        Some(root) => {
+            let prefix =
+                crate::adapters::process::Command::new("git", ["rev-parse", "--show-prefix"])
+                    .dir(&ops.dir)
+                    .read()?;
+            Some(root.join(prefix.trim()))
+        }
+        None => None,
+    };
+    let mut plan: Plan<RelState> = Plan::new(format!("rollback {} to {v}", env.name));
+    if let (Some(rev), Some(root), Some(ctx_root)) = (&args.rebuild, &build_root, &ctx_root) {
+        plan.command(
+            format!("Check out {rev}"),
+            crate::adapters::process::Command::new(
+                "git",
+                ["worktree", "add", "--detach", root.as_str(), rev],
+            )
+            .dir(&ops.dir),
+            out,
+        );
+        let r2 = root.clone();
+        let dir = ops.dir.clone();
+        plan.undo(format!("git worktree remove --force {root}"), move |_| {
+            crate::adapters::process::Command::new(
+                "git",
+                ["worktree", "remove", "--force", r2.as_str()],
+            )
+            .dir(&dir)
+            .read()
+            .map(drop)
+        });
+        // The checkout's own pre-build steps (the demo stages its binary),
+        // then its images: what `git checkout` + `docker compose build` does.
+        build_steps(
+            &mut plan,
+            env,
+            rel,
+            out,
+            ctx_root,
+            v,
+            &format!("Pre-build at {rev}"),
+        );
+    }
+    plan::begin_base(&mut plan, env, rel, out, v);
+    plan::journal_step(
+        &mut plan,
+        env,
+        out,
+        "rollback",
+        v,
+        current.clone(),
+        targets.clone(),
+    );
+    // Database Rollback first: the older code must not meet the newer schema.
+    let db_backup = match args.with_db.as_deref() {
+        Some("pre-deploy") => Some(
+            journal::current(&entries)
+                .and_then(|e| e.backup.clone())
+                .ok_or_else(|| {
+                    config_error(format!(
+                        "--with-db pre-deploy: the live release of `{}` took no backup before its migrations (only protected environments do); name a backup instead (`cargo xtask backup list {}`)",
+                        env.name, env.name
+                    ))
+                })?,
+        ),
+        Some(b) => Some(b.to_string()),
+        None => None,
+    };
+    if let Some(b) = &db_backup {
+        let restore_args = crate::disaster_recovery::RestoreArgs {
+            env: env.name.clone(),
+            backup: b.clone(),
+            yes: true,
+            from_other_environment: false,
+            force_unverified: false,
+            dry_run: false,
+            wait: Some(rel.health_timeout_secs),
+        };
+        plan.action(
+            "Restore the database",
+            format!("cargo xtask restore {} {b} --yes   (its checks, safety backup, swap and undos; under this lock)", env.name),
+            move || crate::disaster_recovery::restore(ops, out, &restore_args),
+        );
+    }
+    plan::cutover_steps(&mut plan, env, rel, out, &targets, &live);
+    if args.dry_run {
+        plan.print(out);
+        return Ok(());
+    }
+    let mut state = RelState::default();
+    let (result, timings) = plan.execute_timed(out, &mut state);
+    if let Some(root) = &build_root {
+        let _ = crate::adapters::process::Command::new(
+            "git",
+            ["worktree", "remove", "--force", root.as_str()],
+        )
+        .dir(&ops.dir)
+        .read();
+    }
+    finish(
+        env,
+        rel,
+        out,
+        "rollback",
+        v,
+        current.as_deref(),
+        state,
+        result,
+        timings,
+    )
+}
