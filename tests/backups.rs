@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::ops::OpsToml;
 use common::pg::{Pg, PASSWORD, PG_BIN};
 use common::stack::Stack;
 use common::*;
@@ -18,30 +19,26 @@ use common::*;
 /// ops.toml for a throwaway server: `t` (plain) and `prod` (protected), both
 /// on its `pacetracer` database, backups from the host.
 fn host_config(dir: &TempDir, pg: &Pg, extra: &str) -> PathBuf {
-    let mut text = String::new();
+    let mut ops = OpsToml::new();
     for (env, protected) in [("t", false), ("prod", true)] {
-        text.push_str(&format!(
-            r#"
-[environments.{env}]
-protected = {protected}
-[environments.{env}.compose]
-files = ["unused.yml"]
-project = "unused-{env}"
-[environments.{env}.database]
-host = "127.0.0.1"
-port = {port}
-user = "pacetracer"
-name = "pacetracer"
-password_env = "TEST_PG_PASSWORD"
-[environments.{env}.backups]
-method = "host"
-offsite = "offsite"
-{extra}
-"#,
-            port = pg.port
-        ));
+        ops = ops
+            .env(env, &[&format!("protected = {protected}")])
+            .section(
+                env,
+                "compose",
+                &[
+                    "files = [\"unused.yml\"]",
+                    &format!("project = \"unused-{env}\""),
+                ],
+            )
+            .database(env, pg.port, "TEST_PG_PASSWORD")
+            .section(
+                env,
+                "backups",
+                &["method = \"host\"", "offsite = \"offsite\"", extra],
+            );
     }
-    dir.write("ops.toml", &text)
+    dir.write("ops.toml", &ops.build())
 }
 
 fn run(config: &Path, args: &[&str]) -> Run {

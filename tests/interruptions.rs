@@ -10,19 +10,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ops::OpsToml;
 use common::pg::{Pg, PASSWORD};
 use common::stack::Stack;
 use common::*;
 
 fn config(dir: &TempDir, pg: &Pg, extra: &str) -> PathBuf {
-    dir.write(
-        "ops.toml",
-        &format!(
-            "[environments.t]\n[environments.t.database]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pacetracer\"\n\
-             name = \"pacetracer\"\npassword_env = \"TEST_PG_PASSWORD\"\n[environments.t.backups]\nmethod = \"host\"\n{extra}\n",
-            pg.port
-        ),
-    )
+    let toml = OpsToml::new()
+        .env("t", &[])
+        .database("t", pg.port, "TEST_PG_PASSWORD")
+        .section("t", "backups", &["method = \"host\"", extra])
+        .build();
+    dir.write("ops.toml", &toml)
 }
 
 fn run(config: &Path, args: &[&str]) -> Run {

@@ -6,6 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::ops::OpsToml;
 use common::pg::{Pg, PASSWORD};
 use common::{xtask_env, Run, TempDir};
 
@@ -35,15 +36,23 @@ impl Setup {
         let pg = Pg::start();
         let dir = TempDir::new("migrations");
         std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
-        let mut toml = String::new();
+        let mut ops = OpsToml::new();
         for env in ["development", "staging"] {
-            toml.push_str(&format!(
-                "[environments.{env}]\n[environments.{env}.compose]\nfiles = [\"none.yml\"]\nproject = \"mig-test\"\n\
-                 [environments.{env}.database]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pacetracer\"\nname = \"pacetracer\"\n\
-                 password_env = \"{PW_VAR}\"\n[environments.{env}.migrations]\ndir = \"migrations\"\nlock_wait_secs = 30\n{extra}\n",
-                pg.port
-            ));
+            ops = ops
+                .env(env, &[])
+                .section(
+                    env,
+                    "compose",
+                    &["files = [\"none.yml\"]", "project = \"mig-test\""],
+                )
+                .database(env, pg.port, PW_VAR)
+                .section(
+                    env,
+                    "migrations",
+                    &["dir = \"migrations\"", "lock_wait_secs = 30", extra],
+                );
         }
+        let toml = ops.build();
         let config = dir.write("ops.toml", &toml);
         Setup { pg, dir, config }
     }

@@ -5,6 +5,7 @@ mod common;
 
 use std::process::Command;
 
+use common::ops::OpsToml;
 use common::pg::{Pg, PASSWORD};
 use common::*;
 
@@ -48,14 +49,12 @@ fn github_output_carries_a_backups_path() {
     let pg = Pg::start();
     pg.psql("CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
     let dir = TempDir::new("gh-output");
-    let cfg = dir.write(
-        "ops.toml",
-        &format!(
-            "[environments.t]\n[environments.t.database]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"pacetracer\"\n\
-             name = \"pacetracer\"\npassword_env = \"TEST_PG_PASSWORD\"\n[environments.t.backups]\nmethod = \"host\"\n",
-            pg.port
-        ),
-    );
+    let toml = OpsToml::new()
+        .env("t", &[])
+        .database("t", pg.port, "TEST_PG_PASSWORD")
+        .section("t", "backups", &["method = \"host\""])
+        .build();
+    let cfg = dir.write("ops.toml", &toml);
     let output = dir.path().join("github_output");
     let summary = dir.path().join("summary.md");
     let r = xtask_env(
