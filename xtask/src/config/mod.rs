@@ -9,6 +9,7 @@ mod backups;
 mod env;
 mod parse;
 mod settings;
+mod verification;
 
 use std::fmt;
 

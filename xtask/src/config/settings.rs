@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use super::backups::{BackupSettings, Method};
+pub use super::verification::{
+    parse_duration, Alert, Direction, MonitorSettings, PreflightSettings, SmokeSettings,
+};
 // The file, exactly as written. Unknown keys are refused.
 
 #[derive(Deserialize, Serialize, Clone, Debug)]
@@ -44,6 +47,15 @@ pub struct EnvironmentSettings {
     pub migrations: crate::database_migrations::MigrationSettings,
     /// Database backups: where they go, how they are taken, how long kept.
     pub backups: Option<BackupSettings>,
+    /// The Pre-Deployment Checklist's commands and expectations.
+    #[serde(default)]
+    pub preflight: PreflightSettings,
+    /// Post-Deployment Verification: the smoke tests.
+    #[serde(default)]
+    pub smoke: SmokeSettings,
+    /// Monitoring and Alerting: probes, thresholds, the webhook.
+    #[serde(default)]
+    pub monitor: MonitorSettings,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug)]
