@@ -39,19 +39,48 @@ impl Fault {
     }
 }
 
+/// Auth fault injection (`MRE_DEMO_AUTH_FAULT`), for testing smoke tests:
+/// `open` answers protected endpoints without a session (a broken auth
+/// boundary), `login` makes every login fail with 500.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum AuthFault {
+    None,
+    Open,
+    Login,
+}
+
+impl AuthFault {
+    fn from_env() -> Result<AuthFault, String> {
+        let v = std::env::var("MRE_DEMO_AUTH_FAULT").unwrap_or_default();
+        Ok(match v.trim() {
+            "" | "none" => AuthFault::None,
+            "open" => AuthFault::Open,
+            "login" => AuthFault::Login,
+            other => {
+                return Err(format!(
+                    "unknown MRE_DEMO_AUTH_FAULT {other:?} (expected none|open|login)"
+                ))
+            }
+        })
+    }
+}
+
 struct App {
     db: Db,
     fault: Fault,
+    auth_fault: AuthFault,
 }
 
 pub fn run(port: u16, url: String) -> Result<(), String> {
     let fault = Fault::from_env()?;
+    let auth_fault = AuthFault::from_env()?;
     let app = App {
         db: Db::new(db::config(&url)?),
         fault,
+        auth_fault,
     };
     crate::log(&format!(
-        "mre-demo app listening on 0.0.0.0:{port} (database {}, health fault {fault:?})",
+        "mre-demo app listening on 0.0.0.0:{port} (database {}, health fault {fault:?}, auth fault {auth_fault:?})",
         db::redact(&url)
     ));
     match app.db.run(|c| c.simple_query("SELECT 1").map(|_| ())) {
@@ -135,6 +164,14 @@ impl App {
             }
             (_, p) if p == "/api" || p.starts_with("/api/") => match self.authenticate(req) {
                 Ok(user) => self.protected(req, &user),
+                Err(_) if self.auth_fault == AuthFault::Open => {
+                    let anyone = User {
+                        id: "anonymous".into(),
+                        email: "anonymous@example.invalid".into(),
+                        name: None,
+                    };
+                    self.protected(req, &anyone)
+                }
                 Err(r) => r,
             },
             _ => Response::raw(404, "text/plain; charset=utf-8", "Not found\n"),
@@ -206,6 +243,9 @@ impl App {
     }
 
     fn login(&self, req: &Request) -> Response {
+        if self.auth_fault == AuthFault::Login {
+            return err(500, "INTERNAL_ERROR", "injected login fault");
+        }
         let Ok(body) = serde_json::from_slice::<Value>(&req.body) else {
             return err(400, "VALIDATION_ERROR", "body must be JSON");
         };

@@ -14,9 +14,12 @@ mod deployment;
 mod deployment_architecture;
 mod disaster_recovery;
 mod health_checks;
+mod monitoring_and_alerting;
 mod post_deployment_verification;
+mod pre_deployment_checklist;
 mod releases;
 mod rollback_procedures;
+mod smoke_tests;
 
 use std::process::ExitCode;
 
@@ -70,11 +73,14 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     Config(deployment_architecture::ConfigArgs),
+    Preflight(pre_deployment_checklist::PreflightArgs),
     Deploy(deployment::DeployArgs),
     Migrate(database_migrations::MigrateArgs),
     Health(health_checks::HealthArgs),
     Status(post_deployment_verification::StatusArgs),
     Logs(post_deployment_verification::LogsArgs),
+    Smoke(smoke_tests::SmokeArgs),
+    Monitor(monitoring_and_alerting::MonitorArgs),
     Backup(disaster_recovery::BackupArgs),
     Restore(disaster_recovery::RestoreArgs),
     Drill(disaster_recovery::DrillArgs),
@@ -138,6 +144,7 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
     let ops = Ops::load(cli.config.as_deref())?;
     match &cli.command {
         Cmd::Config(args) => deployment_architecture::config(&ops, out, args),
+        Cmd::Preflight(args) => pre_deployment_checklist::preflight(&ops, out, args),
         Cmd::Deploy(args) => deployment::deploy(&ops, out, args),
         Cmd::Migrate(args) => database_migrations::migrate(&ops, out, args),
         Cmd::Backup(args) => disaster_recovery::backup(&ops, out, args),
@@ -151,6 +158,8 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Cmd::Health(args) => health_checks::health(&ops, out, args),
         Cmd::Status(args) => post_deployment_verification::status(&ops, out, args),
         Cmd::Logs(args) => post_deployment_verification::logs(&ops, out, args),
+        Cmd::Smoke(args) => smoke_tests::smoke(&ops, out, args),
+        Cmd::Monitor(args) => monitoring_and_alerting::monitor(&ops, out, args),
         Cmd::Demo(_) => unreachable!("handled above"),
     }
 }

@@ -1,5 +1,6 @@
-//! HTTP (ureq): one GET with a deadline, and failures explained in words an
-//! operator can act on.
+//! HTTP (ureq): one request with a deadline (GET, or POST with a JSON
+//! body, with headers), and failures explained in words an operator can act
+//! on.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,18 @@ pub struct Reply {
 /// GET `url`, giving up after `timeout`. Any status is a reply; only a
 /// failure to get one is an error, described for a human.
 pub fn get(url: &str, timeout: Duration) -> Result<Reply, String> {
+    request("GET", url, &[], None, timeout)
+}
+
+/// `method` (GET or POST) `url` with `headers` and, for POST, a JSON
+/// `body`; no redirects followed. Any status is a reply.
+pub fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+    timeout: Duration,
+) -> Result<Reply, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
@@ -23,10 +36,20 @@ pub fn get(url: &str, timeout: Duration) -> Result<Reply, String> {
         .build()
         .into();
     let start = Instant::now();
-    let mut response = agent
-        .get(url)
-        .call()
-        .map_err(|e| describe(&e, url, timeout))?;
+    let sent = if method == "POST" {
+        let mut req = agent.post(url).header("content-type", "application/json");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send(body.unwrap_or(""))
+    } else {
+        let mut req = agent.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.call()
+    };
+    let mut response = sent.map_err(|e| describe(&e, url, timeout))?;
     let status = response.status().as_u16();
     let body = response
         .body_mut()

@@ -175,6 +175,62 @@ impl Command {
     }
 }
 
+/// How a captured command ended.
+pub struct Captured {
+    /// The exit code; None when killed (by a signal or the timeout).
+    pub code: Option<i32>,
+    pub timed_out: bool,
+    /// Standard output and error, interleaved as far as pipes allow,
+    /// known secrets masked.
+    pub output: String,
+}
+
+impl Command {
+    /// Run with stdout and stderr captured together, killed after `timeout`.
+    /// An error only when it cannot start.
+    pub fn capture(&self, timeout: std::time::Duration) -> Result<Captured> {
+        let handle = self
+            .expression()
+            .stderr_to_stdout()
+            .stdout_capture()
+            .unchecked()
+            .start()
+            .with_context(|| {
+                format!(
+                    "could not start `{}`: is `{}` installed and on PATH?",
+                    self.display(),
+                    self.program
+                )
+            })?;
+        let start = std::time::Instant::now();
+        let mut timed_out = false;
+        while handle
+            .try_wait()
+            .with_context(|| format!("waiting for `{}`", self.display()))?
+            .is_none()
+        {
+            if start.elapsed() >= timeout {
+                timed_out = true;
+                let _ = handle.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let output = handle
+            .wait()
+            .with_context(|| format!("waiting for `{}`", self.display()))?;
+        Ok(Captured {
+            code: if timed_out {
+                None
+            } else {
+                output.status.code()
+            },
+            timed_out,
+            output: redact(&String::from_utf8_lossy(&output.stdout)),
+        })
+    }
+}
+
 fn quote(word: &str) -> String {
     if !word.is_empty()
         && word

@@ -11,6 +11,7 @@ mod migrations;
 mod parse;
 mod release;
 mod settings;
+mod verification;
 
 use std::fmt;
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use camino::Utf8Path;
 
-use super::settings::OpsFile;
+use super::settings::{parse_duration, EnvironmentSettings, OpsFile};
 use super::{config_error, Ops};
 
 /// Parse with errors as `ops.toml:LINE:COL: field.path: what is wrong`.
@@ -180,6 +180,7 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
                 )));
             }
         }
+        validate_verification(env, name, &at, &at_value)?;
         if let Some(host) = &env.docker_host {
             if !(host.starts_with("unix://")
                 || host.starts_with("tcp://")
@@ -190,6 +191,143 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
                     at_value("docker_host", host)
                 )));
             }
+        }
+    }
+    Ok(())
+}
+
+/// The preflight, smoke and monitor sections: commands, paths, durations,
+/// thresholds and URLs that parse but cannot work.
+fn validate_verification(
+    env: &EnvironmentSettings,
+    name: &str,
+    at: &dyn Fn(&str) -> String,
+    at_value: &dyn Fn(&str, &str) -> String,
+) -> Result<()> {
+    let p = &env.preflight;
+    for (key, cmd) in [
+        ("tests", &p.tests),
+        ("lint", &p.lint),
+        ("audit", &p.audit),
+        ("image_test", &p.image_test),
+    ] {
+        if cmd
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c[0].is_empty())
+        {
+            return Err(config_error(format!(
+                "{}: an empty command; write [program, args...]",
+                at(&format!("preflight.{key}"))
+            )));
+        }
+    }
+    if p.backup_max_age_hours.is_nan() || p.backup_max_age_hours <= 0.0 {
+        return Err(config_error(format!(
+            "{}: expected hours above 0, found {}",
+            at("preflight.backup_max_age_hours"),
+            p.backup_max_age_hours
+        )));
+    }
+    if let Some(staging) = &p.staging {
+        if staging == name {
+            return Err(config_error(format!(
+                "{}: `{staging}` is this environment; name the one migrations are tested on first",
+                at_value("preflight.staging", staging)
+            )));
+        }
+    }
+    let s = &env.smoke;
+    if let Some(url) = &s.url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(config_error(format!(
+                "{}: `{url}` is not an http:// or https:// URL",
+                at_value("smoke.url", url)
+            )));
+        }
+    }
+    for path in std::iter::once(&s.session_path)
+        .chain(s.endpoints.iter().map(|e| &e.path))
+        .chain(s.public.iter())
+    {
+        if !path.starts_with('/') {
+            return Err(config_error(format!(
+                "{}: `{path}` must start with /",
+                at_value("smoke", path)
+            )));
+        }
+    }
+    if let Some(e) = s
+        .endpoints
+        .iter()
+        .find(|e| !(100..=599).contains(&e.status))
+    {
+        return Err(config_error(format!(
+            "{}: status {} of {} is not an HTTP status",
+            at("smoke.endpoints"),
+            e.status,
+            e.path
+        )));
+    }
+    if !(s.timeout_secs > 0.0 && s.timeout_secs <= 600.0) {
+        return Err(config_error(format!(
+            "{}: expected seconds between 0 and 600, found {}",
+            at("smoke.timeout_secs"),
+            s.timeout_secs
+        )));
+    }
+    let m = &env.monitor;
+    for (key, value) in [("interval", &m.interval), ("log_window", &m.log_window)] {
+        if parse_duration(value).is_none() {
+            return Err(config_error(format!(
+                "{}: `{value}` is not a duration (`30s`, `5m`, `1h`)",
+                at_value(&format!("monitor.{key}"), value)
+            )));
+        }
+    }
+    if m.probes == 0 || m.probes > 1000 {
+        return Err(config_error(format!(
+            "{}: expected 1 to 1000 probes, found {}",
+            at("monitor.probes"),
+            m.probes
+        )));
+    }
+    if m.prefix.is_empty()
+        || !m
+            .prefix
+            .starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        || !m
+            .prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(config_error(format!(
+            "{}: `{}` is not a Prometheus metric name prefix (letters, digits, _)",
+            at("monitor.prefix"),
+            m.prefix
+        )));
+    }
+    if let Some(url) = &m.webhook {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(config_error(format!(
+                "{}: `{url}` is not an http:// or https:// URL",
+                at_value("monitor.webhook", url)
+            )));
+        }
+    }
+    for (key, rule) in m.alerts.rules() {
+        if let Some(f) = &rule.for_ {
+            if parse_duration(f).is_none() {
+                return Err(config_error(format!(
+                    "{}: for = `{f}` is not a duration (`0s`, `1m`, `5m`)",
+                    at(&format!("monitor.alerts.{key}"))
+                )));
+            }
+        }
+        if rule.threshold.is_some_and(|t| !t.is_finite() || t < 0.0) {
+            return Err(config_error(format!(
+                "{}: the threshold must be a number of 0 or more",
+                at(&format!("monitor.alerts.{key}"))
+            )));
         }
     }
     Ok(())

@@ -7,6 +7,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use super::backups::{BackupSettings, Method};
+pub use super::verification::{
+    parse_duration, Alert, Direction, MonitorSettings, PreflightSettings, SmokeSettings,
+};
 // The file, exactly as written. Unknown keys are refused.
 
 #[derive(Deserialize, Serialize, Clone, Debug)]
@@ -50,6 +53,15 @@ pub struct EnvironmentSettings {
     /// (staging, production). Without it, `deploy` builds and starts the
     /// Compose project in place (the development path).
     pub release: Option<super::release::ReleaseSettings>,
+    /// The Pre-Deployment Checklist's commands and expectations.
+    #[serde(default)]
+    pub preflight: PreflightSettings,
+    /// Post-Deployment Verification: the smoke tests.
+    #[serde(default)]
+    pub smoke: SmokeSettings,
+    /// Monitoring and Alerting: probes, thresholds, the webhook.
+    #[serde(default)]
+    pub monitor: MonitorSettings,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug)]

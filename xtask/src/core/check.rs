@@ -19,9 +19,7 @@ pub enum State {
     Warn,
     // MANUAL and SKIP: the pre-deployment checklist's items that need a person
     // or do not apply.
-    #[allow(dead_code)]
     Manual,
-    #[allow(dead_code)]
     Skip,
 }
 
@@ -101,6 +99,29 @@ impl Check {
         Check {
             state: State::Warn,
             ..Check::pass(name, kind, target, detail, took)
+        }
+    }
+
+    /// Needs a person: `detail` says what to look at, `next` how to attest it.
+    pub fn manual(
+        name: String,
+        kind: &'static str,
+        target: String,
+        detail: String,
+        next: String,
+    ) -> Check {
+        Check {
+            state: State::Manual,
+            next: Some(next),
+            ..Check::pass(name, kind, target, detail, Duration::ZERO)
+        }
+    }
+
+    /// Does not apply here; `detail` says why.
+    pub fn skip(name: String, kind: &'static str, target: String, detail: String) -> Check {
+        Check {
+            state: State::Skip,
+            ..Check::pass(name, kind, target, detail, Duration::ZERO)
         }
     }
 
@@ -257,6 +278,122 @@ pub fn report(
             c.name,
             c.state.emoji(),
             c.detail.replace('|', "\\|")
+        ));
+    }
+    r.summary(md);
+    r
+}
+
+/// How many checks are in each state, for titles and JSON.
+pub fn counts(checks: &[Check]) -> serde_json::Value {
+    let n = |st: State| checks.iter().filter(|c| c.state == st).count();
+    serde_json::json!({
+        "pass": n(State::Pass),
+        "fail": n(State::Fail),
+        "warn": n(State::Warn),
+        "manual": n(State::Manual),
+        "skip": n(State::Skip),
+    })
+}
+
+/// The checks as a checklist: grouped under their `kind` (in order of first
+/// appearance), every state counted in the title, WARN and MANUAL items
+/// listed with what to do, and a markdown checklist (`- [x]`) in the GitHub
+/// step summary instead of a table.
+pub fn checklist(
+    out: &Output,
+    what: &str,
+    title: &str,
+    mut json: serde_json::Value,
+    checks: &[Check],
+    took: Duration,
+) -> Report {
+    let counts = counts(checks);
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if let Some(map) = json.as_object_mut() {
+        map.insert("ok".into(), (failed == 0).into());
+        map.insert("counts".into(), counts.clone());
+        map.insert("millis".into(), (took.as_millis() as u64).into());
+        map.insert(
+            "checks".into(),
+            serde_json::to_value(checks).expect("checks serialise"),
+        );
+    }
+    let tally = ["pass", "fail", "warn", "manual", "skip"]
+        .iter()
+        .filter(|k| counts[**k].as_u64().unwrap_or(0) > 0)
+        .map(|k| format!("{} {}", counts[*k], k.to_uppercase()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut r = Report::new(json);
+    r.line(format!("{title}: {tally} ({} ms)", took.as_millis()));
+    let w = checks
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut md = format!("### {title}\n\n{tally}\n");
+    let mut group = "";
+    for c in checks {
+        if c.kind != group {
+            group = c.kind;
+            r.line(out.paint(Tone::Dim, group));
+            md.push_str(&format!("\n**{group}**\n\n"));
+        }
+        let mark = c.state.mark(out);
+        let state = format!("{:?}", c.state).to_uppercase();
+        match c.state {
+            State::Fail => {
+                r.line(format!(
+                    "  {mark} {:<w$} {}",
+                    c.name,
+                    out.paint(Tone::Bad, "FAIL")
+                ));
+                r.line(format!(
+                    "      expected: {}",
+                    c.expected.as_deref().unwrap_or("-")
+                ));
+                r.line(format!(
+                    "      got:      {}",
+                    c.got.as_deref().unwrap_or("-")
+                ));
+                r.line(format!(
+                    "      next:     {}",
+                    c.next.as_deref().unwrap_or("-")
+                ));
+                r.error(format!("{what}: {} failed: {}", c.name, c.detail));
+            }
+            State::Pass => {
+                r.line(format!("  {mark} {:<w$} {}", c.name, c.detail));
+            }
+            _ => {
+                r.line(format!("  {mark} {:<w$} {state}: {}", c.name, c.detail));
+                if let Some(next) = &c.next {
+                    r.line(format!("      next:     {next}"));
+                }
+            }
+        }
+        let boxed = if c.state == State::Pass { "x" } else { " " };
+        md.push_str(&format!(
+            "- [{boxed}] {} {} — {}: {}\n",
+            c.state.emoji(),
+            c.name,
+            state,
+            c.detail.replace('\n', " ")
+        ));
+    }
+    let open: Vec<&Check> = checks
+        .iter()
+        .filter(|c| matches!(c.state, State::Warn | State::Manual))
+        .collect();
+    if !open.is_empty() {
+        r.line(format!(
+            "Needs a look ({}): {}",
+            open.len(),
+            open.iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
         ));
     }
     r.summary(md);

@@ -13,6 +13,12 @@ pub fn write_private(path: &Utf8Path, text: &str) -> Result<()> {
 }
 
 pub fn write_private_bytes(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
+    write_atomic(path, bytes, 0o600)
+}
+
+/// Write a file through a temporary file and a rename, with `mode` (e.g.
+/// 0o644 for a Prometheus textfile that node_exporter reads as another user).
+pub fn write_atomic(path: &Utf8Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = Utf8PathBuf::from(format!(
@@ -23,7 +29,7 @@ pub fn write_private_bytes(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)
         .with_context(|| format!("creating {tmp}: is its folder writable?"))?;
     let written = f
@@ -36,6 +42,38 @@ pub fn write_private_bytes(path: &Utf8Path, bytes: &[u8]) -> Result<()> {
     }
     std::fs::rename(&tmp, path).with_context(|| format!("renaming {tmp} to {path}"))?;
     Ok(())
+}
+
+/// Free and total bytes of the file system holding `path` (statvfs).
+pub fn disk_space(path: &Utf8Path) -> Result<(u64, u64)> {
+    let c = std::ffi::CString::new(path.as_str()).context("a path with a NUL byte")?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a zeroed struct for the kernel to fill.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statvfs {path}: does it exist on this machine?"));
+    }
+    let frag = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * frag, st.f_blocks as u64 * frag))
+}
+
+/// The bytes of every file under `dir` (0 when it does not exist).
+pub fn folder_size(dir: &Utf8Path) -> u64 {
+    fn walk(p: &std::path::Path) -> u64 {
+        let Ok(entries) = std::fs::read_dir(p) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path()),
+                Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => 0,
+            })
+            .sum()
+    }
+    walk(dir.as_std_path())
 }
 
 /// `bytes` random bytes as lowercase hex.

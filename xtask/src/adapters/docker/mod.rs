@@ -160,6 +160,19 @@ impl Docker {
         }
     }
 
+    /// Whether a local image exists.
+    pub fn image_present(&self, image: &str) -> Result<bool> {
+        match self.rt.block_on(self.client.inspect_image(image)) {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(false),
+            Err(e) => {
+                Err(e).with_context(|| format!("inspecting image `{image}` on {}", self.host))
+            }
+        }
+    }
+
     /// A label of a local image (`None`: no such image or no such label).
     pub fn image_label(&self, image: &str, key: &str) -> Result<Option<String>> {
         match self.rt.block_on(self.client.inspect_image(image)) {
@@ -457,3 +470,6 @@ impl Docker {
         }
     }
 }
+
+mod inspect;
+pub use inspect::Spec;

@@ -1,0 +1,265 @@
+//! Pre-Deployment Checklist, Infrastructure Checks: the Compose files'
+//! images exist (and pass the image test command when one is configured),
+//! and every container, as the Docker engine reports it (`docker inspect`),
+//! has a health check, is on the declared network, and has memory and CPU
+//! limits.
+
+use std::time::{Duration, Instant};
+
+use super::{code_quality, Ctx, INFRASTRUCTURE};
+use crate::adapters::docker::{Docker, Spec};
+use crate::core::check::{Check, State};
+use crate::core::session;
+
+const IMAGES: &str = "Docker images built and tested";
+const HEALTH: &str = "Container health checks configured";
+const NETWORK: &str = "Network configuration verified";
+const LIMITS: &str = "Resource limits configured";
+
+pub(super) fn checks(ctx: &Ctx) -> Vec<Check> {
+    let env = ctx.env;
+    let start = Instant::now();
+    let host = env.docker_host();
+    let docker = match Docker::connect(&host) {
+        Ok(d) => d,
+        Err(e) => {
+            let why = format!("{e:#}");
+            return [IMAGES, HEALTH, NETWORK, LIMITS]
+                .into_iter()
+                .map(|n| {
+                    Check::fail(
+                        n.into(),
+                        INFRASTRUCTURE,
+                        host.clone(),
+                        "a reachable Docker engine",
+                        why.clone(),
+                        "check `docker info`; set docker_host in ops.toml or DOCKER_HOST".into(),
+                        start.elapsed(),
+                    )
+                })
+                .collect();
+        }
+    };
+    let wanted = env.containers();
+    let names: Vec<String> = wanted.iter().map(|(_, c)| c.clone()).collect();
+    let specs: Vec<(String, Result<Option<Spec>, String>)> = names
+        .iter()
+        .cloned()
+        .zip(
+            docker
+                .specs(&names)
+                .into_iter()
+                .map(|r| r.map_err(|e| format!("{e:#}"))),
+        )
+        .collect();
+    let mut images = images(ctx, &docker);
+    if images.state == State::Pass && env.settings.preflight.image_test.is_some() {
+        let tested = code_quality::command_item(
+            ctx,
+            INFRASTRUCTURE,
+            IMAGES,
+            "image_test",
+            env.settings.preflight.image_test.as_deref(),
+        );
+        images = if tested.state == State::Pass {
+            Check {
+                detail: format!("{}; tested: {}", images.detail, tested.detail),
+                ..images
+            }
+        } else {
+            tested
+        };
+    }
+    let network = env
+        .settings
+        .preflight
+        .network
+        .clone()
+        .unwrap_or_else(|| format!("{}_mre-network", env.project().unwrap_or("?")));
+    vec![
+        images,
+        per_container(&specs, env, HEALTH, "a health check", |s| {
+            match &s.healthcheck {
+                Some(test) => Ok(test
+                    .iter()
+                    .skip(1)
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" ")),
+                None => Err("no healthcheck".into()),
+            }
+        }),
+        per_container(&specs, env, NETWORK, &format!("network {network}"), |s| {
+            if s.networks.iter().any(|n| n == &network) {
+                Ok(network.clone())
+            } else {
+                Err(format!("on {}", s.networks.join(", ")))
+            }
+        }),
+        per_container(&specs, env, LIMITS, "memory and CPU limits", |s| {
+            match (s.memory_bytes, s.cpus()) {
+                (m, Some(c)) if m > 0 => Ok(format!("{} MiB, {c} CPU", m / (1024 * 1024))),
+                (0, None) => Err("no memory or CPU limit".into()),
+                (0, Some(_)) => Err("no memory limit".into()),
+                _ => Err("no CPU limit".into()),
+            }
+        }),
+    ]
+}
+
+/// One item over every container: `test` says what it found (Ok) or what
+/// is wrong (Err).
+fn per_container(
+    specs: &[(String, Result<Option<Spec>, String>)],
+    env: &crate::config::Env,
+    name: &str,
+    expected: &str,
+    test: impl Fn(&Spec) -> Result<String, String>,
+) -> Check {
+    let mut good = Vec::new();
+    let mut bad = Vec::new();
+    let mut absent = Vec::new();
+    for (container, spec) in specs {
+        match spec {
+            Err(e) => bad.push(format!("{container}: {e}")),
+            Ok(None) => absent.push(container.clone()),
+            Ok(Some(s)) => match test(s) {
+                Ok(what) => good.push(format!("{container}: {what}")),
+                Err(why) => bad.push(format!("{container}: {why}")),
+            },
+        }
+    }
+    let target = format!("{} containers", specs.len());
+    if !bad.is_empty() {
+        return Check::fail(
+            name.into(),
+            INFRASTRUCTURE,
+            target,
+            &format!("{expected} on every container"),
+            bad.join("; "),
+            format!(
+                "declare it in the Compose file ({}), deploy, and run preflight again",
+                env.settings
+                    .compose
+                    .as_ref()
+                    .map(|c| c.files.join(", "))
+                    .unwrap_or_default()
+            ),
+            Duration::ZERO,
+        );
+    }
+    if !absent.is_empty() {
+        return Check {
+            next: Some(format!(
+                "`cargo xtask deploy {}` creates them; run preflight again after",
+                env.name
+            )),
+            ..Check::warn(
+                name.into(),
+                INFRASTRUCTURE,
+                target,
+                format!(
+                    "not created yet, so not verified: {}{}",
+                    absent.join(", "),
+                    if good.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", good.join("; "))
+                    }
+                ),
+                Duration::ZERO,
+            )
+        };
+    }
+    if specs.is_empty() {
+        return Check::skip(
+            name.into(),
+            INFRASTRUCTURE,
+            target,
+            "no containers named in ops.toml".into(),
+        );
+    }
+    Check::pass(
+        name.into(),
+        INFRASTRUCTURE,
+        target,
+        good.join("; "),
+        Duration::ZERO,
+    )
+}
+
+/// The images the Compose files name (`compose config`), each present on
+/// the engine.
+fn images(ctx: &Ctx, docker: &Docker) -> Check {
+    let env = ctx.env;
+    let start = Instant::now();
+    let fail = |got: String, next: String| {
+        Check::fail(
+            IMAGES.into(),
+            INFRASTRUCTURE,
+            env.settings
+                .compose
+                .as_ref()
+                .map(|c| c.files.join(", "))
+                .unwrap_or_default(),
+            "every image the Compose files name, built",
+            got,
+            next,
+            start.elapsed(),
+        )
+    };
+    let config = session::compose(env).and_then(|c| c.cmd(&["config"]).read());
+    let yaml = match config {
+        Ok(y) => y,
+        Err(e) => {
+            return fail(
+                format!("{e:#}"),
+                "fix the Compose files or their variables".into(),
+            )
+        }
+    };
+    let mut names: Vec<String> = yaml
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image:"))
+        .map(|i| i.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+        .filter(|i| !i.is_empty())
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        return fail(
+            "no `image:` in the Compose files".into(),
+            "name each service's image in the Compose file so that the build can be checked".into(),
+        );
+    }
+    let mut missing = Vec::new();
+    for image in &names {
+        match docker.image_present(image) {
+            Ok(true) => {}
+            Ok(false) => missing.push(image.clone()),
+            Err(e) => return fail(format!("{e:#}"), "check `docker info`".into()),
+        }
+    }
+    if missing.is_empty() {
+        Check::pass(
+            IMAGES.into(),
+            INFRASTRUCTURE,
+            env.settings
+                .compose
+                .as_ref()
+                .map(|c| c.files.join(", "))
+                .unwrap_or_default(),
+            format!("{} images present: {}", names.len(), names.join(", ")),
+            start.elapsed(),
+        )
+    } else {
+        fail(
+            format!("not built: {}", missing.join(", ")),
+            format!(
+                "build them (`cargo xtask deploy {} --dry-run` shows the build step)",
+                env.name
+            ),
+        )
+    }
+}
