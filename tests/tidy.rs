@@ -100,6 +100,9 @@ fn layers_import_only_downwards() {
         "rollback_procedures",
         "disaster_recovery",
         "releases",
+        "pre_deployment_checklist",
+        "smoke_tests",
+        "monitoring_and_alerting",
         "demo",
     ];
     let mut bad = Vec::new();
