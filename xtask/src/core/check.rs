@@ -248,23 +248,7 @@ pub fn report(
         if c.ok {
             r.line(format!("  {mark} {:<w$} {}", c.name, c.detail));
         } else {
-            r.line(format!(
-                "  {mark} {:<w$} {}",
-                c.name,
-                out.paint(Tone::Bad, "FAILED")
-            ));
-            r.line(format!(
-                "      expected: {}",
-                c.expected.as_deref().unwrap_or("-")
-            ));
-            r.line(format!(
-                "      got:      {}",
-                c.got.as_deref().unwrap_or("-")
-            ));
-            r.line(format!(
-                "      next:     {}",
-                c.next.as_deref().unwrap_or("-")
-            ));
+            failure_lines(&mut r, out, c, &mark, w, "FAILED");
             r.error(format!("{what} check {} failed: {}", c.name, c.detail));
         }
     }
@@ -344,23 +328,7 @@ pub fn checklist(
         let state = format!("{:?}", c.state).to_uppercase();
         match c.state {
             State::Fail => {
-                r.line(format!(
-                    "  {mark} {:<w$} {}",
-                    c.name,
-                    out.paint(Tone::Bad, "FAIL")
-                ));
-                r.line(format!(
-                    "      expected: {}",
-                    c.expected.as_deref().unwrap_or("-")
-                ));
-                r.line(format!(
-                    "      got:      {}",
-                    c.got.as_deref().unwrap_or("-")
-                ));
-                r.line(format!(
-                    "      next:     {}",
-                    c.next.as_deref().unwrap_or("-")
-                ));
+                failure_lines(&mut r, out, c, &mark, w, "FAIL");
                 r.error(format!("{what}: {} failed: {}", c.name, c.detail));
             }
             State::Pass => {
@@ -398,4 +366,26 @@ pub fn checklist(
     }
     r.summary(md);
     r
+}
+
+/// A failed check in the human report: its name, then what was expected,
+/// what was found and the next thing to try.
+fn failure_lines(r: &mut Report, out: &Output, c: &Check, mark: &str, w: usize, label: &str) {
+    r.line(format!(
+        "  {mark} {:<w$} {}",
+        c.name,
+        out.paint(Tone::Bad, label)
+    ));
+    r.line(format!(
+        "      expected: {}",
+        c.expected.as_deref().unwrap_or("-")
+    ));
+    r.line(format!(
+        "      got:      {}",
+        c.got.as_deref().unwrap_or("-")
+    ));
+    r.line(format!(
+        "      next:     {}",
+        c.next.as_deref().unwrap_or("-")
+    ));
 }

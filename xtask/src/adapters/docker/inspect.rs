@@ -126,15 +126,8 @@ impl Docker {
 }
 
 async fn inspect_spec(client: &bollard::Docker, name: &str) -> Result<Option<Spec>> {
-    let info = match client
-        .inspect_container(name, None::<InspectContainerOptions>)
-        .await
-    {
-        Ok(info) => info,
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("inspecting container `{name}`")),
+    let Some(info) = super::inspect_raw(client, name).await? else {
+        return Ok(None);
     };
     let config = info.config.as_ref();
     let host = info.host_config.as_ref();

@@ -376,16 +376,26 @@ impl Docker {
     }
 }
 
-async fn inspect(client: &bollard::Docker, name: &str) -> Result<Option<Container>> {
-    let info = match client
+/// `docker inspect NAME`; `None` when there is no such container.
+async fn inspect_raw(
+    client: &bollard::Docker,
+    name: &str,
+) -> Result<Option<bollard::models::ContainerInspectResponse>> {
+    match client
         .inspect_container(name, None::<InspectContainerOptions>)
         .await
     {
-        Ok(info) => info,
+        Ok(info) => Ok(Some(info)),
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
-        }) => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("inspecting container `{name}`")),
+        }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("inspecting container `{name}`")),
+    }
+}
+
+async fn inspect(client: &bollard::Docker, name: &str) -> Result<Option<Container>> {
+    let Some(info) = inspect_raw(client, name).await? else {
+        return Ok(None);
     };
     let state = info.state.as_ref();
     let health = state.and_then(|s| s.health.as_ref());
