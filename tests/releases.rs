@@ -221,6 +221,41 @@ fn release_cutover_rollback_and_no_lap_lost() {
     assert_eq!(last["version"], v3.as_str());
     assert_eq!(last["result"], "rolled-back", "{last}");
 
+    // A release that is healthy but lets anyone into the API (the smoke
+    // tests' auth boundary) is switched back after the cutover.
+    let open = s.dir.path().join("open-api");
+    std::fs::create_dir_all(&open).unwrap();
+    std::fs::write(
+        open.join("Dockerfile"),
+        format!(
+            "FROM {}/mre-demo-app:{v1}\nENV MRE_DEMO_AUTH_FAULT=open\n",
+            s.registry
+        ),
+    )
+    .unwrap();
+    s.write_config(&open.display().to_string(), None, "");
+    let v3b = tag(&s, "v3b");
+    let load = Load::start(s.app);
+    let r = s.run(&["deploy", "rel", "--tag", &v3b]);
+    let (ok, failed, why) = load.finish();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("fails its smoke tests"), "{r:?}");
+    assert!(
+        r.stderr.contains("auth boundary") || r.stderr.contains("401"),
+        "{r:?}"
+    );
+    assert_eq!(live_colour(&s), "blue", "switched back");
+    assert_eq!(
+        failed,
+        0,
+        "the switch back dropped no request: {failed}/{} failed: {why:?}",
+        ok + failed
+    );
+    let l = s.run(&["--json", "releases", "rel"]);
+    let v: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
+    let last = v["entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["result"], "rolled-back", "{last}");
+
     // A release whose ingestion service cannot start fails after the app was
     // switched: the proxy is switched back and the old ingestion restored.
     let broken = s.dir.path().join("broken-ingestion");
@@ -389,18 +424,62 @@ fn production_needs_a_confirmation_and_backs_up_first() {
     let r = s.run(&["deploy", "rel", "--tag", &v1]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("Pass --yes"), "{r:?}");
+    // The checklist runs first: on a first release nothing runs yet (no
+    // database to connect to), so it refuses and nothing is started.
     let r = s.run(&["deploy", "rel", "--tag", &v1, "--yes"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("Database connection strings verified")
+            && r.stderr.contains("--skip-preflight"),
+        "{r:?}"
+    );
+    assert!(
+        common::docker(&["ps", "-aq", "--filter", &format!("name={}", s.prefix)])
+            .trim()
+            .is_empty(),
+        "a refused deploy starts nothing"
+    );
+    let r = s.run(&[
+        "deploy",
+        "rel",
+        "--tag",
+        &v1,
+        "--yes",
+        "--skip-preflight",
+        "first release: nothing runs yet",
+    ]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("skipped: first release"), "{r:?}");
+    // The second runs it for real, and passes.
     let v2 = tag(&s, "v2");
     let r = s.run(&["deploy", "rel", "--tag", &v2, "--yes"]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("Pre-deployment checklist for `rel`"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("Smoke tests:"), "{r:?}");
     assert!(
         r.stdout.contains("verified"),
         "a verified backup first: {r:?}"
     );
     let l = s.run(&["--json", "releases", "rel"]);
     let v: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
-    let last = v["entries"].as_array().unwrap().last().unwrap().clone();
+    let entries = v["entries"].as_array().unwrap();
+    let first = entries[0]["preflight"].as_str().unwrap_or("");
+    assert!(
+        first.starts_with("skipped: first release: nothing runs yet; failed: ")
+            && first.contains("Database connection strings verified"),
+        "the journal says who skipped the checklist, why, and what it found: {v}"
+    );
+    let last = entries.last().unwrap().clone();
+    assert!(
+        last["preflight"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("passed"),
+        "{last}"
+    );
     let backup = last["backup"]
         .as_str()
         .expect("the journal names the pre-release backup");

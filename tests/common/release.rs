@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::{docker, free_port, wait_for_port, workspace_root, xtask, Run, TempDir, XTASK};
+use super::{docker, free_port, wait_for_port, workspace_root, xtask_env, Run, TempDir, XTASK};
 
 /// `127.0.0.1:PORT` of this test process's registry.
 pub fn registry() -> String {
@@ -194,8 +194,17 @@ strategy = "stop-first"
         assert!(st.success());
     }
 
+    /// The xtask binary on this stack's ops.toml, with the smoke user a
+    /// deploy's smoke tests log in as (registered on first use).
     pub fn run(&self, args: &[&str]) -> Run {
-        xtask(&self.config, args)
+        xtask_env(
+            &self.config,
+            args,
+            &[
+                ("MRE_SMOKE_EMAIL", "smoke@mre-ops.test"),
+                ("MRE_SMOKE_PASSWORD", "smoke-test-password"),
+            ],
+        )
     }
 
     pub fn container(&self, suffix: &str) -> String {

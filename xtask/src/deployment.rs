@@ -18,11 +18,12 @@ use crate::{database_migrations, health_checks, post_deployment_verification};
 /// Deploy an environment (runbook: Deployment Procedures).
 ///
 /// With `[release]` in ops.toml (staging, production: runbook Staging and
-/// Production Deployment): back up (protected environments), build, tag and
-/// push the images, take the environment's lock, start the database, open
+/// Production Deployment): on protected environments run the
+/// Pre-Deployment Checklist (a FAIL refuses; --skip-preflight REASON) and
+/// back up, build, tag and push the images, take the environment's lock, start the database, open
 /// the journal, lint and apply migrations, start the new colour beside the
 /// live one, switch the proxy when it is healthy, run the post-deploy
-/// checks (a failure switches back), stop the old colour (kept for
+/// checks and the smoke tests (a failure switches back), stop the old colour (kept for
 /// `rollback`), prune, notify.
 ///
 /// Without it (development): create missing development secrets; run the environment's
@@ -55,6 +56,15 @@ pub struct DeployArgs {
     /// Do not ask for confirmation on a protected environment (CI).
     #[arg(long)]
     pub yes: bool,
+    /// Protected environments run the Pre-Deployment Checklist first and
+    /// refuse on a FAIL; skip it, saying why (written to the release journal
+    /// and warned about).
+    #[arg(long, value_name = "REASON")]
+    pub skip_preflight: Option<String>,
+    /// For the checklist of a protected environment: `review=URL` (code
+    /// review completed and approved), `docs=URL`. Repeatable.
+    #[arg(long, value_name = "ITEM=URL")]
+    pub attest: Vec<String>,
 }
 
 pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
@@ -72,6 +82,8 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
                 yes: args.yes,
                 allow_risky: args.allow_risky,
                 version: args.tag.as_deref(),
+                skip_preflight: args.skip_preflight.as_deref(),
+                attest: &args.attest,
             },
         );
     }
@@ -141,6 +153,19 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     }
 
     let mut plan = Plan::new(format!("deploy {}", env.name));
+    if env.settings.protected {
+        let (skip, attest) = (args.skip_preflight.as_deref(), &args.attest);
+        plan.action(
+            "Pre-deployment checklist",
+            format!(
+                "cargo xtask preflight {}: any FAIL refuses the deploy before anything changes",
+                env.name
+            ),
+            move || {
+                crate::pre_deployment_checklist::gate(ops, &fresh()?, out, attest, skip).map(drop)
+            },
+        );
+    }
     if !generated.is_empty() {
         let file = env
             .env_file

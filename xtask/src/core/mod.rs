@@ -1,5 +1,6 @@
 //! The shared core every runbook section builds on: one step runner with
-//! undo (`steps`), signals (`interrupt`), one command's session with an
+//! undo (`steps`), signals (`interrupt`), the release journal on the
+//! target (`journal`), one command's session with an
 //! environment (`session`), and files and randomness (`files`). It imports
 //! `config` and `adapters`, never a runbook section.
 
@@ -7,6 +8,7 @@ pub mod check;
 pub mod files;
 pub mod intent;
 pub mod interrupt;
+pub mod journal;
 pub mod lock;
 pub mod report;
 pub mod session;

@@ -49,6 +49,20 @@ impl Report {
                 out.line(l);
             }
         }
+        self.emit_annotations(out);
+    }
+
+    /// A report inside another command's (the checklist a deploy runs):
+    /// its lines (on stderr under `--json`, whose stdout carries the outer
+    /// command's document), annotations and summary, never a JSON document.
+    pub fn emit_part(&self, out: &Output) {
+        for l in &self.lines {
+            out.line(l);
+        }
+        self.emit_annotations(out);
+    }
+
+    fn emit_annotations(&self, out: &Output) {
         for e in &self.errors {
             out.annotate_error(e);
         }

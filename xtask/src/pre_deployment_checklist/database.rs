@@ -1,8 +1,8 @@
 //! Pre-Deployment Checklist, Database Checks: the pending migrations pass
 //! the lint (a dry run of `migrate deploy`), every migration pending here is
 //! already applied on staging, a verified backup younger than
-//! `backup_max_age_hours` exists (read from the backup manifests), and so a
-//! rollback plan: restore that backup.
+//! `backup_max_age_hours` exists (read from the backup manifests), and a
+//! rollback plan: the previous release from the journal, that backup.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use crate::adapters::{clock, postgres};
 use crate::config::Env;
 use crate::config::Runner;
 use crate::core::check::Check;
+use crate::core::journal;
 use crate::core::session;
 use crate::database_migrations;
 
@@ -25,8 +26,8 @@ pub(super) fn checks(ctx: &Ctx) -> Vec<Check> {
     vec![
         reviewed(ctx.env),
         tested_in_staging(ctx),
-        backup_created(ctx.env, &backup),
-        rollback_plan(ctx.env, &backup),
+        backup_created(ctx, &backup),
+        rollback_plan(ctx, &backup),
     ]
 }
 
@@ -329,7 +330,8 @@ fn hours(d: Duration) -> String {
 }
 
 /// "Backup of production database created": verified, younger than the limit.
-fn backup_created(env: &Env, scan: &Scan) -> Check {
+fn backup_created(ctx: &Ctx, scan: &Scan) -> Check {
+    let env = ctx.env;
     let name = "Backup of production database created";
     let max = env.settings.preflight.backup_max_age_hours;
     let target = backup_folder(env)
@@ -357,6 +359,16 @@ fn backup_created(env: &Env, scan: &Scan) -> Check {
             }
         }
     };
+    let fresh = matches!(scan, Ok(Some(f)) if f.age.as_secs_f64() <= max * 3600.0);
+    if ctx.deploying && !fresh && env.settings.protected {
+        return Check::pass(
+            name.into(),
+            DATABASE,
+            target,
+            "the deploy's next step takes a backup and verifies it (a full restore) before any change".into(),
+            Duration::ZERO,
+        );
+    }
     match scan {
         Err(why) => missing(
             why.clone(),
@@ -389,40 +401,73 @@ fn backup_created(env: &Env, scan: &Scan) -> Check {
     }
 }
 
-/// "Rollback plan documented": the plan is to restore the newest verified
-/// backup; keeping the previous release for an application rollback comes
-/// later.
-fn rollback_plan(env: &Env, scan: &Scan) -> Check {
+/// "Rollback plan documented": the application goes back to the kept
+/// previous release (`cargo xtask rollback`, from the release journal), the
+/// database to the newest verified backup (or the one the deploy takes).
+fn rollback_plan(ctx: &Ctx, scan: &Scan) -> Check {
+    let env = ctx.env;
     let name = "Rollback plan documented";
-    match scan {
-        Ok(Some(f)) => Check::pass(
+    let app = previous_release(env);
+    let db = match scan {
+        Ok(Some(f)) => Some(format!(
+            "database: `cargo xtask restore {} {}` (verified {})",
+            env.name, f.name, f.verified_at
+        )),
+        _ if ctx.deploying && env.settings.protected => Some(format!(
+            "database: `cargo xtask rollback {} --with-db pre-deploy` (the backup this deploy takes)",
+            env.name
+        )),
+        _ => None,
+    };
+    let app_text = match &app {
+        Some(v) => format!(
+            "application: `cargo xtask rollback {}` returns to {v}",
+            env.name
+        ),
+        None => "application: no release in the journal to return to".to_string(),
+    };
+    match db {
+        Some(db) => Check::pass(
             name.into(),
             DATABASE,
-            f.name.clone(),
-            format!(
-                "database: `cargo xtask restore {} {}` (verified {}); application: previous release not tracked yet",
-                env.name, f.name, f.verified_at
-            ),
+            env.name.clone(),
+            format!("{db}; {app_text}"),
             Duration::ZERO,
         ),
-        _ if env.settings.protected => Check::fail(
+        None if env.settings.protected => Check::fail(
             name.into(),
             DATABASE,
             env.name.clone(),
             "a verified backup to restore",
-            "none".into(),
-            format!("`cargo xtask backup create {0}` then `cargo xtask backup verify {0} latest`", env.name),
+            format!("none; {app_text}"),
+            format!(
+                "`cargo xtask backup create {0}` then `cargo xtask backup verify {0} latest`",
+                env.name
+            ),
             Duration::ZERO,
         ),
-        _ => Check {
-            next: Some(format!("`cargo xtask backup create {0}` then `backup verify {0} latest`", env.name)),
+        None => Check {
+            next: Some(format!(
+                "`cargo xtask backup create {0}` then `backup verify {0} latest`",
+                env.name
+            )),
             ..Check::warn(
                 name.into(),
                 DATABASE,
                 env.name.clone(),
-                "no verified backup to restore".into(),
+                format!("no verified backup to restore; {app_text}"),
                 Duration::ZERO,
             )
         },
     }
+}
+
+/// The release `rollback` would return to after the next deploy (the live
+/// one), when the environment has releases and a journal (read only:
+/// never created here).
+fn previous_release(env: &Env) -> Option<String> {
+    env.settings.release.as_ref()?;
+    let mut j = journal::Journal::existing(env).ok()??;
+    let entries = j.entries().ok()?;
+    journal::current(&entries).map(|e| e.version.clone())
 }

@@ -209,6 +209,9 @@ fn images(ctx: &Ctx, docker: &Docker) -> Check {
             start.elapsed(),
         )
     };
+    if let Some(rel) = &env.settings.release {
+        return release_images(ctx, rel, start);
+    }
     let config = session::compose(env).and_then(|c| c.cmd(&["config"]).read());
     let yaml = match config {
         Ok(y) => y,
@@ -262,4 +265,48 @@ fn images(ctx: &Ctx, docker: &Docker) -> Check {
             ),
         )
     }
+}
+
+/// With releases, the images that go live are built by `deploy` from
+/// release.images (the Compose file's defaults are never used): each
+/// build context must hold its Dockerfile.
+fn release_images(ctx: &Ctx, rel: &crate::config::ReleaseSettings, start: Instant) -> Check {
+    let env = ctx.env;
+    let mut bad = Vec::new();
+    for (name, img) in &rel.images {
+        let context = env.dir.join(&img.context);
+        let dockerfile = context.join(img.dockerfile.as_deref().unwrap_or("Dockerfile"));
+        if !dockerfile.is_file() {
+            bad.push(format!("{name}: no {dockerfile}"));
+        }
+    }
+    let names: Vec<&str> = rel.images.keys().map(String::as_str).collect();
+    let target = format!("release.images ({})", names.join(", "));
+    if !bad.is_empty() {
+        return Check::fail(
+            IMAGES.into(),
+            INFRASTRUCTURE,
+            target,
+            "a build context with its Dockerfile for every release image",
+            bad.join("; "),
+            format!("fix [environments.{}.release.images] in ops.toml", env.name),
+            start.elapsed(),
+        );
+    }
+    let how = if ctx.deploying {
+        "this deploy builds them next"
+    } else {
+        "`deploy` builds them"
+    };
+    Check::pass(
+        IMAGES.into(),
+        INFRASTRUCTURE,
+        target,
+        format!(
+            "{how}, tags them with the version and pushes them to {} ({} build contexts ready)",
+            rel.registry,
+            rel.images.len()
+        ),
+        start.elapsed(),
+    )
 }

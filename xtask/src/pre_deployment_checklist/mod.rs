@@ -68,7 +68,7 @@ pub fn preflight(ops: &Ops, out: &Output, args: &PreflightArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
     let attest = Attestations::parse(&args.attest)?;
     let start = Instant::now();
-    let checks = run_preflight(ops, &env, &attest);
+    let checks = run_preflight(ops, &env, &attest, false);
     check::checklist(
         out,
         "preflight",
@@ -81,12 +81,81 @@ pub fn preflight(ops: &Ops, out: &Output, args: &PreflightArgs) -> Result<()> {
     refuse_on_fail(&env, &checks)
 }
 
+/// `deploy`'s first step on a protected environment (runbook: the
+/// Pre-Deployment Checklist comes before Production Deployment): the
+/// checklist runs and is printed, and a FAIL refuses the deploy before
+/// anything changes. With `skip` (the operator's reason) it still runs and
+/// is printed, so that the evidence is in the log, but does not refuse.
+/// Returns what the release journal records: `passed: …`, or
+/// `skipped: REASON; failed: …`.
+pub fn gate(
+    ops: &Ops,
+    env: &Env,
+    out: &Output,
+    attest: &[String],
+    skip: Option<&str>,
+) -> Result<String> {
+    let attest = Attestations::parse(attest)?;
+    if skip.is_some_and(|r| r.trim().is_empty()) {
+        return Err(config_error(
+            "--skip-preflight needs a reason (it is written to the release journal), e.g. --skip-preflight \"first release: nothing runs yet\"",
+        ));
+    }
+    let start = Instant::now();
+    let checks = run_preflight(ops, env, &attest, true);
+    check::checklist(
+        out,
+        "preflight",
+        &format!("Pre-deployment checklist for `{}`", env.name),
+        serde_json::json!({ "environment": env.name }),
+        &checks,
+        start.elapsed(),
+    )
+    .emit_part(out);
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.state == State::Fail)
+        .map(|c| c.name.as_str())
+        .collect();
+    if let Some(reason) = skip {
+        let reason = reason.trim();
+        out.warn(&format!(
+            "the pre-deployment checklist of `{}` is skipped ({} item(s) failed): {reason} (recorded in the release journal)",
+            env.name,
+            failed.len()
+        ));
+        return Ok(if failed.is_empty() {
+            format!("skipped: {reason}")
+        } else {
+            format!("skipped: {reason}; failed: {}", failed.join(", "))
+        });
+    }
+    refuse_on_fail(env, &checks).map_err(|e| {
+        e.context(format!(
+            "the deploy of `{0}` is refused: nothing was changed. Fix the items, or deploy with \
+             --skip-preflight \"REASON\" (the reason is written to the release journal)",
+            env.name
+        ))
+    })?;
+    let n = check::counts(&checks);
+    Ok(format!(
+        "passed: {} pass, {} warn, {} manual, {} skip",
+        n["pass"], n["warn"], n["manual"], n["skip"]
+    ))
+}
+
 /// Every item of the checklist for `env`, concurrently, in the runbook's
-/// order. `deploy` calls this first and refuses on a FAIL
-/// (`refuse_on_fail`); it never returns an error itself: a problem is a
-/// FAIL item with its evidence.
-pub fn run_preflight(ops: &Ops, env: &Env, attest: &Attestations) -> Vec<Check> {
-    let ctx = Ctx { ops, env, attest };
+/// order. `deploying`: a deploy runs it as its first step, and takes and
+/// verifies a backup itself before any change (which counts for the
+/// backup and rollback items). It never returns an error itself: a problem
+/// is a FAIL item with its evidence.
+pub fn run_preflight(ops: &Ops, env: &Env, attest: &Attestations, deploying: bool) -> Vec<Check> {
+    let ctx = Ctx {
+        ops,
+        env,
+        attest,
+        deploying,
+    };
     let ctx = &ctx;
     let probes: Vec<Probe<'_>> = vec![
         Box::new(move || code_quality::tests(ctx)),
@@ -123,6 +192,8 @@ pub(crate) struct Ctx<'a> {
     pub ops: &'a Ops,
     pub env: &'a Env,
     pub attest: &'a Attestations,
+    /// Run by `deploy`, which backs up and verifies before any change.
+    pub deploying: bool,
 }
 
 pub(crate) const CODE: &str = "Code Quality Checks";

@@ -6,7 +6,6 @@
 
 mod cutover;
 mod images;
-mod journal;
 mod plan;
 mod rollback;
 mod version;
@@ -19,6 +18,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::adapters::output::Output;
 use crate::config::{config_error, Env, Ops, ReleaseSettings};
+use crate::core::journal;
 use crate::core::report::Report;
 use crate::core::session;
 use crate::core::steps::{Plan, Timing};
@@ -32,6 +32,11 @@ pub struct ReleaseOptions<'a> {
     pub yes: bool,
     pub allow_risky: bool,
     pub version: Option<&'a str>,
+    /// Skip the pre-deployment checklist of a protected environment, with
+    /// the reason the journal records.
+    pub skip_preflight: Option<&'a str>,
+    /// `--attest review=URL` for the checklist.
+    pub attest: &'a [String],
 }
 
 /// Show the release journal of an environment (runbook: Application
@@ -194,6 +199,9 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
         ));
     }
     if !opts.dry_run {
+        // The smoke tests after the cutover need their settings: refuse
+        // now rather than switch back later.
+        crate::smoke_tests::ready(env)?;
         confirm(env, &format!("Release {}", version.name), opts.yes)?;
     }
     let (live, entries) = observe(env, rel, opts.dry_run)?;
@@ -203,6 +211,18 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
 
     let mut plan: Plan<RelState> = Plan::new(format!("release {v} to {}", env.name));
     if env.settings.protected {
+        let (skip, attest) = (opts.skip_preflight, opts.attest);
+        plan.step(
+            "Pre-deployment checklist",
+            match skip {
+                Some(reason) => format!("cargo xtask preflight {}, shown but not enforced: skipped by the operator ({reason}), recorded in the journal", env.name),
+                None => format!("cargo xtask preflight {}: the runbook's 17 items; any FAIL refuses the deploy before anything changes", env.name),
+            },
+            move |s: &mut RelState| {
+                s.preflight = Some(crate::pre_deployment_checklist::gate(ops, env, out, attest, skip)?);
+                Ok(())
+            },
+        );
         plan.step(
             "Back up the database and verify it",
             "cargo xtask backup create, then backup verify (a full restore into a scratch database) (runbook: Create database backup)",
@@ -253,7 +273,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
             database_migrations::deploy(env, out, &o)
         },
     );
-    plan::cutover_steps(&mut plan, env, rel, out, &targets, &live);
+    plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, true);
     plan::prune_step(&mut plan, env, rel, out);
     if opts.dry_run {
         plan.print(out);
@@ -423,6 +443,9 @@ pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
             e.who,
             e.host
         ));
+        if let Some(reason) = e.preflight.as_deref().filter(|p| p.starts_with("skipped")) {
+            r.line(format!("          pre-deployment checklist {reason}"));
+        }
     }
     if entries.is_empty() {
         r.line(format!(

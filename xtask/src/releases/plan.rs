@@ -1,7 +1,8 @@
 //! Staging Deployment and Production Deployment as one plan on the shared
 //! step runner: back up (production), build, push and pull the images, take
 //! the environment's lock, open the journal, migrate (lint gate first), cut
-//! over without downtime, run the post-deploy checks, stop the old colour
+//! over without downtime, run the post-deploy checks and the smoke tests,
+//! stop the old colour
 //! (kept for rollback), prune. A failure after the cutover began switches
 //! back through the steps' undos. Rollback reuses the cutover steps.
 
@@ -11,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 
 use super::cutover::{other, Stage};
-use super::journal::Journal;
 use crate::adapters::output::Output;
 use crate::config::{Env, ReleaseSettings, ReleasedService, Strategy};
+use crate::core::journal::{self, Journal};
 use crate::core::lock::{self, EnvLock};
 use crate::core::steps::Plan;
 use crate::health_checks;
@@ -31,6 +32,8 @@ pub struct RelState {
     pub stop_windows: Vec<(String, f64)>,
     /// Stop-first services' image variables before the cutover, for the undo.
     pub previous_images: BTreeMap<String, String>,
+    /// The checklist's outcome for the journal (`passed: …`, `skipped: …`).
+    pub preflight: Option<String>,
 }
 
 /// Take the lock, start what is not released (the database, the proxy)
@@ -100,14 +103,12 @@ pub fn journal_step<'a>(
         ),
         move |s: &mut RelState| {
             let mut j = Journal::open(env)?;
-            let holder = whoami();
             s.entry = Some(j.begin(
                 action,
                 version,
                 previous.as_deref(),
                 &images,
-                &holder.0,
-                &holder.1,
+                s.preflight.as_deref(),
             )?);
             s.journal = Some(j);
             Ok(())
@@ -134,7 +135,7 @@ pub fn prune_step<'a>(
                 return Ok(());
             };
             let entries = j.entries()?;
-            let kept = super::journal::kept(&entries, rel.keep + 1);
+            let kept = journal::kept(&entries, rel.keep + 1);
             let docker = crate::adapters::docker::Docker::connect(&env.docker_host())?;
             let mut removed = Vec::new();
             for e in entries.iter().filter(|e| !kept.contains(&e.version)) {
@@ -160,16 +161,6 @@ pub fn prune_step<'a>(
     );
 }
 
-pub fn whoami() -> (String, String) {
-    let user = std::env::var("GITHUB_ACTOR")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into());
-    (user, host)
-}
-
 /// The cutover to `targets` (released service → image reference), from the
 /// `live` colours (empty on a first release).
 pub fn cutover_steps<'a>(
@@ -179,6 +170,7 @@ pub fn cutover_steps<'a>(
     out: &'a Output,
     targets: &BTreeMap<String, String>,
     live: &BTreeMap<String, String>,
+    smoke: bool,
 ) {
     let timeout = Duration::from_secs(rel.health_timeout_secs);
     let mut new_colours = BTreeMap::new();
@@ -323,6 +315,32 @@ pub fn cutover_steps<'a>(
             Ok(())
         },
     );
+    if smoke {
+        plan.action(
+            "Smoke tests",
+            format!(
+                "cargo xtask smoke {} through the proxy: the health JSON, the page, the smoke user's login, \
+                 the API and its auth boundary, database queries; a failure switches back",
+                env.name
+            ),
+            move || {
+                let checks = crate::smoke_tests::run_smoke(env, &Default::default());
+                crate::core::interrupt::check()?;
+                let n = crate::core::check::counts(&checks);
+                if n["fail"].as_u64().unwrap_or(0) > 0 {
+                    bail!(
+                        "the new release fails its smoke tests:{}",
+                        crate::core::check::failures(&checks)
+                    );
+                }
+                out.line(&format!(
+                    "Smoke tests: {} pass, {} skip",
+                    n["pass"], n["skip"]
+                ));
+                Ok(())
+            },
+        );
+    }
     for (svc, old) in &old_colours {
         let unit = format!("{svc}-{old}");
         let u = unit.clone();

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 
 use super::plan::{self, RelState};
-use super::{build_steps, confirm, finish, journal, observe, settings, targets, RollbackArgs};
+use super::{build_steps, confirm, finish, observe, settings, targets, RollbackArgs};
 use crate::adapters::output::Output;
 use crate::config::{config_error, Env, Ops};
+use crate::core::journal;
 use crate::core::session;
 use crate::core::steps::Plan;
 
@@ -154,7 +155,7 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
             move || crate::disaster_recovery::restore(ops, out, &restore_args),
         );
     }
-    plan::cutover_steps(&mut plan, env, rel, out, &targets, &live);
+    plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, false);
     if args.dry_run {
         plan.print(out);
         return Ok(());

@@ -129,18 +129,54 @@ pub fn run_smoke(env: &Env, opts: &SmokeOptions) -> Vec<Check> {
     check::run(&probes)
 }
 
+/// What a deploy checks before anything changes, so that the smoke tests
+/// after its cutover cannot fail for want of settings: a base URL and the
+/// smoke user's credentials.
+pub fn ready(env: &Env) -> Result<()> {
+    let s = &env.settings.smoke;
+    let mut missing = Vec::new();
+    if let Err(why) = base_url(env, &SmokeOptions::default()) {
+        missing.push(why);
+    }
+    for var in [&s.email_env, &s.password_env] {
+        if env.var(var).is_none() {
+            missing.push(format!("${var} is not set"));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(crate::config::config_error(format!(
+        "the deploy of `{}` runs the smoke tests after its cutover, and they cannot run: {}. \
+         Put {}=... and {}=... (a dedicated smoke user, registered on first use; password of 8+ characters) \
+         in {} or the environment, and set [environments.{}.smoke] url if needed; nothing was changed",
+        env.name,
+        missing.join("; "),
+        s.email_env,
+        s.password_env,
+        env.env_file_hint(),
+        env.name
+    )))
+}
+
+/// smoke.url, else the `url` of service mre-app, else the origin of its
+/// health URL (`http://host:port`).
 fn base_url(env: &Env, opts: &SmokeOptions) -> Result<String, String> {
+    let app = env.settings.services.get("mre-app");
     opts.url
         .clone()
         .or_else(|| env.settings.smoke.url.clone())
+        .or_else(|| app.and_then(|s| s.url.clone()))
         .or_else(|| {
-            env.settings
-                .services
-                .get("mre-app")
-                .and_then(|s| s.url.clone())
+            let health = app?.health.as_ref()?.url.as_str();
+            let (scheme, rest) = health.split_once("://")?;
+            let host = rest.split('/').next()?;
+            Some(format!("{scheme}://{host}"))
         })
         .map(|u| u.trim_end_matches('/').to_string())
-        .ok_or_else(|| "no smoke.url, no url for service mre-app, no --url".to_string())
+        .ok_or_else(|| {
+            "no smoke.url, no url or health URL for service mre-app, no --url".to_string()
+        })
 }
 
 fn timeout(s: &SmokeSettings) -> Duration {

@@ -29,7 +29,8 @@ const DDL: &str = "CREATE TABLE IF NOT EXISTS mre_ops_releases (
     detail      text,
     steps       jsonb NOT NULL DEFAULT '[]',
     backup      text
-)";
+);
+ALTER TABLE mre_ops_releases ADD COLUMN IF NOT EXISTS preflight text";
 
 #[derive(Serialize, Clone, Debug)]
 pub struct Entry {
@@ -48,6 +49,9 @@ pub struct Entry {
     pub detail: Option<String>,
     pub steps: serde_json::Value,
     pub backup: Option<String>,
+    /// The pre-deployment checklist's outcome (`passed: …`), or
+    /// `skipped: REASON` when the operator skipped it.
+    pub preflight: Option<String>,
 }
 
 pub struct Journal {
@@ -57,6 +61,16 @@ pub struct Journal {
 
 impl Journal {
     pub fn open(env: &Env) -> Result<Journal> {
+        Self::connect(env, true).map(|j| j.expect("created"))
+    }
+
+    /// The journal when one exists, for readers that must not create it on
+    /// an environment that never had a release (the checklist).
+    pub fn existing(env: &Env) -> Result<Option<Journal>> {
+        Self::connect(env, false)
+    }
+
+    fn connect(env: &Env, create: bool) -> Result<Option<Journal>> {
         let url = env.database_url()?;
         let maintenance = env.maintenance_db();
         let mut client = postgres::connect_to(
@@ -68,13 +82,23 @@ impl Journal {
         .context(
             "opening the release journal (a table in the database server's maintenance database)",
         )?;
+        if !create {
+            let found: Option<String> = client
+                .query_one("SELECT to_regclass('mre_ops_releases')::text", &[])
+                .context("looking for the release journal table mre_ops_releases")?
+                .get(0);
+            if found.is_none() {
+                return Ok(None);
+            }
+        }
+        // Idempotent: it also adds the columns a newer mre-ops records.
         client
             .batch_execute(DDL)
             .context("creating the release journal table mre_ops_releases")?;
-        Ok(Journal {
+        Ok(Some(Journal {
             client,
             env: env.name.clone(),
-        })
+        }))
     }
 
     /// Every entry, oldest first.
@@ -85,7 +109,7 @@ impl Journal {
                 "SELECT id, action, version, previous, images::text, who, host, \
                         to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                         to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                        result, detail, steps::text, backup \
+                        result, detail, steps::text, backup, preflight \
                  FROM mre_ops_releases WHERE environment = $1 ORDER BY id",
                 &[&self.env],
             )
@@ -106,27 +130,28 @@ impl Journal {
                 detail: r.get(10),
                 steps: serde_json::from_str(r.get::<_, &str>(11)).unwrap_or_default(),
                 backup: r.get(12),
+                preflight: r.get(13),
             })
             .collect())
     }
 
-    /// Start an entry; its id.
+    /// Start an entry (who: $GITHUB_ACTOR or $USER, on this host); its id.
     pub fn begin(
         &mut self,
         action: &str,
         version: &str,
         previous: Option<&str>,
         images: &BTreeMap<String, String>,
-        who: &str,
-        host: &str,
+        preflight: Option<&str>,
     ) -> Result<i64> {
+        let (who, host) = whoami();
         let images = serde_json::to_string(images).expect("images serialise");
         let row = self
             .client
             .query_one(
-                "INSERT INTO mre_ops_releases (environment, action, version, previous, images, who, host) \
-                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7) RETURNING id",
-                &[&self.env, &action, &version, &previous, &images, &who, &host],
+                "INSERT INTO mre_ops_releases (environment, action, version, previous, images, who, host, preflight) \
+                 VALUES ($1, $2, $3, $4, $5::text::jsonb, $6, $7, $8) RETURNING id",
+                &[&self.env, &action, &version, &previous, &images, &who, &host, &preflight],
             )
             .context("writing the release journal")?;
         Ok(row.get(0))
@@ -179,4 +204,14 @@ pub fn kept(entries: &[Entry], keep: usize) -> Vec<String> {
         }
     }
     versions
+}
+
+fn whoami() -> (String, String) {
+    let user = std::env::var("GITHUB_ACTOR")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    (user, host)
 }
