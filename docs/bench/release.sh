@@ -15,6 +15,9 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 cargo build -q -p xtask
 X=${CARGO_TARGET_DIR:-$ROOT/target}/debug/xtask
+# The smoke user a release's smoke tests log in as (registered on first use).
+export MRE_SMOKE_EMAIL=${MRE_SMOKE_EMAIL:-bench-smoke@example.com}
+export MRE_SMOKE_PASSWORD=${MRE_SMOKE_PASSWORD:-bench-smoke-password}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk"; exit 1; }
 curl -sf http://127.0.0.1:5000/v2/ >/dev/null || { echo "no registry on 127.0.0.1:5000 (README: Releases)"; exit 1; }
 
