@@ -103,6 +103,7 @@ fn layers_import_only_downwards() {
         "pre_deployment_checklist",
         "smoke_tests",
         "monitoring_and_alerting",
+        "runbook",
         "demo",
     ];
     let mut bad = Vec::new();

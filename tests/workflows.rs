@@ -96,3 +96,87 @@ fn github_output_carries_a_backups_path() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(!output.exists());
 }
+
+/// docs/RUNBOOK.md is generated from the code (`cargo xtask runbook`): the
+/// committed file is current, and `--check` fails with a diff on a stale one.
+#[test]
+fn the_generated_runbook_is_current() {
+    let root = workspace_root();
+    let config = root.join("ops.toml");
+    let r = xtask(&config, &["runbook", "--check"]);
+    assert_eq!(
+        r.code, 0,
+        "docs/RUNBOOK.md is stale: run `cargo xtask runbook` and commit it: {r:?}"
+    );
+    let text = std::fs::read_to_string(root.join("docs/RUNBOOK.md")).unwrap();
+    for expected in [
+        "## Deployment Procedures",
+        "Steps of `cargo xtask deploy production --tag VERSION --dry-run`",
+        "**Pre-deployment checklist**",
+        "**Smoke tests**",
+        "undo: point the proxy back at the previous colour",
+        "Steps of `cargo xtask restore production latest --dry-run`",
+        "## Related Documentation\n\nNo command",
+    ] {
+        assert!(text.contains(expected), "RUNBOOK.md lacks {expected:?}");
+    }
+    assert!(
+        !text.contains(root.to_str().unwrap()),
+        "no machine-specific path in the runbook"
+    );
+    // A stale copy: exit 1, and the diff names the line.
+    let dir = TempDir::new("runbook");
+    let stale = dir.write(
+        "RUNBOOK.md",
+        &text.replace("**Smoke tests**", "**Smoke tests (old)**"),
+    );
+    let r = xtask(
+        &config,
+        &["runbook", "--check", "--out", stale.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("is stale")
+            && r.stderr.contains("-")
+            && r.stderr.contains("Smoke tests (old)"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn shell_completions_cover_every_command() {
+    for shell in ["bash", "zsh", "fish"] {
+        let r = xtask(
+            std::path::Path::new("/nonexistent/ops.toml"),
+            &["completions", shell],
+        );
+        assert_eq!(r.code, 0, "{shell}: {r:?}");
+        for word in ["deploy", "rollback", "restore", "preflight", "dry-run"] {
+            assert!(r.stdout.contains(word), "{shell} completions lack {word}");
+        }
+    }
+}
+
+/// Every command's report reaches the step summary under Actions, also one
+/// without its own markdown (`config`: its lines as a text block).
+#[test]
+fn every_report_reaches_the_step_summary() {
+    let dir = TempDir::new("gh-summary");
+    let summary = dir.path().join("summary.md");
+    let r = xtask_env(
+        &workspace_root().join("ops.toml"),
+        &["config", "development"],
+        &[
+            ("GITHUB_ACTIONS", "true"),
+            ("GITHUB_STEP_SUMMARY", summary.to_str().unwrap()),
+            ("POSTGRES_PASSWORD", "not-a-real-one"),
+        ],
+    );
+    assert!(r.code == 0 || r.code == 1, "{r:?}");
+    let text = std::fs::read_to_string(&summary).expect("the step summary is written");
+    assert!(
+        text.contains("```text") && text.contains("development"),
+        "{text}"
+    );
+    assert!(!text.contains("not-a-real-one"), "no secret in the summary");
+}

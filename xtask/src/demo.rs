@@ -46,6 +46,7 @@ pub enum DemoCommand {
         #[arg(
             long,
             env = "MRE_DEMO_MIRROR",
+            hide_env_values = true,
             default_value = "http://deb.debian.org/debian"
         )]
         mirror: String,

@@ -19,6 +19,7 @@ mod post_deployment_verification;
 mod pre_deployment_checklist;
 mod releases;
 mod rollback_procedures;
+mod runbook;
 mod smoke_tests;
 
 use std::process::ExitCode;
@@ -45,7 +46,13 @@ use core::interrupt::Interrupted;
 )]
 pub struct Cli {
     /// ops.toml to use (default: ops.toml at the workspace root).
-    #[arg(long, global = true, value_name = "PATH", env = "MRE_OPS_CONFIG")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "MRE_OPS_CONFIG",
+        hide_env_values = true
+    )]
     config: Option<Utf8PathBuf>,
     /// Print a machine-readable JSON report on stdout.
     #[arg(long, global = true)]
@@ -63,6 +70,7 @@ pub struct Cli {
         global = true,
         value_name = "SECS",
         env = "MRE_OPS_LOCK_WAIT",
+        hide_env_values = true,
         default_value_t = 0
     )]
     lock_wait: u64,
@@ -92,6 +100,19 @@ enum Cmd {
     /// Build the bundled demo stack's offline images (the stand-in for the
     /// MRE application).
     Demo(demo::DemoArgs),
+    Runbook(runbook::RunbookArgs),
+    Completions(CompletionsArgs),
+}
+
+/// Print a shell completion script (no runbook section: the CLI itself) for
+/// the `cargo-xtask` command name:
+/// `cargo xtask completions bash > ~/.local/share/bash-completion/completions/cargo-xtask`
+/// (zsh: `_cargo-xtask` in a folder on $fpath; fish:
+/// ~/.config/fish/completions/cargo-xtask.fish). For a short alias in bash:
+/// `alias xt='cargo xtask'; complete -F _cargo__xtask xt`.
+#[derive(clap::Args, Debug)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +161,17 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
     if let Cmd::Demo(args) = &cli.command {
         return demo::demo(out, args);
     }
+    if let Cmd::Completions(args) = &cli.command {
+        use clap::CommandFactory;
+        let mut script = Vec::new();
+        clap_complete::generate(args.shell, &mut Cli::command(), "cargo-xtask", &mut script);
+        use std::io::Write;
+        return match std::io::stdout().write_all(&script) {
+            // `| head` is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => r.map_err(anyhow::Error::from),
+        };
+    }
     core::lock::set_wait(cli.lock_wait);
     let ops = Ops::load(cli.config.as_deref())?;
     match &cli.command {
@@ -160,7 +192,8 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Cmd::Logs(args) => post_deployment_verification::logs(&ops, out, args),
         Cmd::Smoke(args) => smoke_tests::smoke(&ops, out, args),
         Cmd::Monitor(args) => monitoring_and_alerting::monitor(&ops, out, args),
-        Cmd::Demo(_) => unreachable!("handled above"),
+        Cmd::Runbook(args) => runbook::runbook(&ops, out, args),
+        Cmd::Demo(_) | Cmd::Completions(_) => unreachable!("handled above"),
     }
 }
 

@@ -17,6 +17,9 @@ pub struct Command {
     /// Bytes fed to its standard input (a password for `--password-stdin`);
     /// never shown.
     pub stdin: Option<Vec<u8>>,
+    /// Start from an environment of PATH and HOME only (plus `env`), so
+    /// that nothing of the caller's shell leaks in.
+    pub clean_env: bool,
 }
 
 impl Command {
@@ -31,11 +34,18 @@ impl Command {
             env: Vec::new(),
             dir: None,
             stdin: None,
+            clean_env: false,
         }
     }
 
     pub fn envs(mut self, vars: &[(String, String)]) -> Command {
         self.env.extend(vars.iter().cloned());
+        self
+    }
+
+    /// Only PATH and HOME of this process's environment, then `envs`.
+    pub fn clean_env(mut self) -> Command {
+        self.clean_env = true;
         self
     }
 
@@ -64,6 +74,13 @@ impl Command {
 
     fn expression(&self) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args);
+        if self.clean_env {
+            let kept: Vec<(String, String)> = ["PATH", "HOME"]
+                .into_iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+                .collect();
+            e = e.full_env(kept);
+        }
         if let Some(dir) = &self.dir {
             e = e.dir(dir.as_std_path());
         }

@@ -1,6 +1,7 @@
 //! One report value per command, rendered where the command runs: human
 //! lines on a terminal or in a pipe, one JSON document with `--json`, and
-//! under GitHub Actions also error annotations and the step summary. Commands
+//! under GitHub Actions also error annotations and the step summary (the
+//! report's markdown, or its human lines in a text block). Commands
 //! build a `Report` and call `emit`, instead of branching on `--json`.
 
 use crate::adapters::output::Output;
@@ -68,6 +69,10 @@ impl Report {
         }
         if !self.summary.is_empty() {
             out.step_summary(&self.summary.join("\n"));
+        } else if !self.lines.is_empty() {
+            // Every command's report reaches the step summary: its own
+            // markdown when it has some, else its human lines as they are.
+            out.step_summary(&format!("```text\n{}\n```\n", self.lines.join("\n")));
         }
     }
 }
