@@ -57,6 +57,12 @@ pub fn registry() -> String {
         .clone()
 }
 
+/// The smoke user a release's smoke tests log in as (registered on first use).
+pub const SMOKE_USER: &[(&str, &str)] = &[
+    ("MRE_SMOKE_EMAIL", "smoke@mre-ops.test"),
+    ("MRE_SMOKE_PASSWORD", "smoke-test-password"),
+];
+
 pub struct ReleaseStack {
     pub dir: TempDir,
     pub config: PathBuf,
@@ -197,14 +203,7 @@ strategy = "stop-first"
     /// The xtask binary on this stack's ops.toml, with the smoke user a
     /// deploy's smoke tests log in as (registered on first use).
     pub fn run(&self, args: &[&str]) -> Run {
-        xtask_env(
-            &self.config,
-            args,
-            &[
-                ("MRE_SMOKE_EMAIL", "smoke@mre-ops.test"),
-                ("MRE_SMOKE_PASSWORD", "smoke-test-password"),
-            ],
-        )
+        xtask_env(&self.config, args, SMOKE_USER)
     }
 
     pub fn container(&self, suffix: &str) -> String {
