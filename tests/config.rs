@@ -275,3 +275,32 @@ fn json_errors_are_json_too() {
         "{v}"
     );
 }
+
+/// `driver = "swarm"` needs [swarm] and [release] and takes no [compose];
+/// each mistake names the field and what to do, before anything runs.
+#[test]
+fn a_swarm_environment_is_checked_before_anything_runs() {
+    let swarm = "[environments.sw]\ndriver = \"swarm\"\n";
+    let (_d, p) = with(&format!("{GOOD}\n{swarm}"));
+    let r = xtask(&p, &["deploy", "sw", "--dry-run"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("environments.sw.driver") && r.stderr.contains("[environments.sw.swarm]"),
+        "{r:?}"
+    );
+    let (_d, p) = with(&format!(
+        "{GOOD}\n{swarm}[environments.sw.swarm]\nstack = \"s\"\nfiles = [\"compose.yml\"]\n"
+    ));
+    let r = xtask(&p, &["status", "sw"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains("needs [environments.sw.release]"),
+        "{r:?}"
+    );
+    let (_d, p) = with(&format!(
+        "{GOOD}\n[environments.development.swarm]\nstack = \"s\"\nfiles = [\"compose.yml\"]\n"
+    ));
+    let r = xtask(&p, &["config"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("driver = \"swarm\""), "{r:?}");
+}

@@ -104,6 +104,7 @@ fn layers_import_only_downwards() {
         "smoke_tests",
         "monitoring_and_alerting",
         "runbook",
+        "swarm_views",
         "demo",
     ];
     let mut bad = Vec::new();

@@ -82,7 +82,11 @@ pub fn probes(env: &Env) -> Vec<Probe<'_>> {
             probes.push(Box::new(move || vec![http_check(&env.name, svc, h)]));
         }
     }
-    probes.push(Box::new(move || container_checks(env)));
+    if env.settings.driver == crate::config::Driver::Swarm {
+        probes.push(Box::new(move || crate::swarm_views::replica_checks(env)));
+    } else {
+        probes.push(Box::new(move || container_checks(env)));
+    }
     if env.settings.database.is_some() {
         probes.push(Box::new(move || vec![database_check(env)]));
     }

@@ -21,6 +21,7 @@ mod releases;
 mod rollback_procedures;
 mod runbook;
 mod smoke_tests;
+mod swarm_views;
 
 use std::process::ExitCode;
 

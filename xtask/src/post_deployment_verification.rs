@@ -58,6 +58,9 @@ struct Row {
 /// The `docker compose ps`-like table; Err when an expected container is
 /// missing, not running or unhealthy.
 pub fn show_status(env: &Env, out: &Output) -> Result<()> {
+    if env.settings.driver == crate::config::Driver::Swarm {
+        return crate::swarm_views::status(env, out);
+    }
     let docker = Docker::connect(&env.docker_host())?;
     let project = &env.compose()?.project;
     let mut rows: Vec<Row> = Vec::new();
@@ -204,6 +207,9 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
 
 pub fn logs(ops: &Ops, out: &Output, args: &LogsArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
+    if env.settings.driver == crate::config::Driver::Swarm {
+        return crate::swarm_views::logs(&env, out, &args.service, args.follow, args.tail);
+    }
     let known = env.containers();
     let container = known
         .iter()

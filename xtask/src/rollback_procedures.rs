@@ -55,7 +55,12 @@ pub struct DownArgs {
 
 pub fn down(ops: &Ops, out: &Output, args: &DownArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
-    let compose = session::compose(&env)?;
+    let swarm = env.settings.driver == crate::config::Driver::Swarm;
+    let compose = if swarm {
+        None
+    } else {
+        Some(session::compose(&env)?)
+    };
     if args.volumes && env.settings.database.is_some() {
         let fresh = crate::disaster_recovery::newest_verified_age(&env)
             .ok()
@@ -96,7 +101,12 @@ pub fn down(ops: &Ops, out: &Output, args: &DownArgs) -> Result<()> {
         words.push("--volumes");
     }
     let mut plan: Plan = Plan::new(format!("down {}", env.name));
-    plan.command("Stop and remove the containers", compose.cmd(&words), out);
+    match &compose {
+        Some(compose) => {
+            plan.command("Stop and remove the containers", compose.cmd(&words), out);
+        }
+        None => crate::releases::swarm_down_steps(&mut plan, &env, out, args.volumes),
+    }
     plan.execute(out, args.dry_run)?;
     if !args.dry_run {
         Report::new(

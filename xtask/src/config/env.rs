@@ -126,21 +126,21 @@ impl Env {
 
     /// Commands to run before building (none without Compose).
     pub fn pre_build(&self) -> &[Vec<String>] {
-        self.settings
-            .compose
-            .as_ref()
-            .map(|c| c.pre_build.as_slice())
-            .unwrap_or_default()
+        match (&self.settings.compose, &self.settings.swarm) {
+            (Some(c), _) => c.pre_build.as_slice(),
+            (None, Some(s)) => s.pre_build.as_slice(),
+            (None, None) => &[],
+        }
     }
 
     /// The environment Compose runs with: its `env` table and the secrets.
     pub fn compose_env(&self) -> Vec<(String, String)> {
-        let mut vars: BTreeMap<String, String> = self
-            .settings
-            .compose
-            .as_ref()
-            .map(|c| c.env.clone())
-            .unwrap_or_default();
+        let mut vars: BTreeMap<String, String> =
+            match (&self.settings.compose, &self.settings.swarm) {
+                (Some(c), _) => c.env.clone(),
+                (None, Some(s)) => s.env.clone(),
+                (None, None) => BTreeMap::new(),
+            };
         for key in self.secret_names() {
             if let Some(v) = self.var(&key) {
                 vars.insert(key, v);

@@ -11,6 +11,7 @@ mod migrations;
 mod parse;
 mod release;
 mod settings;
+mod swarm;
 mod verification;
 
 use std::fmt;
@@ -22,6 +23,7 @@ pub use env::Env;
 pub use migrations::*;
 pub use release::*;
 pub use settings::*;
+pub use swarm::*;
 
 /// A problem with the configuration or the command line: exit code 2.
 #[derive(Debug)]

@@ -131,6 +131,39 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
             }
             None => at(field),
         };
+        match (env.driver, &env.swarm) {
+            (super::Driver::Swarm, None) => {
+                return Err(config_error(format!(
+                    "{}: `swarm` needs [environments.{name}.swarm] (stack, files) and [environments.{name}.release] (docs/swarm.md)",
+                    at("driver")
+                )))
+            }
+            (super::Driver::Swarm, Some(s)) => {
+                if env.compose.is_some() {
+                    return Err(config_error(format!(
+                        "{}: a swarm environment is described by [swarm], not [compose]: remove one",
+                        at("compose")
+                    )));
+                }
+                if env.release.is_none() {
+                    return Err(config_error(format!(
+                        "{}: a swarm environment needs [environments.{name}.release] (registry, images, services): \
+                         Swarm ignores `build:`, it runs images from a registry",
+                        at("driver")
+                    )));
+                }
+                if s.files.is_empty() {
+                    return Err(config_error(format!("{}: needs at least one stack file", at("swarm.files"))));
+                }
+            }
+            (super::Driver::Compose, Some(_)) => {
+                return Err(config_error(format!(
+                    "{}: [swarm] is read with driver = \"swarm\" only: set it, or remove [swarm]",
+                    at("swarm")
+                )))
+            }
+            (super::Driver::Compose, None) => {}
+        }
         if env.compose.as_ref().is_some_and(|c| c.files.is_empty()) {
             return Err(config_error(format!(
                 "{}: needs at least one Compose file",

@@ -36,9 +36,14 @@ pub struct EnvironmentSettings {
     /// For development only: never list production secrets here.
     #[serde(default)]
     pub generate_secrets: Vec<String>,
+    /// What runs the services: `compose` (default) or `swarm`.
+    #[serde(default)]
+    pub driver: super::swarm::Driver,
     /// The Compose project; an environment that only runs migrations or
     /// backups needs none.
     pub compose: Option<ComposeSettings>,
+    /// The Swarm stack (`driver = "swarm"`).
+    pub swarm: Option<super::swarm::SwarmSettings>,
     #[serde(default)]
     pub services: BTreeMap<String, ServiceSettings>,
     pub database: Option<DatabaseSettings>,

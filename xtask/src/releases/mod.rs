@@ -8,6 +8,7 @@ mod cutover;
 mod images;
 mod plan;
 mod rollback;
+mod swarm;
 mod version;
 
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::adapters::output::Output;
-use crate::config::{config_error, Env, Ops, ReleaseSettings};
+use crate::config::{config_error, Driver, Env, Ops, ReleaseSettings};
 use crate::core::journal;
 use crate::core::report::Report;
 use crate::core::session;
@@ -25,6 +26,7 @@ use crate::core::steps::{Plan, Timing};
 use crate::database_migrations;
 use plan::RelState;
 pub use rollback::rollback;
+pub use swarm::down_steps as swarm_down_steps;
 
 /// What `deploy` passes on.
 pub struct ReleaseOptions<'a> {
@@ -118,7 +120,11 @@ fn observe(
     rel: &ReleaseSettings,
     dry_run: bool,
 ) -> Result<(BTreeMap<String, String>, Vec<journal::Entry>)> {
-    let live = match cutover::Stage::new(env, rel).and_then(|s| s.live_colours()) {
+    let live = match if env.settings.driver == Driver::Swarm {
+        swarm::live_images(env, rel)
+    } else {
+        cutover::Stage::new(env, rel).and_then(|s| s.live_colours())
+    } {
         Ok(l) => l,
         Err(_) if dry_run => BTreeMap::new(),
         Err(e) => return Err(e),
@@ -202,6 +208,9 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
         // The smoke tests after the cutover need their settings: refuse
         // now rather than switch back later.
         crate::smoke_tests::ready(env)?;
+        if env.settings.driver == Driver::Swarm {
+            swarm::check_manager(env)?;
+        }
         confirm(env, &format!("Release {}", version.name), opts.yes)?;
     }
     let (live, entries) = observe(env, rel, opts.dry_run)?;
@@ -251,6 +260,30 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
         );
     }
     build_steps(&mut plan, env, rel, out, &ops.dir, v, "Pre-build");
+    if env.settings.driver == Driver::Swarm {
+        let (prev, imgs) = (previous.clone(), targets.clone());
+        swarm::steps(
+            &mut plan,
+            env,
+            rel,
+            out,
+            targets.clone(),
+            v,
+            Some(opts.allow_risky),
+            move |p| plan::journal_step(p, env, out, "deploy", v, prev, imgs),
+        );
+        plan::prune_step(&mut plan, env, rel, out);
+        return run(
+            env,
+            rel,
+            out,
+            plan,
+            "deploy",
+            v,
+            previous.as_deref(),
+            opts.dry_run,
+        );
+    }
     plan::begin_base(&mut plan, env, rel, out, v);
     plan::journal_step(
         &mut plan,
@@ -275,22 +308,38 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
     );
     plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, true);
     plan::prune_step(&mut plan, env, rel, out);
-    if opts.dry_run {
+    run(
+        env,
+        rel,
+        out,
+        plan,
+        "deploy",
+        v,
+        previous.as_deref(),
+        opts.dry_run,
+    )
+}
+
+/// Print the plan (dry run), or run it and finish: journal, notify, report.
+#[allow(clippy::too_many_arguments)]
+fn run(
+    env: &Env,
+    rel: &ReleaseSettings,
+    out: &Output,
+    plan: Plan<RelState>,
+    action: &str,
+    version: &str,
+    previous: Option<&str>,
+    dry_run: bool,
+) -> Result<()> {
+    if dry_run {
         plan.print(out);
         return Ok(());
     }
     let mut state = RelState::default();
     let (result, timings) = plan.execute_timed(out, &mut state);
     finish(
-        env,
-        rel,
-        out,
-        "deploy",
-        v,
-        previous.as_deref(),
-        state,
-        result,
-        timings,
+        env, rel, out, action, version, previous, state, result, timings,
     )
 }
 

@@ -34,6 +34,10 @@ pub struct RelState {
     pub previous_images: BTreeMap<String, String>,
     /// The checklist's outcome for the journal (`passed: …`, `skipped: …`).
     pub preflight: Option<String>,
+    /// Swarm: released service → image pinned by digest, and what each ran
+    /// before (empty on a first release), for the undo.
+    pub pinned: BTreeMap<String, String>,
+    pub swarm_previous: BTreeMap<String, String>,
 }
 
 /// Take the lock, start what is not released (the database, the proxy)
@@ -45,21 +49,7 @@ pub fn begin_base<'a>(
     out: &'a Output,
     what: &'a str,
 ) {
-    plan.step(
-        "Take the environment's lock",
-        format!(
-            "one operation at a time on `{}` (held until the end, released on error and Ctrl-C)",
-            env.name
-        ),
-        move |s: &mut RelState| {
-            s.lock = Some(lock::acquire(
-                env,
-                out,
-                &format!("release {} {what}", env.name),
-            )?);
-            Ok(())
-        },
-    );
+    lock_step(plan, env, out, what);
     plan.step(
         "Start the services that are not released",
         "compose up -d --no-deps for every other Compose service (database, proxy): nothing changes when they run",
@@ -81,6 +71,25 @@ pub fn begin_base<'a>(
         "Wait for the database",
         format!("SELECT 1 until it answers, at most {} s", wait.as_secs()),
         move || crate::database_migrations::wait_for_database(env, out, wait),
+    );
+}
+
+/// Take the environment's lock, held in the state until the end.
+pub fn lock_step<'a>(plan: &mut Plan<'a, RelState>, env: &'a Env, out: &'a Output, what: &'a str) {
+    plan.step(
+        "Take the environment's lock",
+        format!(
+            "one operation at a time on `{}` (held until the end, released on error and Ctrl-C)",
+            env.name
+        ),
+        move |s: &mut RelState| {
+            s.lock = Some(lock::acquire(
+                env,
+                out,
+                &format!("release {} {what}", env.name),
+            )?);
+            Ok(())
+        },
     );
 }
 
@@ -135,7 +144,12 @@ pub fn prune_step<'a>(
                 return Ok(());
             };
             let entries = j.entries()?;
-            let kept = journal::kept(&entries, rel.keep + 1);
+            let mut kept = journal::kept(&entries, rel.keep + 1);
+            // The release this run puts live is not `success` in the journal
+            // until the run ends: never prune it.
+            if let Some(e) = entries.iter().find(|e| Some(e.id) == s.entry) {
+                kept.push(e.version.clone());
+            }
             let docker = crate::adapters::docker::Docker::connect(&env.docker_host())?;
             let mut removed = Vec::new();
             for e in entries.iter().filter(|e| !kept.contains(&e.version)) {
@@ -296,6 +310,37 @@ pub fn cutover_steps<'a>(
             },
         );
     }
+    verify_steps(plan, env, out, timeout, smoke);
+    for (svc, old) in &old_colours {
+        let unit = format!("{svc}-{old}");
+        let u = unit.clone();
+        plan.action(
+            format!("Stop {unit} (kept for rollback)"),
+            format!("compose stop {unit}: the container stays, `cargo xtask rollback {}` starts it in seconds", env.name),
+            move || {
+                let stage = Stage::new(env, rel)?;
+                let vars = stage.image_vars(&BTreeMap::new())?;
+                stage.stop(out, &u, &vars)
+            },
+        );
+    }
+}
+
+/// How long the smoke tests may keep failing after a switch before the
+/// release counts as broken: a new task's first connections (Docker's DNS
+/// on an overlay network, a pool) may take seconds to settle.
+const SMOKE_SETTLE: Duration = Duration::from_secs(30);
+
+/// After the switch: every health check through the proxy until all pass,
+/// then (deploys) the smoke tests. A failure of either switches back
+/// through the undos of the steps before.
+pub fn verify_steps<'a>(
+    plan: &mut Plan<'a, RelState>,
+    env: &'a Env,
+    out: &'a Output,
+    timeout: Duration,
+    smoke: bool,
+) {
     plan.action(
         "Post-deploy checks",
         format!(
@@ -320,16 +365,28 @@ pub fn cutover_steps<'a>(
             "Smoke tests",
             format!(
                 "cargo xtask smoke {} through the proxy: the health JSON, the page, the smoke user's login, \
-                 the API and its auth boundary, database queries; a failure switches back",
-                env.name
+                 the API and its auth boundary, database queries; run again while one fails, for at most \
+                 {} s (a new task's connections settle); still failing switches back",
+                env.name,
+                SMOKE_SETTLE.as_secs()
             ),
             move || {
-                let checks = crate::smoke_tests::run_smoke(env, &Default::default());
-                crate::core::interrupt::check()?;
-                let n = crate::core::check::counts(&checks);
+                let start = Instant::now();
+                let (checks, n) = loop {
+                    let checks = crate::smoke_tests::run_smoke(env, &Default::default());
+                    crate::core::interrupt::check()?;
+                    let n = crate::core::check::counts(&checks);
+                    if n["fail"].as_u64().unwrap_or(0) == 0 || start.elapsed() >= SMOKE_SETTLE {
+                        break (checks, n);
+                    }
+                    out.progress("smoke tests: a check fails; trying again");
+                    std::thread::sleep(Duration::from_secs(2));
+                };
+                out.progress_done();
                 if n["fail"].as_u64().unwrap_or(0) > 0 {
                     bail!(
-                        "the new release fails its smoke tests:{}",
+                        "the new release fails its smoke tests (for {} s):{}",
+                        start.elapsed().as_secs(),
                         crate::core::check::failures(&checks)
                     );
                 }
@@ -338,19 +395,6 @@ pub fn cutover_steps<'a>(
                     n["pass"], n["skip"]
                 ));
                 Ok(())
-            },
-        );
-    }
-    for (svc, old) in &old_colours {
-        let unit = format!("{svc}-{old}");
-        let u = unit.clone();
-        plan.action(
-            format!("Stop {unit} (kept for rollback)"),
-            format!("compose stop {unit}: the container stays, `cargo xtask rollback {}` starts it in seconds", env.name),
-            move || {
-                let stage = Stage::new(env, rel)?;
-                let vars = stage.image_vars(&BTreeMap::new())?;
-                stage.stop(out, &u, &vars)
             },
         );
     }

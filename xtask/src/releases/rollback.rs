@@ -66,6 +66,9 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
         )));
     }
     if !args.dry_run {
+        if env.settings.driver == crate::config::Driver::Swarm {
+            super::swarm::check_manager(env)?;
+        }
         confirm(env, &format!("Roll back to {version}"), args.yes)?;
     }
     let v: &str = &version;
@@ -114,16 +117,6 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
             &format!("Pre-build at {rev}"),
         );
     }
-    plan::begin_base(&mut plan, env, rel, out, v);
-    plan::journal_step(
-        &mut plan,
-        env,
-        out,
-        "rollback",
-        v,
-        current.clone(),
-        targets.clone(),
-    );
     // Database Rollback first: the older code must not meet the newer schema.
     let db_backup = match args.with_db.as_deref() {
         Some("pre-deploy") => Some(
@@ -139,23 +132,35 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
         Some(b) => Some(b.to_string()),
         None => None,
     };
-    if let Some(b) = &db_backup {
-        let restore_args = crate::disaster_recovery::RestoreArgs {
-            env: env.name.clone(),
-            backup: b.clone(),
-            yes: true,
-            from_other_environment: false,
-            force_unverified: false,
-            dry_run: false,
-            wait: Some(rel.health_timeout_secs),
-        };
-        plan.action(
-            "Restore the database",
-            format!("cargo xtask restore {} {b} --yes   (its checks, safety backup, swap and undos; under this lock)", env.name),
-            move || crate::disaster_recovery::restore(ops, out, &restore_args),
+    if env.settings.driver == crate::config::Driver::Swarm {
+        let (cur, imgs) = (current.clone(), targets.clone());
+        super::swarm::steps(
+            &mut plan,
+            env,
+            rel,
+            out,
+            targets.clone(),
+            v,
+            None,
+            move |p| {
+                plan::journal_step(p, env, out, "rollback", v, cur, imgs);
+                restore_step(p, ops, env, rel, out, db_backup);
+            },
         );
+    } else {
+        plan::begin_base(&mut plan, env, rel, out, v);
+        plan::journal_step(
+            &mut plan,
+            env,
+            out,
+            "rollback",
+            v,
+            current.clone(),
+            targets.clone(),
+        );
+        restore_step(&mut plan, ops, env, rel, out, db_backup);
+        plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, false);
     }
-    plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, false);
     if args.dry_run {
         plan.print(out);
         return Ok(());
@@ -181,4 +186,31 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
         result,
         timings,
     )
+}
+
+/// Database Rollback first, when asked: the older code must not meet the
+/// newer schema. `restore`'s guarded steps, under this plan's lock.
+fn restore_step<'a>(
+    plan: &mut Plan<'a, RelState>,
+    ops: &'a Ops,
+    env: &'a Env,
+    rel: &'a crate::config::ReleaseSettings,
+    out: &'a Output,
+    db_backup: Option<String>,
+) {
+    let Some(b) = db_backup else { return };
+    let restore_args = crate::disaster_recovery::RestoreArgs {
+        env: env.name.clone(),
+        backup: b.clone(),
+        yes: true,
+        from_other_environment: false,
+        force_unverified: false,
+        dry_run: false,
+        wait: Some(rel.health_timeout_secs),
+    };
+    plan.action(
+        "Restore the database",
+        format!("cargo xtask restore {} {b} --yes   (its checks, safety backup, swap and undos; under this lock)", env.name),
+        move || crate::disaster_recovery::restore(ops, out, &restore_args),
+    );
 }

@@ -482,4 +482,6 @@ impl Docker {
 }
 
 mod inspect;
+mod swarm;
 pub use inspect::Spec;
+pub use swarm::Service as SwarmService;

@@ -1,0 +1,234 @@
+//! Health Check Procedures and Post-Deployment Verification on Docker Swarm
+//! (`driver = "swarm"`): the stack's services read through the Engine's
+//! Services and Tasks API instead of containers by name: desired against
+//! running replicas, the update state, each task's state and node (`status`,
+//! the replica checks of `health`), and `docker service logs` (`logs`).
+
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::adapters::docker::Docker;
+use crate::adapters::output::Output;
+use crate::adapters::process::Command;
+use crate::config::{config_error, Env, SwarmSettings};
+use crate::core::check::Check;
+use crate::core::report::Report;
+
+fn settings(env: &Env) -> Result<&SwarmSettings> {
+    env.settings
+        .swarm
+        .as_ref()
+        .ok_or_else(|| config_error(format!("environment `{}` has no [swarm]", env.name)))
+}
+
+/// One service's replicas: (running, desired).
+fn replicas(docker: &Docker, svc: &crate::adapters::docker::SwarmService) -> Result<(u64, u64)> {
+    let tasks = docker.service_tasks(&svc.name)?;
+    let running = tasks
+        .iter()
+        .filter(|t| t.desired == "running" && t.state == "running")
+        .count() as u64;
+    Ok((running, svc.replicas.unwrap_or(1)))
+}
+
+/// `status` of a stack: every service with its replicas, image and update
+/// state, and its current tasks with their node. Err when a service runs
+/// fewer tasks than it wants.
+pub fn status(env: &Env, out: &Output) -> Result<()> {
+    let s = settings(env)?;
+    let docker = Docker::connect(&env.docker_host())?;
+    let services = docker.stack_services(&s.stack)?;
+    let mut rows = Vec::new();
+    let mut lines = vec![format!(
+        "Stack `{}` of `{}` on {} ({} services):",
+        s.stack,
+        env.name,
+        docker.host,
+        services.len()
+    )];
+    let mut short = Vec::new();
+    for svc in &services {
+        let tasks = docker.service_tasks(&svc.name)?;
+        let (running, desired) = replicas(&docker, svc)?;
+        if running < desired {
+            short.push(format!("{} ({running}/{desired})", svc.name));
+        }
+        lines.push(format!(
+            "  {:<45} {running}/{desired} running  update: {:<18} {}",
+            svc.name,
+            svc.update_state.as_deref().unwrap_or("-"),
+            svc.image
+        ));
+        let current: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
+        for t in &current {
+            lines.push(format!(
+                "      task {:<3} on {:<12} {:<10}{}",
+                t.slot.map(|n| n.to_string()).unwrap_or_default(),
+                t.node,
+                t.state,
+                t.error
+                    .as_deref()
+                    .map(|e| format!(" error: {e}"))
+                    .unwrap_or_default()
+            ));
+        }
+        rows.push(serde_json::json!({
+            "service": svc.name, "image": svc.image, "running": running, "desired": desired,
+            "update_state": svc.update_state, "update_message": svc.update_message,
+            "tasks": current,
+        }));
+    }
+    if services.is_empty() {
+        lines.push(format!(
+            "  (no services: `cargo xtask deploy {}` creates the stack)",
+            env.name
+        ));
+    }
+    let mut r = Report::new(serde_json::json!({
+        "environment": env.name, "stack": s.stack, "docker_host": docker.host,
+        "ok": short.is_empty() && !services.is_empty(), "services": rows,
+    }));
+    for l in lines {
+        r.line(l);
+    }
+    r.emit(out);
+    if services.is_empty() {
+        anyhow::bail!("stack `{}` has no services", s.stack);
+    }
+    if !short.is_empty() {
+        anyhow::bail!(
+            "fewer tasks run than wanted: {}; `docker service ps SERVICE --no-trunc` says why",
+            short.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Health: one check per service of the stack, its running replicas
+/// against the desired ones.
+pub fn replica_checks(env: &Env) -> Vec<Check> {
+    let start = Instant::now();
+    let fail = |name: String, target: String, expected: &str, got: String| {
+        Check::fail(
+            name,
+            "service",
+            target,
+            expected,
+            got,
+            format!(
+                "`cargo xtask status {}`; `docker service ps SERVICE --no-trunc`",
+                env.name
+            ),
+            start.elapsed(),
+        )
+    };
+    let Ok(s) = settings(env) else {
+        return Vec::new();
+    };
+    let docker = match Docker::connect(&env.docker_host()) {
+        Ok(d) => d,
+        Err(e) => {
+            return vec![fail(
+                "stack".into(),
+                env.docker_host(),
+                "a reachable engine",
+                format!("{e:#}"),
+            )]
+        }
+    };
+    let services = match docker.stack_services(&s.stack) {
+        Ok(list) if !list.is_empty() => list,
+        Ok(_) => {
+            return vec![fail(
+                format!("stack {}", s.stack),
+                s.stack.clone(),
+                "its services",
+                "no services".into(),
+            )]
+        }
+        Err(e) => {
+            return vec![fail(
+                format!("stack {}", s.stack),
+                s.stack.clone(),
+                "its services",
+                format!("{e:#}"),
+            )]
+        }
+    };
+    services
+        .iter()
+        .map(|svc| match replicas(&docker, svc) {
+            Ok((running, desired)) if running >= desired => Check::pass(
+                format!("{} replicas", svc.name),
+                "service",
+                svc.name.clone(),
+                format!("{running}/{desired} running"),
+                start.elapsed(),
+            ),
+            Ok((running, desired)) => fail(
+                format!("{} replicas", svc.name),
+                svc.name.clone(),
+                &format!("{desired} running"),
+                format!("{running}/{desired} running"),
+            ),
+            Err(e) => fail(
+                format!("{} replicas", svc.name),
+                svc.name.clone(),
+                "its tasks",
+                format!("{e:#}"),
+            ),
+        })
+        .collect()
+}
+
+/// `logs SERVICE` of a stack: `docker service logs`.
+pub fn logs(
+    env: &Env,
+    out: &Output,
+    service: &str,
+    follow: bool,
+    tail: Option<usize>,
+) -> Result<()> {
+    let s = settings(env)?;
+    let docker = Docker::connect(&env.docker_host())?;
+    let services = docker.stack_services(&s.stack)?;
+    let full = format!("{}_{service}", s.stack);
+    let Some(found) = services
+        .iter()
+        .find(|x| x.name == full || x.name == service)
+    else {
+        let names: Vec<String> = services
+            .iter()
+            .map(|x| {
+                x.name
+                    .trim_start_matches(&format!("{}_", s.stack))
+                    .to_string()
+            })
+            .collect();
+        return Err(config_error(format!(
+            "no service `{service}` in stack `{}` of `{}`: choose one of {}",
+            s.stack,
+            env.name,
+            names.join(", ")
+        )));
+    };
+    let mut args = vec!["service".to_string(), "logs".into(), "--timestamps".into()];
+    if let Some(n) = tail {
+        args.extend(["--tail".to_string(), n.to_string()]);
+    }
+    if follow {
+        args.push("--follow".into());
+    }
+    args.push(found.name.clone());
+    let cmd = Command::new("docker", args).envs(&[("DOCKER_HOST".to_string(), env.docker_host())]);
+    out.detail(&format!("$ {}", cmd.display()));
+    let (code, stderr) = cmd.stream(None, &mut std::io::stdout().lock())?;
+    if !stderr.is_empty() {
+        eprintln!("{stderr}");
+    }
+    if code != 0 {
+        anyhow::bail!("`docker service logs {}` exited with {code}", found.name);
+    }
+    Ok(())
+}
