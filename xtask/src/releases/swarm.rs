@@ -382,7 +382,7 @@ pub fn steps<'a>(
     )
     .undo(
         format!(
-            "docker stack rm {} (a first release leaves nothing running; the volumes stay)",
+            "only if this run created the stack (a first release): docker stack rm {} (the volumes stay)",
             s.stack
         ),
         move |st: &mut RelState| {
