@@ -40,18 +40,31 @@ pub(super) fn checks(ctx: &Ctx) -> Vec<Check> {
                 .collect();
         }
     };
-    let wanted = env.containers();
-    let names: Vec<String> = wanted.iter().map(|(_, c)| c.clone()).collect();
-    let specs: Vec<(String, Result<Option<Spec>, String>)> = names
-        .iter()
-        .cloned()
-        .zip(
-            docker
-                .specs(&names)
-                .into_iter()
-                .map(|r| r.map_err(|e| format!("{e:#}"))),
-        )
-        .collect();
+    let specs: Vec<(String, Result<Option<Spec>, String>)> = match &env.settings.swarm {
+        // On a swarm, the stack's services stand for the containers.
+        Some(sw) if env.settings.driver == crate::config::Driver::Swarm => {
+            match docker.stack_specs(&sw.stack) {
+                Ok(list) => list
+                    .into_iter()
+                    .map(|s| (s.name.clone(), Ok(Some(s))))
+                    .collect(),
+                Err(e) => vec![(sw.stack.clone(), Err(format!("{e:#}")))],
+            }
+        }
+        _ => {
+            let names: Vec<String> = env.containers().into_iter().map(|(_, c)| c).collect();
+            names
+                .iter()
+                .cloned()
+                .zip(
+                    docker
+                        .specs(&names)
+                        .into_iter()
+                        .map(|r| r.map_err(|e| format!("{e:#}"))),
+                )
+                .collect()
+        }
+    };
     let mut images = images(ctx, &docker);
     if images.state == State::Pass && env.settings.preflight.image_test.is_some() {
         let tested = code_quality::command_item(
@@ -70,12 +83,13 @@ pub(super) fn checks(ctx: &Ctx) -> Vec<Check> {
             tested
         };
     }
-    let network = env
-        .settings
-        .preflight
-        .network
-        .clone()
-        .unwrap_or_else(|| format!("{}_mre-network", env.project().unwrap_or("?")));
+    let network = env.settings.preflight.network.clone().unwrap_or_else(|| {
+        let prefix = env
+            .project()
+            .or(env.settings.swarm.as_ref().map(|s| s.stack.as_str()))
+            .unwrap_or("?");
+        format!("{prefix}_mre-network")
+    });
     vec![
         images,
         per_container(&specs, env, HEALTH, "a health check", |s| {
@@ -143,7 +157,9 @@ fn per_container(
                 env.settings
                     .compose
                     .as_ref()
-                    .map(|c| c.files.join(", "))
+                    .map(|c| &c.files)
+                    .or(env.settings.swarm.as_ref().map(|s| &s.files))
+                    .map(|f| f.join(", "))
                     .unwrap_or_default()
             ),
             Duration::ZERO,
@@ -177,7 +193,10 @@ fn per_container(
             name.into(),
             INFRASTRUCTURE,
             target,
-            "no containers named in ops.toml".into(),
+            match &env.settings.swarm {
+                Some(sw) => format!("stack `{}` has no service yet (a first release)", sw.stack),
+                None => "no containers named in ops.toml".into(),
+            },
         );
     }
     Check::pass(

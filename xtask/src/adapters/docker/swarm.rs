@@ -172,6 +172,85 @@ impl Docker {
         Ok(rows.into_iter().map(|(_, t)| t).collect())
     }
 
+    /// Each service of a stack as the checklist reads a container: its
+    /// health check, limits and networks (by name), from the service spec.
+    pub fn stack_specs(&self, stack: &str) -> Result<Vec<super::inspect::Spec>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("com.docker.stack.namespace={stack}")],
+        )]);
+        let list = self
+            .rt
+            .block_on(self.client.list_services(Some(ListServicesOptions {
+                filters: Some(filters),
+                status: None,
+            })))
+            .with_context(|| format!("listing the services of stack `{stack}` on {}", self.host))?;
+        let networks: HashMap<String, String> = self
+            .rt
+            .block_on(
+                self.client
+                    .list_networks(None::<bollard::query_parameters::ListNetworksOptions>),
+            )
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| Some((n.id?, n.name?)))
+            .collect();
+        let mut out: Vec<super::inspect::Spec> = list
+            .into_iter()
+            .map(|svc| {
+                let spec = svc.spec.unwrap_or_default();
+                let task = spec.task_template.unwrap_or_default();
+                let container = task.container_spec.unwrap_or_default();
+                let limits = task.resources.and_then(|r| r.limits).unwrap_or_default();
+                let name = spec.name.clone().unwrap_or_default();
+                // The engine spells it `Healthcheck`, bollard's model
+                // `HealthCheck` (so it is always None): ask the CLI.
+                let healthcheck = container
+                    .health_check
+                    .and_then(|h| h.test)
+                    .or_else(|| self.service_healthcheck(&name))
+                    .filter(|t| !t.is_empty() && t[0] != "NONE");
+                let attached = task.networks.or(spec.networks).unwrap_or_default();
+                super::inspect::Spec {
+                    name,
+                    image: container.image.unwrap_or_default(),
+                    healthcheck,
+                    memory_bytes: limits.memory_bytes.unwrap_or(0),
+                    nano_cpus: limits.nano_cpus.unwrap_or(0),
+                    cpu_quota: 0,
+                    cpu_period: 0,
+                    networks: attached
+                        .into_iter()
+                        .filter_map(|a| a.target)
+                        .map(|id| networks.get(&id).cloned().unwrap_or(id))
+                        .collect(),
+                    started_at: None,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// A service's health check test, through `docker service inspect`.
+    fn service_healthcheck(&self, service: &str) -> Option<Vec<String>> {
+        let out = crate::adapters::process::Command::new(
+            "docker",
+            [
+                "service",
+                "inspect",
+                "--format",
+                "{{json .Spec.TaskTemplate.ContainerSpec.Healthcheck.Test}}",
+                service,
+            ],
+        )
+        .envs(&[("DOCKER_HOST".to_string(), self.host.clone())])
+        .read()
+        .ok()?;
+        serde_json::from_str(out.trim()).ok()
+    }
+
     /// The registry digest of a pushed image (`registry/name@sha256:...`),
     /// for pinning services to exactly what was built.
     pub fn repo_digest(&self, image: &str) -> Result<Option<String>> {
