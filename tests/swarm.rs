@@ -296,6 +296,23 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
             && st.stdout.contains("task"),
         "{st:?}"
     );
+    // The checklist reads the stack's services for its infrastructure items.
+    let p = s.run(&["--json", "preflight", "sw"]);
+    let doc: serde_json::Value =
+        serde_json::from_str(&p.stdout).unwrap_or_else(|_| panic!("{p:?}"));
+    for item in [
+        "Container health checks configured",
+        "Network configuration verified",
+        "Resource limits configured",
+    ] {
+        let c = doc["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == item)
+            .unwrap_or_else(|| panic!("{item} in {doc}"));
+        assert_eq!(c["state"], "PASS", "{c}");
+    }
     let h = s.run(&["health", "sw"]);
     assert_eq!(h.code, 0, "{h:?}");
     assert!(h.stdout.contains("replicas"), "{h:?}");

@@ -239,7 +239,16 @@ fn docker_metrics(env: &Env, window: Duration) -> DockerPart {
             return (Vec::new(), Vec::new(), Vec::new(), notes);
         }
     };
-    let wanted = env.containers();
+    // On a swarm, the running tasks' containers on this engine.
+    let wanted = match &env.settings.swarm {
+        Some(sw) if env.settings.driver == crate::config::Driver::Swarm => {
+            docker.stack_task_containers(&sw.stack).unwrap_or_else(|e| {
+                notes.push(format!("stack {}: {e:#}", sw.stack));
+                Vec::new()
+            })
+        }
+        _ => env.containers(),
+    };
     let names: Vec<String> = wanted.iter().map(|(_, c)| c.clone()).collect();
     let inspected = docker.containers(&names);
     let specs = docker.specs(&names);

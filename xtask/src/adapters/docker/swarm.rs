@@ -101,6 +101,44 @@ impl Docker {
         Ok(out)
     }
 
+    /// The running containers of a stack's tasks on this engine, as
+    /// (service without the stack prefix, container name).
+    pub fn stack_task_containers(&self, stack: &str) -> Result<Vec<(String, String)>> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("com.docker.stack.namespace={stack}")],
+        )]);
+        let list = self
+            .rt
+            .block_on(self.client.list_containers(Some(
+                bollard::query_parameters::ListContainersOptions {
+                    all: false,
+                    filters: Some(filters),
+                    ..Default::default()
+                },
+            )))
+            .with_context(|| {
+                format!("listing the containers of stack `{stack}` on {}", self.host)
+            })?;
+        let mut out: Vec<(String, String)> = list
+            .into_iter()
+            .filter_map(|c| {
+                let name = c.names?.first()?.trim_start_matches('/').to_string();
+                let service = c
+                    .labels
+                    .and_then(|l| l.get("com.docker.swarm.service.name").cloned())
+                    .unwrap_or_default();
+                let short = service
+                    .strip_prefix(&format!("{stack}_"))
+                    .unwrap_or(&service)
+                    .to_string();
+                Some((short, name))
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     /// How many containers of a stack's tasks exist on this engine.
     pub fn stack_containers(&self, stack: &str) -> Result<usize> {
         let filters = HashMap::from([(
