@@ -74,18 +74,22 @@ impl Command {
 
     fn expression(&self) -> duct::Expression {
         let mut e = duct::cmd(&self.program, &self.args);
-        if self.clean_env {
-            let kept: Vec<(String, String)> = ["PATH", "HOME"]
-                .into_iter()
-                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-                .collect();
-            e = e.full_env(kept);
-        }
         if let Some(dir) = &self.dir {
             e = e.dir(dir.as_std_path());
         }
-        for (k, v) in &self.env {
-            e = e.env(k, v);
+        if self.clean_env {
+            // One full environment: duct applies an outer `env` before an
+            // inner `full_env`, which would drop it.
+            let mut all: Vec<(String, String)> = ["PATH", "HOME"]
+                .into_iter()
+                .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
+                .collect();
+            all.extend(self.env.iter().cloned());
+            e = e.full_env(all);
+        } else {
+            for (k, v) in &self.env {
+                e = e.env(k, v);
+            }
         }
         if let Some(bytes) = &self.stdin {
             e = e.stdin_bytes(bytes.clone());
@@ -257,5 +261,24 @@ fn quote(word: &str) -> String {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Command;
+
+    #[test]
+    fn a_clean_environment_keeps_its_own_variables_only() {
+        std::env::set_var("MRE_OPS_TEST_LEAK", "leaked");
+        let out = Command::new(
+            "sh",
+            ["-c", "echo \"$MRE_OPS_TEST_SET-$MRE_OPS_TEST_LEAK\""],
+        )
+        .clean_env()
+        .envs(&[("MRE_OPS_TEST_SET".into(), "set".into())])
+        .read()
+        .unwrap();
+        assert_eq!(out.trim(), "set-");
     }
 }
