@@ -8,11 +8,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::release::{registry, SMOKE_USER};
+use common::load::Load;
+use common::release::{registry, remove_release_images, SMOKE_USER};
 use common::*;
 
 /// The engine as a one-node swarm for this process; left on drop when this
@@ -213,66 +212,16 @@ impl Drop for Stack {
         let _ = std::process::Command::new("docker")
             .args(["volume", "rm", &format!("{}_pgdata", self.stack)])
             .output();
-        let listed = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-        let mine: Vec<&str> = listed
-            .lines()
-            .filter(|l| {
-                l.starts_with(&format!("{}/", self.registry))
-                    && l.contains(&format!(":{}-", self.stack))
-            })
-            .collect();
-        if !mine.is_empty() {
-            let _ = std::process::Command::new("docker")
-                .arg("rmi")
-                .args(&mine)
-                .output();
-        }
+        remove_release_images(&self.registry, &self.stack);
     }
 }
 
-/// GET /api/health through the proxy in a loop: (ok, failed, why).
+/// Run `f` under a client's load on the proxy: its result, (ok, failed, why).
 fn under_load<T>(port: u16, f: impl FnOnce() -> T) -> (T, usize, usize, Vec<String>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (s, o, fl) = (stop.clone(), ok.clone(), failed.clone());
-    let handle = std::thread::spawn(move || {
-        let mut why = Vec::new();
-        let url = format!("http://127.0.0.1:{port}/api/health");
-        while !s.load(Ordering::SeqCst) {
-            let out = std::process::Command::new("curl")
-                .args([
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "5",
-                    &url,
-                ])
-                .output();
-            match out {
-                Ok(o2) if String::from_utf8_lossy(&o2.stdout) == "200" => {
-                    o.fetch_add(1, Ordering::SeqCst);
-                }
-                other => {
-                    fl.fetch_add(1, Ordering::SeqCst);
-                    why.push(format!("{other:?}"));
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        why
-    });
+    let load = Load::start(port);
     let r = f();
-    stop.store(true, Ordering::SeqCst);
-    let why = handle.join().unwrap();
-    (
-        r,
-        ok.load(Ordering::SeqCst),
-        failed.load(Ordering::SeqCst),
-        why,
-    )
+    let (ok, failed, why) = load.finish();
+    (r, ok, failed, why)
 }
 
 #[test]

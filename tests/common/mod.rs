@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod load;
 pub mod ops;
 pub mod pg;
 pub mod release;

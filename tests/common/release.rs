@@ -245,16 +245,18 @@ impl Drop for ReleaseStack {
             ],
         );
         // The release images this stack pulled (its registry's port is unique).
-        let listed = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-        let mine: Vec<&str> = listed
-            .lines()
-            .filter(|l| {
-                l.starts_with(&format!("{}/", self.registry))
-                    && l.contains(&format!(":{}-", self.project))
-            })
-            .collect();
-        if !mine.is_empty() {
-            let _ = Command::new("docker").arg("rmi").args(&mine).output();
-        }
+        remove_release_images(&self.registry, &self.project);
+    }
+}
+
+/// Remove the images tagged `<registry>/<image>:<project>-...` here.
+pub fn remove_release_images(registry: &str, project: &str) {
+    let listed = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+    let mine: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.starts_with(&format!("{registry}/")) && l.contains(&format!(":{project}-")))
+        .collect();
+    if !mine.is_empty() {
+        let _ = Command::new("docker").arg("rmi").args(&mine).output();
     }
 }

@@ -67,17 +67,8 @@ impl Attestations {
 pub fn preflight(ops: &Ops, out: &Output, args: &PreflightArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
     let attest = Attestations::parse(&args.attest)?;
-    let start = Instant::now();
-    let checks = run_preflight(ops, &env, &attest, false);
-    check::checklist(
-        out,
-        "preflight",
-        &format!("Pre-deployment checklist for `{}`", env.name),
-        serde_json::json!({ "environment": env.name }),
-        &checks,
-        start.elapsed(),
-    )
-    .emit(out);
+    let (checks, report) = checklist(ops, &env, out, &attest, false);
+    report.emit(out);
     refuse_on_fail(&env, &checks)
 }
 
@@ -101,17 +92,8 @@ pub fn gate(
             "--skip-preflight needs a reason (it is written to the release journal), e.g. --skip-preflight \"first release: nothing runs yet\"",
         ));
     }
-    let start = Instant::now();
-    let checks = run_preflight(ops, env, &attest, true);
-    check::checklist(
-        out,
-        "preflight",
-        &format!("Pre-deployment checklist for `{}`", env.name),
-        serde_json::json!({ "environment": env.name }),
-        &checks,
-        start.elapsed(),
-    )
-    .emit_part(out);
+    let (checks, report) = checklist(ops, env, out, &attest, true);
+    report.emit_part(out);
     let failed: Vec<&str> = checks
         .iter()
         .filter(|c| c.state == State::Fail)
@@ -142,6 +124,27 @@ pub fn gate(
         "passed: {} pass, {} warn, {} manual, {} skip",
         n["pass"], n["warn"], n["manual"], n["skip"]
     ))
+}
+
+/// The checklist run and rendered (`preflight`, and a deploy's gate).
+fn checklist(
+    ops: &Ops,
+    env: &Env,
+    out: &Output,
+    attest: &Attestations,
+    deploying: bool,
+) -> (Vec<Check>, crate::core::report::Report) {
+    let start = Instant::now();
+    let checks = run_preflight(ops, env, attest, deploying);
+    let report = check::checklist(
+        out,
+        "preflight",
+        &format!("Pre-deployment checklist for `{}`", env.name),
+        serde_json::json!({ "environment": env.name }),
+        &checks,
+        start.elapsed(),
+    );
+    (checks, report)
 }
 
 /// Every item of the checklist for `env`, concurrently, in the runbook's

@@ -272,41 +272,31 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
             Some(opts.allow_risky),
             move |p| plan::journal_step(p, env, out, "deploy", v, prev, imgs),
         );
-        plan::prune_step(&mut plan, env, rel, out);
-        return run(
+    } else {
+        plan::begin_base(&mut plan, env, rel, out, v);
+        plan::journal_step(
+            &mut plan,
             env,
-            rel,
             out,
-            plan,
             "deploy",
             v,
-            previous.as_deref(),
-            opts.dry_run,
+            previous.clone(),
+            targets.clone(),
         );
+        let allow_risky = opts.allow_risky;
+        plan.action(
+            "Lint and apply pending migrations",
+            format!(
+                "cargo xtask migrate deploy {} before the new code takes traffic (the lint blocks risky statements outside development)",
+                env.name
+            ),
+            move || {
+                let o = database_migrations::DeployOptions { dry_run: false, allow_risky, backup: false, report: false };
+                database_migrations::deploy(env, out, &o)
+            },
+        );
+        plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, true);
     }
-    plan::begin_base(&mut plan, env, rel, out, v);
-    plan::journal_step(
-        &mut plan,
-        env,
-        out,
-        "deploy",
-        v,
-        previous.clone(),
-        targets.clone(),
-    );
-    let allow_risky = opts.allow_risky;
-    plan.action(
-        "Lint and apply pending migrations",
-        format!(
-            "cargo xtask migrate deploy {} before the new code takes traffic (the lint blocks risky statements outside development)",
-            env.name
-        ),
-        move || {
-            let o = database_migrations::DeployOptions { dry_run: false, allow_risky, backup: false, report: false };
-            database_migrations::deploy(env, out, &o)
-        },
-    );
-    plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, true);
     plan::prune_step(&mut plan, env, rel, out);
     run(
         env,

@@ -55,19 +55,23 @@ impl Docker {
         }
     }
 
-    /// The services of a stack (`docker stack services STACK`), by name.
-    pub fn stack_services(&self, stack: &str) -> Result<Vec<Service>> {
+    /// The engine's own description of a stack's services.
+    fn list_stack_services(&self, stack: &str) -> Result<Vec<bollard::models::Service>> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("com.docker.stack.namespace={stack}")],
         )]);
-        let list = self
-            .rt
+        self.rt
             .block_on(self.client.list_services(Some(ListServicesOptions {
                 filters: Some(filters),
                 status: None,
             })))
-            .with_context(|| format!("listing the services of stack `{stack}` on {}", self.host))?;
+            .with_context(|| format!("listing the services of stack `{stack}` on {}", self.host))
+    }
+
+    /// The services of a stack (`docker stack services STACK`), by name.
+    pub fn stack_services(&self, stack: &str) -> Result<Vec<Service>> {
+        let list = self.list_stack_services(stack)?;
         let mut out: Vec<Service> = list
             .into_iter()
             .map(|s| {
@@ -101,26 +105,32 @@ impl Docker {
         Ok(out)
     }
 
-    /// The running containers of a stack's tasks on this engine, as
-    /// (service without the stack prefix, container name).
-    pub fn stack_task_containers(&self, stack: &str) -> Result<Vec<(String, String)>> {
+    /// The containers of a stack's tasks on this engine (`all`: stopped too).
+    fn list_stack_containers(
+        &self,
+        stack: &str,
+        all: bool,
+    ) -> Result<Vec<bollard::models::ContainerSummary>> {
         let filters = HashMap::from([(
             "label".to_string(),
             vec![format!("com.docker.stack.namespace={stack}")],
         )]);
-        let list = self
-            .rt
+        self.rt
             .block_on(self.client.list_containers(Some(
                 bollard::query_parameters::ListContainersOptions {
-                    all: false,
+                    all,
                     filters: Some(filters),
                     ..Default::default()
                 },
             )))
-            .with_context(|| {
-                format!("listing the containers of stack `{stack}` on {}", self.host)
-            })?;
-        let mut out: Vec<(String, String)> = list
+            .with_context(|| format!("listing the containers of stack `{stack}` on {}", self.host))
+    }
+
+    /// The running containers of a stack's tasks on this engine, as
+    /// (service without the stack prefix, container name).
+    pub fn stack_task_containers(&self, stack: &str) -> Result<Vec<(String, String)>> {
+        let mut out: Vec<(String, String)> = self
+            .list_stack_containers(stack, false)?
             .into_iter()
             .filter_map(|c| {
                 let name = c.names?.first()?.trim_start_matches('/').to_string();
@@ -141,23 +151,7 @@ impl Docker {
 
     /// How many containers of a stack's tasks exist on this engine.
     pub fn stack_containers(&self, stack: &str) -> Result<usize> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("com.docker.stack.namespace={stack}")],
-        )]);
-        let list = self
-            .rt
-            .block_on(self.client.list_containers(Some(
-                bollard::query_parameters::ListContainersOptions {
-                    all: true,
-                    filters: Some(filters),
-                    ..Default::default()
-                },
-            )))
-            .with_context(|| {
-                format!("listing the containers of stack `{stack}` on {}", self.host)
-            })?;
-        Ok(list.len())
+        Ok(self.list_stack_containers(stack, true)?.len())
     }
 
     /// The tasks of one service, newest first (`docker service ps`).
@@ -213,17 +207,7 @@ impl Docker {
     /// Each service of a stack as the checklist reads a container: its
     /// health check, limits and networks (by name), from the service spec.
     pub fn stack_specs(&self, stack: &str) -> Result<Vec<super::inspect::Spec>> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("com.docker.stack.namespace={stack}")],
-        )]);
-        let list = self
-            .rt
-            .block_on(self.client.list_services(Some(ListServicesOptions {
-                filters: Some(filters),
-                status: None,
-            })))
-            .with_context(|| format!("listing the services of stack `{stack}` on {}", self.host))?;
+        let list = self.list_stack_services(stack)?;
         let networks: HashMap<String, String> = self
             .rt
             .block_on(

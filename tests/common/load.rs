@@ -1,0 +1,74 @@
+//! A client's load on a stand-in: GET /api/health through the proxy in a
+//! loop (curl, one request at a time), counting what failed and why.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Requests against the proxy in a loop until stopped: (ok, failed).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    handle: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    pub fn start(port: u16) -> Load {
+        let (stop, ok, failed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let handle = std::thread::spawn(move || {
+            let mut why = Vec::new();
+            let url = format!("http://127.0.0.1:{port}/api/health");
+            while !s.load(Ordering::SeqCst) {
+                match std::process::Command::new("curl")
+                    .args([
+                        "-s",
+                        "-o",
+                        "/dev/null",
+                        "-w",
+                        "%{http_code}",
+                        "--max-time",
+                        "5",
+                        &url,
+                    ])
+                    .output()
+                {
+                    Ok(out) if String::from_utf8_lossy(&out.stdout) == "200" => {
+                        o.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(out) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        why.push(String::from_utf8_lossy(&out.stdout).into_owned());
+                    }
+                    Err(e) => {
+                        f.fetch_add(1, Ordering::SeqCst);
+                        why.push(e.to_string());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            why
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn finish(mut self) -> (usize, usize, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        let why = self.handle.take().unwrap().join().unwrap();
+        (
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            why,
+        )
+    }
+}
