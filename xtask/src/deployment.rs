@@ -26,6 +26,11 @@ use crate::{database_migrations, health_checks, post_deployment_verification};
 /// checks and the smoke tests (a failure switches back), stop the old colour (kept for
 /// `rollback`), prune, notify.
 ///
+/// With `driver = "swarm"` (production on Docker Swarm, docs/swarm.md): the
+/// same images pinned by digest, `docker stack deploy` with each service's
+/// update order and `failure_action: rollback`, the engine's rolling update
+/// waited for; any failure puts every service back on the previous release.
+///
 /// Without it (development): create missing development secrets; run the environment's
 /// pre-build commands; `compose build`; `compose up -d`; wait for the
 /// database; on protected environments and those with backups configured,

@@ -56,6 +56,8 @@ pub struct ReleasesArgs {
 /// colour's container is started and the proxy pointed back at it (seconds);
 /// when it is gone, its image is pulled by tag. `--rebuild REV` is the
 /// runbook's "git checkout + rebuild" path: build REV's images, push, cut over.
+/// On a swarm (`driver = "swarm"`), every service of the stack goes back to
+/// that release's images, pinned by digest, in one `docker stack deploy`.
 #[derive(clap::Args, Debug)]
 pub struct RollbackArgs {
     pub env: String,
