@@ -35,7 +35,7 @@ use core::interrupt::Interrupted;
 /// The MRE deployment runbook, runnable: each command automates one section
 /// of the runbook (see README.md). Every command that changes something
 /// (deploy, rollback, recover, down, migrate deploy/resolve, backup
-/// create/verify/prune, restore, drill, demo prepare) has --dry-run, which
+/// create/verify/prune, restore, drill, demo prepare, runbook) has --dry-run, which
 /// prints the steps that would run, from the plan that runs them.
 #[derive(Parser, Debug)]
 #[command(

@@ -31,6 +31,9 @@ pub struct RunbookArgs {
     /// Where to write (default: docs/RUNBOOK.md in the workspace).
     #[arg(long, value_name = "PATH")]
     pub out: Option<Utf8PathBuf>,
+    /// Say what would be written, and whether it differs, without writing.
+    #[arg(long, conflicts_with = "check")]
+    pub dry_run: bool,
 }
 
 /// One command as a section documents it.
@@ -131,6 +134,19 @@ pub fn runbook(ops: &Ops, out: &Output, args: &RunbookArgs) -> Result<()> {
         return Err(anyhow::anyhow!(
             "{path} is stale (the code changed; it is generated):\n{diff}\nRun `cargo xtask runbook` and commit the result"
         ));
+    }
+    if args.dry_run {
+        let same = std::fs::read_to_string(&path).is_ok_and(|old| old == text);
+        out.line(&format!(
+            "Dry run: would write {path} ({} lines, {}). Nothing was changed.",
+            text.lines().count(),
+            if same {
+                "the same as now"
+            } else {
+                "different from now"
+            }
+        ));
+        return Ok(());
     }
     crate::core::files::write_atomic(&path, text.as_bytes(), 0o644)
         .with_context(|| format!("writing {path}"))?;
