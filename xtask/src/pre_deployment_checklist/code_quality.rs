@@ -129,18 +129,24 @@ fn tail(output: &str, n: usize) -> String {
     format!(": {}", cut.join(" / "))
 }
 
+/// PASS when a person attested `item` (`--attest item=URL`).
+fn attested(ctx: &Ctx, item: &str, name: &str) -> Option<Check> {
+    let url = ctx.attest.0.get(item)?;
+    Some(Check::pass(
+        name.into(),
+        CODE,
+        url.clone(),
+        format!("attested by {}: {url}", who()),
+        Duration::ZERO,
+    ))
+}
+
 /// "Code review completed and approved": attested (`--attest review=URL`),
 /// or an approving review in the GitHub Actions event; else MANUAL.
 pub(super) fn review(ctx: &Ctx) -> Check {
     let name = "Code review completed and approved";
-    if let Some(url) = ctx.attest.0.get("review") {
-        return Check::pass(
-            name.into(),
-            CODE,
-            url.clone(),
-            format!("attested by {}: {url}", who()),
-            Duration::ZERO,
-        );
+    if let Some(c) = attested(ctx, "review", name) {
+        return c;
     }
     if let Some(evidence) = approved_in_ci() {
         return Check::pass(name.into(), CODE, "CI".into(), evidence, Duration::ZERO);
@@ -160,14 +166,8 @@ pub(super) fn review(ctx: &Ctx) -> Check {
 /// "Documentation updated": MANUAL unless attested.
 pub(super) fn docs(ctx: &Ctx) -> Check {
     let name = "Documentation updated";
-    if let Some(url) = ctx.attest.0.get("docs") {
-        return Check::pass(
-            name.into(),
-            CODE,
-            url.clone(),
-            format!("attested by {}: {url}", who()),
-            Duration::ZERO,
-        );
+    if let Some(c) = attested(ctx, "docs", name) {
+        return c;
     }
     Check::manual(
         name.into(),

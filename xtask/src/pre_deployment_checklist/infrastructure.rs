@@ -213,15 +213,17 @@ fn per_container(
 fn images(ctx: &Ctx, docker: &Docker) -> Check {
     let env = ctx.env;
     let start = Instant::now();
+    let target = env
+        .settings
+        .compose
+        .as_ref()
+        .map(|c| c.files.join(", "))
+        .unwrap_or_default();
     let fail = |got: String, next: String| {
         Check::fail(
             IMAGES.into(),
             INFRASTRUCTURE,
-            env.settings
-                .compose
-                .as_ref()
-                .map(|c| c.files.join(", "))
-                .unwrap_or_default(),
+            target.clone(),
             "every image the Compose files name, built",
             got,
             next,
@@ -267,11 +269,7 @@ fn images(ctx: &Ctx, docker: &Docker) -> Check {
         Check::pass(
             IMAGES.into(),
             INFRASTRUCTURE,
-            env.settings
-                .compose
-                .as_ref()
-                .map(|c| c.files.join(", "))
-                .unwrap_or_default(),
+            target,
             format!("{} images present: {}", names.len(), names.join(", ")),
             start.elapsed(),
         )

@@ -288,13 +288,11 @@ fn wait_updated(
             break;
         }
         if start.elapsed() > timeout {
+            let names: Vec<String> = still.iter().map(|x| service_name(s, x)).collect();
+            let (names, first) = (names.join(", "), names[0].clone());
             bail!(
-                "the engine has not finished updating {} after {} s: `docker service ps` shows why",
-                still
-                    .iter()
-                    .map(|x| service_name(s, x))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                "the engine has not finished updating {names} after {} s (release.health_timeout_secs): \
+                 `docker service ps {first} --no-trunc` shows why; every service goes back to the previous release",
                 timeout.as_secs()
             );
         }
