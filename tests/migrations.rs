@@ -3,83 +3,11 @@
 //! drift, the lint and the prisma runner.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::ops::OpsToml;
+use common::migrate::{kill_while_running, Setup, PRISMA_DDL, PW_VAR};
 use common::pg::{Pg, PASSWORD};
-use common::{xtask_env, Run, TempDir};
-
-const PW_VAR: &str = "MIG_TEST_PASSWORD";
-
-/// Prisma's DDL, as shared/reference/prisma-migrate.md quotes it from
-/// prisma-engines (`create_migrations_table`).
-const PRISMA_DDL: &str = "CREATE TABLE _prisma_migrations (
-  id                  VARCHAR(36) PRIMARY KEY NOT NULL,
-  checksum            VARCHAR(64) NOT NULL,
-  finished_at         TIMESTAMPTZ,
-  migration_name      VARCHAR(255) NOT NULL,
-  logs                TEXT,
-  rolled_back_at      TIMESTAMPTZ,
-  started_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
-  applied_steps_count INTEGER NOT NULL DEFAULT 0
-);";
-
-struct Setup {
-    pg: Pg,
-    dir: TempDir,
-    config: PathBuf,
-}
-
-impl Setup {
-    fn new(extra: &str) -> Setup {
-        let pg = Pg::start();
-        let dir = TempDir::new("migrations");
-        std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
-        let mut ops = OpsToml::new();
-        for env in ["development", "staging"] {
-            ops = ops
-                .env(env, &[])
-                .section(
-                    env,
-                    "compose",
-                    &["files = [\"none.yml\"]", "project = \"mig-test\""],
-                )
-                .database(env, pg.port, PW_VAR)
-                .section(
-                    env,
-                    "migrations",
-                    &["dir = \"migrations\"", "lock_wait_secs = 30", extra],
-                );
-        }
-        let toml = ops.build();
-        let config = dir.write("ops.toml", &toml);
-        Setup { pg, dir, config }
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        xtask_env(&self.config, args, &[(PW_VAR, PASSWORD)])
-    }
-
-    fn migration(&self, name: &str, sql: &str) -> PathBuf {
-        let d = self.dir.path().join("migrations").join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let f = d.join("migration.sql");
-        std::fs::write(&f, sql).unwrap();
-        f
-    }
-
-    fn rows(&self) -> Vec<Vec<String>> {
-        self.pg
-            .psql(
-                "SELECT id, checksum, migration_name, finished_at IS NOT NULL, rolled_back_at IS NOT NULL, \
-                 replace(coalesce(logs, '<null>'), E'\\n', ' '), applied_steps_count FROM _prisma_migrations ORDER BY started_at, migration_name",
-            )
-            .lines()
-            .map(|l| l.split('|').map(str::to_string).collect())
-            .collect()
-    }
-}
 
 fn sha256sum(path: &Path) -> String {
     let out = Command::new("sha256sum")
@@ -500,7 +428,7 @@ fn the_lint_blocks_staging_not_development() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stdout
-            .contains("without a transaction (line 1: CONCURRENTLY)"),
+            .contains("without a transaction (line 1: CREATE INDEX CONCURRENTLY)"),
         "{r:?}"
     );
 }
@@ -612,7 +540,8 @@ fn failures_outside_a_transaction_are_recorded_and_explained() {
     let r = s.run(&["migrate", "deploy"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
-        r.stdout.contains("uses the enum value 'B' added at line 1"),
+        r.stdout
+            .contains("uses the enum value 'B' of `Role` added at line 1"),
         "the mode is said: {r:?}"
     );
 
@@ -719,44 +648,9 @@ fn enum_values_are_added_in_a_transaction() {
     );
 }
 
-fn spawn_deploy(s: &Setup) -> std::process::Child {
-    Command::new(common::XTASK)
-        .args(["--config", s.config.to_str().unwrap(), "migrate", "deploy"])
-        .env(PW_VAR, PASSWORD)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-/// Kill -9 the xtask once `sql` runs on the server, then end its server
-/// session (as the server does when it notices the client is gone).
-fn kill_while_running(s: &Setup, marker: &str) {
-    let mut child = spawn_deploy(s);
-    let start = std::time::Instant::now();
-    loop {
-        let n = s.pg.psql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
-        ));
-        if n != "0" {
-            break;
-        }
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(30),
-            "the migration never started"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    s.pg.psql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
-    ));
-    std::thread::sleep(std::time::Duration::from_millis(300));
-}
-
 /// Issue: a killed run of a file that cannot run in a transaction: the row
-/// says how many statements ran and which is next; status says so.
+/// says how many statements ran and which is next; status says so, and the
+/// next deploy finishes the file there.
 #[test]
 fn a_killed_run_without_a_transaction_records_its_progress() {
     let s = Setup::new("");
@@ -764,7 +658,7 @@ fn a_killed_run_without_a_transaction_records_its_progress() {
     assert_eq!(s.run(&["migrate", "deploy"]).code, 0);
     s.migration(
         "20250102000000_idx",
-        "CREATE INDEX CONCURRENTLY t_x ON t (x);\nSELECT pg_sleep(30) AS nontx_marker;\nCREATE INDEX CONCURRENTLY t_x2 ON t (x);\n",
+        "CREATE INDEX CONCURRENTLY t_x ON t (x);\nSELECT pg_sleep(2) AS nontx_marker;\nCREATE INDEX CONCURRENTLY t_x2 ON t (x);\n",
     );
     kill_while_running(&s, "nontx_marker");
     let row = s.pg.psql("SELECT applied_steps_count, logs FROM _prisma_migrations WHERE migration_name = '20250102000000_idx'");
@@ -776,13 +670,34 @@ fn a_killed_run_without_a_transaction_records_its_progress() {
     assert_eq!(st.code, 1, "{st:?}");
     assert!(
         st.stdout
-            .contains("It ran without a transaction and was interrupted: 1 of 3"),
+            .contains("It ran statement by statement and was interrupted: 1 of 3")
+            && st
+                .stdout
+                .contains("`cargo xtask migrate deploy development` finishes it"),
         "{st:?}"
     );
-    // Not provably rolled back: deploy refuses.
     let r = s.run(&["migrate", "deploy"]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("P3009"), "{r:?}");
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("Finish 20250102000000_idx")
+            || r.stderr.contains("Finish 20250102000000_idx"),
+        "{r:?}"
+    );
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM pg_index WHERE indisvalid AND indexrelid::regclass::text IN ('t_x', 't_x2')"),
+        "2"
+    );
+    let rows = s.rows();
+    assert_eq!(rows.len(), 2, "the same row finished: {rows:?}");
+    assert_eq!(
+        (
+            rows[1][3].as_str(),
+            rows[1][5].as_str(),
+            rows[1][6].as_str()
+        ),
+        ("t", "<null>", "1"),
+        "{rows:?}"
+    );
 }
 
 /// Issue: a killed run of a transactional file: the server rolled it back,

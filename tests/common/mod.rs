@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod load;
+pub mod migrate;
 pub mod ops;
 pub mod pg;
 pub mod release;

@@ -159,7 +159,9 @@ pub fn recover(ops: &Ops, out: &Output, args: &RecoverArgs) -> Result<()> {
             serde_json::json!({ "environment": env.name, "recovered": false, "pending": null }),
         )
         .line(format!(
-            "Nothing to recover in `{}`: no interrupted operation left a record.",
+            "Nothing to recover in `{0}`: no interrupted restore, release or drill left a record. \
+             An interrupted migration keeps its story in the database: `cargo xtask migrate status {0}`, \
+             and `cargo xtask migrate deploy {0}` finishes it.",
             env.name
         ))
         .emit(out);

@@ -202,11 +202,10 @@ pub fn acquire_waiting(
     }
     if let Some(old) = read_holder(&mut file) {
         out.warn(&format!(
-            "the previous holder of `{}`'s lock, {}, ended without releasing it (killed?); \
-             `cargo xtask recover {}` finishes or undoes what it left",
+            "the previous holder of `{}`'s lock, {}, ended without releasing it (killed?); {}",
             env.name,
             old.describe(),
-            env.name
+            after_killed_holder(env, &old)
         ));
     }
     let text = serde_json::to_string(&me).expect("holder serialises");
@@ -232,6 +231,24 @@ pub fn acquire_waiting(
         _db: db,
         nested: false,
     })
+}
+
+/// The command that helps after a holder was killed: `recover` when the
+/// operation left a record of what it stopped or staged; for migrations,
+/// which leave their story in `_prisma_migrations` instead, `migrate status`.
+fn after_killed_holder(env: &Env, old: &Holder) -> String {
+    let name = &env.name;
+    if super::intent::pending(env).is_some() {
+        format!("`cargo xtask recover {name}` finishes or undoes what it left")
+    } else if old.operation.starts_with("migrate") || old.operation.starts_with("deploy") {
+        format!(
+            "it left no staged work to recover; if it was applying migrations, `cargo xtask migrate status {name}` says \
+             what they left and `cargo xtask migrate deploy {name}` finishes them"
+        )
+    } else {
+        "it left no record of staged work (nothing for `recover` to do); check what it was doing with `cargo xtask status` ".to_string()
+            + name
+    }
 }
 
 fn nested(env: &Env) -> EnvLock {

@@ -3,7 +3,6 @@
 //! transaction when it can, Prisma's bookkeeping with it.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -13,13 +12,14 @@ use crate::config::{Env, LintMode, Runner};
 use crate::core::files::uuid_v4;
 use crate::core::steps::Plan;
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
+use super::bookkeeping::{quote_ident, Db, Row};
+use super::files::{migrations_dir, read_local, Local};
 use super::lint::{self, Mode};
-#[allow(unused_imports)]
+use super::prisma::prisma_deploy;
 use super::progress;
-#[allow(unused_imports)]
-use super::{authoring::*, bookkeeping::*, files::*, prisma::*, state::*};
+use super::resume::{invalid_indexes_of, resume_point, Resume};
+use super::run::{run_new, run_statements, Outcome, RowRef};
+use super::state::{failed_message, indent, read_state, State};
 
 pub struct DeployOptions {
     pub dry_run: bool,
@@ -40,17 +40,24 @@ pub(super) fn lint_blocks(env: &Env) -> bool {
     }
 }
 
-/// Lint the pending migrations; an error when they block.
+/// Lint the pending migrations, knowing the database's tables (a statement
+/// on a table that is not there yet, nor created earlier in the batch, is
+/// no risk); an error when they block.
 pub(super) fn lint_pending(
     env: &Env,
     out: &Output,
+    db: &mut Db,
     pending: &[&Local],
     allow_risky: bool,
 ) -> Result<()> {
-    let mut new_tables = BTreeSet::new();
+    let mut tables = lint::Tables::known(db.relation_names()?);
     let mut open = Vec::new();
     for l in pending {
-        for f in lint::lint(&l.text(), &mut new_tables) {
+        let verdict = lint::lint(&l.text(), &mut tables);
+        for note in &verdict.notes {
+            out.line(&format!("  {}: {note}", l.name));
+        }
+        for f in verdict.findings {
             if !f.allowed {
                 open.push(format!(
                     "  {}:{}: {}: {}\n      safer: {}",
@@ -63,8 +70,18 @@ pub(super) fn lint_pending(
         return Ok(());
     }
     let list = open.join("\n");
-    if !lint_blocks(env) || allow_risky {
-        out.line(&format!("Lint findings (not blocking here):\n{list}"));
+    if !lint_blocks(env) {
+        out.line(&format!(
+            "Lint findings (not blocking: the lint only warns on `{}`):\n{list}",
+            env.name
+        ));
+        return Ok(());
+    }
+    if allow_risky {
+        out.line(&format!(
+            "Lint findings (they block on `{}`; --allow-risky overrode them):\n{list}",
+            env.name
+        ));
         return Ok(());
     }
     bail!(
@@ -88,7 +105,9 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
     let wait = Duration::from_secs(env.settings.migrations.lock_wait_secs);
     // Prisma takes the lock before it reads anything; so do we (a row being
     // written by a migrator that holds the lock is not a failure). The lock
-    // is a session lock: it goes when this connection closes, whatever happens.
+    // is a session lock: it goes when this connection closes, whatever
+    // happens. A session whose client was killed holds it until the server
+    // ends that session, so once we have it, what the row says is final.
     if !opts.dry_run {
         db.lock(out, wait)?;
     }
@@ -123,10 +142,40 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
             state = read_state(env, &mut db)?;
         }
     }
-    if let Some(r) = state.failed().first() {
-        bail!(failed_message(env, r, &state));
+    // A file run statement by statement and interrupted: finish it where the
+    // database says it stopped.
+    let mut resumes: Vec<(Row, Resume)> = Vec::new();
+    for r in state.failed() {
+        let Some(l) = state.local.iter().find(|l| l.name == r.migration_name) else {
+            continue;
+        };
+        if progress::killed_between_statements(r) {
+            resumes.push((r.clone(), resume_point(&mut db, l, r)?));
+        }
     }
-    let pending: Vec<&Local> = state.pending();
+    let blocking = state.failed().into_iter().find(|r| {
+        !resumes
+            .iter()
+            .any(|(x, how)| x.id == r.id && matches!(how, Resume::At { .. }))
+    });
+    if let Some(r) = blocking {
+        let story = resumes
+            .iter()
+            .find(|(x, _)| x.id == r.id)
+            .map(|(_, how)| match how {
+                Resume::Manual(why) => why.clone(),
+                Resume::At { story, .. } => story.clone(),
+            });
+        bail!(failed_message(env, r, &state, story.as_deref()));
+    }
+    // Pending, and those to finish (their rows count as recorded).
+    let mut pending: Vec<&Local> = state.pending();
+    for (r, _) in &resumes {
+        if let Some(l) = state.local.iter().find(|l| l.name == r.migration_name) {
+            pending.push(l);
+        }
+    }
+    pending.sort_by(|a, b| a.name.cmp(&b.name));
     if let Some(l) = pending.iter().find(|l| l.sql.is_none()) {
         bail!(
             "{}/migration.sql is missing (Prisma: P3015): every folder in {} must hold one. Restore the file or remove the folder",
@@ -146,7 +195,7 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
         }
         return Ok(());
     }
-    lint_pending(env, out, &pending, opts.allow_risky)?;
+    lint_pending(env, out, &mut db, &pending, opts.allow_risky)?;
 
     if opts.dry_run {
         out.line(&format!(
@@ -175,9 +224,31 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
         );
     }
     for l in &pending {
+        let db = &db;
+        if let Some((
+            r,
+            Resume::At {
+                next,
+                before,
+                story,
+            },
+        )) = resumes.iter().find(|(r, _)| r.migration_name == l.name)
+        {
+            let stmts = lint::split(&l.text());
+            let mut detail = format!("interrupted earlier: {story}");
+            for b in before {
+                detail.push_str(&format!("; then {b}"));
+            }
+            if let Some(s) = stmts.get(*next) {
+                detail.push_str(&format!("; from line {}", s.line));
+            }
+            plan.action(format!("Finish {}", l.name), detail, move || {
+                finish_interrupted(env, out, &mut db.borrow_mut(), l, r, *next, before, story)
+            });
+            continue;
+        }
         let stmts = lint::split(&l.text());
         let mode = lint::mode(&stmts);
-        let db = &db;
         plan.action(
             format!("Apply {}", l.name),
             format!("{} statement(s), {}", stmts.len(), mode.describe()),
@@ -224,10 +295,7 @@ pub(super) fn warn_edited(env: &Env, out: &Output, state: &State) {
     }
 }
 
-/// One migration, with Prisma's bookkeeping around it. The row is inserted
-/// (committed) before the script, so a failure or a kill leaves a record;
-/// `logs` says how it runs (`progress`), so that the next run can tell a
-/// transaction the server rolled back from statements that stayed applied.
+/// One migration, with Prisma's bookkeeping around it (`run`).
 pub(super) fn apply_one(
     env: &Env,
     out: &Output,
@@ -237,189 +305,150 @@ pub(super) fn apply_one(
 ) -> Result<()> {
     // The lock has been held since before the state was read: nobody else
     // can have applied it meanwhile.
-    let sql = l.sql.as_deref().unwrap_or_default();
-    let text = std::str::from_utf8(sql).context("the migration is not UTF-8")?;
+    let sql = l.text();
     let id = uuid_v4()?;
-    let checksum = sha256_hex(sql);
+    let checksum = l.checksum().unwrap_or_default();
     let table = format!("{}._prisma_migrations", quote_ident(&db.schema));
+    let row = RowRef {
+        table: &table,
+        id: &id,
+    };
     let start = Instant::now();
-    let (result, done) = run_script(db, text, mode, &table, &id, &checksum, &l.name);
-    if result.is_err() {
+    let outcome = run_new(db, &sql, mode, &row, &checksum, &l.name);
+    conclude(env, out, db, l, &sql, &row, outcome, start)
+}
+
+/// Finish a file an interrupted run left between statements, in its row.
+#[allow(clippy::too_many_arguments)]
+fn finish_interrupted(
+    env: &Env,
+    out: &Output,
+    db: &mut Db,
+    l: &Local,
+    r: &Row,
+    next: usize,
+    before: &[String],
+    story: &str,
+) -> Result<()> {
+    out.line(&format!("  {}: {story}", l.name));
+    for sql in before {
+        out.line(&format!("  {sql};"));
+        db.client
+            .batch_execute(sql)
+            .with_context(|| format!("running `{sql}` before finishing {}", l.name))?;
+    }
+    let sql = l.text();
+    let stmts = lint::split(&sql);
+    let table = format!("{}._prisma_migrations", quote_ident(&db.schema));
+    let row = RowRef {
+        table: &table,
+        id: &r.id,
+    };
+    let mode = match lint::mode(&stmts) {
+        Mode::Transaction => Mode::NoTransaction("finishing an interrupted run".into()),
+        m => m,
+    };
+    let start = Instant::now();
+    let outcome = run_statements(db, &sql, &stmts, next, &row, &mode);
+    conclude(env, out, db, l, &sql, &row, outcome, start)
+}
+
+/// Say how a run ended; on failure record Prisma-style `logs` and explain
+/// what is in the database and what to do.
+#[allow(clippy::too_many_arguments)]
+fn conclude(
+    env: &Env,
+    out: &Output,
+    db: &mut Db,
+    l: &Local,
+    sql: &str,
+    row: &RowRef,
+    o: Outcome,
+    start: Instant,
+) -> Result<()> {
+    if o.result.is_err() {
         // A script with its own BEGIN, or our own, may have left its
         // transaction open and aborted: close it, or the bookkeeping below
         // cannot run.
         let _ = db.client.batch_execute("ROLLBACK");
     }
     // Session settings a script made (lock_timeout, search_path) end with it.
-    let _ = db.client.batch_execute(&format!(
-        "RESET ALL; SET search_path TO {}",
-        quote_ident(&db.schema)
-    ));
-    match result {
+    let _ = db.client.batch_execute("RESET ALL");
+    let _ = db.session_settings();
+    if let Some(why) = &o.retried {
+        out.line(&format!(
+            "  {}: PostgreSQL refused it in a transaction ({why}); it ran statement by statement instead, as psql runs it",
+            l.name
+        ));
+    }
+    let e = match o.result {
         Ok(()) => {
             out.line(&format!(
                 "  applied {} {} in {:.2} s",
                 l.name,
-                mode.describe(),
+                o.mode.describe(),
                 start.elapsed().as_secs_f64()
             ));
-            Ok(())
+            return Ok(());
         }
-        Err(e) => {
-            let logs = prisma_style_logs(&l.name, &e);
-            let recorded = db
-                .client
-                .execute(
-                    &format!("UPDATE {table} SET logs = $1 WHERE id = $2"),
-                    &[&logs, &id],
-                )
-                .map(drop)
-                .map_err(|e| {
-                    format!("\n(Its logs could not be recorded in _prisma_migrations: {e}.)")
-                })
-                .err()
-                .unwrap_or_default();
-            let invalid = invalid_indexes(&mut db.client);
-            let state = match mode {
-                Mode::Transaction => "It ran in a transaction that was rolled back: the schema is exactly as it was before.".to_string(),
-                Mode::NoTransaction(_) => format!(
-                    "It ran without a transaction: {done} statement(s) before the failing one were applied and stay applied. \
-                     Reverse them by hand or restore the backup (runbook: Migration Rollback).{}",
-                    if invalid.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            "\nThe failure left these indexes INVALID (they exist but are not used or enforced); drop them before retrying:\n{}",
-                            invalid.iter().map(|i| format!("  DROP INDEX CONCURRENTLY {i};")).collect::<Vec<_>>().join("\n")
-                        )
-                    }
-                ),
-                Mode::ScriptControlled => "The script controls its own transactions: check which of its parts were committed.".to_string(),
-            };
-            let state = format!("{state}{recorded}");
-            bail!(
-                "migration `{}` failed {}:\n{}\n{state}\n\
-                 It is recorded as failed, and deploy refuses to run until it is resolved. Next: fix {}/migration.sql, then\n  \
-                 cargo xtask migrate resolve --rolled-back {} {env}\n  cargo xtask migrate deploy {env}",
-                l.name,
-                mode.describe(),
-                indent(&db_error_text(&e)),
-                l.dir,
-                l.name,
-                env = env.name
-            )
-        }
-    }
-}
-
-/// A string constant for a simple query (standard_conforming_strings is on
-/// since PostgreSQL 9.1; E'' when a backslash needs care anyway).
-fn lit(s: &str) -> String {
-    if s.contains('\\') {
-        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
-    } else {
-        format!("'{}'", s.replace('\'', "''"))
-    }
-}
-
-/// Insert the row, run the script, complete the row; on failure also how
-/// many statements had succeeded.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn run_script(
-    db: &mut Db,
-    sql: &str,
-    mode: &Mode,
-    table: &str,
-    id: &str,
-    checksum: &str,
-    name: &str,
-) -> (Result<(), postgres::Error>, usize) {
-    let insert = |logs: &str| {
-        format!(
-            "INSERT INTO {table} (id, checksum, started_at, migration_name, logs) VALUES ({}, {}, now(), {}, {})",
-            lit(id),
-            lit(checksum),
-            lit(name),
-            lit(logs)
-        )
+        Err(e) => e,
     };
-    let finish = format!(
-        "UPDATE {table} SET applied_steps_count = applied_steps_count + 1, finished_at = now(), logs = NULL WHERE id = {}",
-        lit(id)
-    );
-    match mode {
-        Mode::Transaction => {
-            // One round trip: the row is committed first (a failure or a kill
-            // leaves it), then the script and the completion of the row commit
-            // together. A failing statement skips the rest of the query and
-            // leaves the transaction aborted: the caller rolls it back. The
-            // newlines and the empty statement end a trailing `--` comment.
-            let batch = format!(
-                "{}; COMMIT; BEGIN;\n{sql}\n;\n{finish}; COMMIT;",
-                insert(progress::IN_TRANSACTION)
-            );
-            (db.client.batch_execute(&batch), 0)
-        }
-        Mode::ScriptControlled => {
-            if let Err(e) = db
-                .client
-                .batch_execute(&insert(progress::SCRIPT_CONTROLLED))
-            {
-                return (Err(e), 0);
-            }
-            let r = db
-                .client
-                .batch_execute(sql)
-                .and_then(|()| db.client.batch_execute(&finish));
-            (r, 0)
-        }
-        Mode::NoTransaction(_) => {
-            let stmts = lint::split(sql);
-            let total = stmts.len();
-            let next = |k: usize| stmts.get(k).map(|s| (s.line, &sql[s.start..s.end]));
-            if let Err(e) =
-                db.client
-                    .batch_execute(&insert(&progress::statements(0, total, next(0))))
-            {
-                return (Err(e), 0);
-            }
-            for (k, s) in stmts.iter().enumerate() {
-                if let Err(e) = db.client.batch_execute(&sql[s.start..s.end]) {
-                    return (Err(e), k);
-                }
-                // Committed: say so before the next one runs.
-                let logs = progress::statements(k + 1, total, next(k + 1));
-                let step = format!(
-                    "UPDATE {table} SET applied_steps_count = {}, logs = {} WHERE id = {}",
-                    k + 1,
-                    lit(&logs),
-                    lit(id)
-                );
-                if let Err(e) = db.client.batch_execute(&step) {
-                    return (Err(e), k + 1);
-                }
-            }
-            let done = format!(
-                "UPDATE {table} SET applied_steps_count = 1, finished_at = now(), logs = NULL WHERE id = {}",
-                lit(id)
-            );
-            (db.client.batch_execute(&done), total)
-        }
-    }
-}
-
-/// Indexes left INVALID (a failed CREATE INDEX CONCURRENTLY), qualified and
-/// quoted.
-pub(super) fn invalid_indexes(client: &mut postgres::Client) -> Vec<String> {
-    client
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_index i \
-             JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE NOT i.indisvalid ORDER BY 1",
-            &[],
+    let logs = prisma_style_logs(&l.name, &e);
+    let recorded = db
+        .client
+        .execute(
+            &format!("UPDATE {} SET logs = $1 WHERE id = $2", row.table),
+            &[&logs, &row.id],
         )
-        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-        .unwrap_or_default()
+        .map(drop);
+    let stmts = lint::split(sql);
+    let invalid = invalid_indexes_of(db, sql);
+    let state = match o.failed_at {
+        None if o.mode == Mode::Transaction => {
+            "It ran in a transaction that was rolled back: nothing of it is in the database, the schema is exactly as it was before.".to_string()
+        }
+        at => {
+            let failing = at
+                .and_then(|k| stmts.get(k))
+                .map(|s| format!(" (line {})", s.line))
+                .unwrap_or_default();
+            let mut t = format!(
+                "It ran statement by statement: {} of {} statement(s) before the failing one{failing} are committed and stay applied. \
+                 Reverse them by hand or restore the backup (runbook: Migration Rollback).",
+                o.committed,
+                stmts.len()
+            );
+            if !invalid.is_empty() {
+                t.push_str(&format!(
+                    "\nThe failure left this migration's index(es) INVALID (they exist but are neither used nor enforced); drop them before retrying:\n{}",
+                    invalid.iter().map(|i| format!("  DROP INDEX CONCURRENTLY {i};")).collect::<Vec<_>>().join("\n")
+                ));
+            }
+            t
+        }
+    };
+    match recorded {
+        Ok(()) => bail!(
+            "migration `{}` failed {}:\n{}\n{state}\n\
+             It is recorded as failed (its error is in its row's logs), and deploy refuses to run until it is resolved. \
+             Next: fix {}/migration.sql, then\n  \
+             cargo xtask migrate resolve --rolled-back {} {env}\n  cargo xtask migrate deploy {env}",
+            l.name,
+            o.mode.describe(),
+            indent(&db_error_text(&e)),
+            l.dir,
+            l.name,
+            env = env.name
+        ),
+        Err(rec) => bail!(
+            "migration `{}` failed {}:\n{}\n{state}\n\
+             Its error could not be recorded in _prisma_migrations ({rec}); `cargo xtask migrate status {}` shows what its row says",
+            l.name,
+            o.mode.describe(),
+            indent(&db_error_text(&e)),
+            env.name
+        ),
+    }
 }
 
 pub(super) fn db_error_text(e: &postgres::Error) -> String {

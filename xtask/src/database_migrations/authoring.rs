@@ -193,22 +193,28 @@ pub(super) fn new(env: &Env, out: &Output, name: &str) -> Result<()> {
 
 pub(super) fn review(env: &Env, out: &Output, all: bool) -> Result<()> {
     let local = read_local(env)?;
-    let list: Vec<&Local> = if all {
-        local.iter().collect()
-    } else {
-        let mut db = Db::open(env)?;
-        let state = read_state(env, &mut db)?;
-        let pending: BTreeSet<String> = state.pending().iter().map(|l| l.name.clone()).collect();
-        local.iter().filter(|l| pending.contains(&l.name)).collect()
+    let mut db = if all { None } else { Some(Db::open(env)?) };
+    let list: Vec<&Local> = match &mut db {
+        None => local.iter().collect(),
+        Some(db) => {
+            let state = read_state(env, db)?;
+            let pending: BTreeSet<String> =
+                state.pending().iter().map(|l| l.name.clone()).collect();
+            local.iter().filter(|l| pending.contains(&l.name)).collect()
+        }
     };
-    let mut new_tables = BTreeSet::new();
+    // The database's tables when it is read (pending), else none known.
+    let mut tables = match &mut db {
+        Some(db) => lint::Tables::known(db.relation_names()?),
+        None => lint::Tables::default(),
+    };
     let mut docs = Vec::new();
     let mut open = 0;
     for l in &list {
         // --all: each migration as if it were the only new one (a table made
         // by an earlier migration is not "new" to a later one's review).
         if all {
-            new_tables.clear();
+            tables = lint::Tables::default();
         }
         if l.sql.is_none() {
             open += 1;
@@ -229,7 +235,8 @@ pub(super) fn review(env: &Env, out: &Output, all: bool) -> Result<()> {
         let text = l.text();
         let stmts = lint::split(&text);
         let mode = lint::mode(&stmts);
-        let findings = lint::lint(&text, &mut new_tables);
+        let verdict = lint::lint(&text, &mut tables);
+        let findings = verdict.findings;
         open += findings.iter().filter(|f| !f.allowed).count();
         if !out.json {
             out.line(&format!(
@@ -253,6 +260,9 @@ pub(super) fn review(env: &Env, out: &Output, all: bool) -> Result<()> {
                 ));
                 out.line(&format!("           safer: {}", f.instead));
             }
+            for note in &verdict.notes {
+                out.line(&format!("  {} {note}", out.paint(Tone::Warn, "not linted")));
+            }
             if findings.is_empty() {
                 out.line(&format!("  {}", out.paint(Tone::Good, "no findings")));
             }
@@ -260,7 +270,7 @@ pub(super) fn review(env: &Env, out: &Output, all: bool) -> Result<()> {
         }
         docs.push(serde_json::json!({
             "name": l.name, "mode": mode.describe(), "statements": stmts.len(),
-            "checksum": l.checksum(), "findings": findings,
+            "checksum": l.checksum(), "findings": findings, "not_linted": verdict.notes,
         }));
     }
     if out.json {

@@ -91,15 +91,14 @@ pub(super) struct Db {
 impl Db {
     pub(super) fn open(env: &Env) -> Result<Db> {
         let (url, schema) = split_schema(&env.database_url()?);
-        let mut client = connect(&url, Duration::from_secs(10))?;
-        client
-            .batch_execute(&format!("SET search_path TO {}", quote_ident(&schema)))
-            .with_context(|| format!("selecting schema `{schema}`"))?;
-        Ok(Db {
+        let client = connect(&url, Duration::from_secs(10))?;
+        let mut db = Db {
             client,
             schema,
             target: describe_url(&url),
-        })
+        };
+        db.session_settings()?;
+        Ok(db)
     }
 
     pub(super) fn table_exists(&mut self) -> Result<bool> {
@@ -122,6 +121,35 @@ impl Db {
             )
             .context("listing the tables of the schema")?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Every table, partitioned table, view and materialized view outside
+    /// the system schemas, by name (what the lint counts as existing).
+    pub(super) fn relation_names(&mut self) -> Result<std::collections::BTreeSet<String>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT DISTINCT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                 AND n.nspname NOT LIKE 'pg\\_%'",
+                &[],
+            )
+            .context("listing the database's tables for the lint")?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// The session's settings, at the start and after a script reset them: the
+    /// schema, and (PostgreSQL 14+) the server ending a statement within a
+    /// second of this client going away (kill -9), instead of running it
+    /// to the end with nobody to record it.
+    pub(super) fn session_settings(&mut self) -> Result<()> {
+        self.client
+            .batch_execute(&format!(
+                "SET search_path TO {}; SELECT set_config('client_connection_check_interval', '1000', false) \
+                 WHERE current_setting('server_version_num')::int >= 140000",
+                quote_ident(&self.schema)
+            ))
+            .with_context(|| format!("selecting schema `{}`", self.schema))
     }
 
     pub(super) fn rows(&mut self) -> Result<Vec<Row>> {

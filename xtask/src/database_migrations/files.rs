@@ -8,12 +8,6 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{config_error, Env};
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::lint::{self, Mode};
-#[allow(unused_imports)]
-use super::{apply::*, authoring::*, bookkeeping::*, prisma::*, state::*};
-
 pub(super) struct Local {
     pub(super) name: String,
     pub(super) dir: Utf8PathBuf,
@@ -25,8 +19,13 @@ impl Local {
     pub(super) fn checksum(&self) -> Option<String> {
         self.sql.as_deref().map(sha256_hex)
     }
+    /// The script as it is sent: UTF-8 (`read_local` refused anything else),
+    /// without a leading byte order mark, which psql skips too.
     pub(super) fn text(&self) -> String {
-        String::from_utf8_lossy(self.sql.as_deref().unwrap_or_default()).into_owned()
+        let text = String::from_utf8_lossy(self.sql.as_deref().unwrap_or_default());
+        text.strip_prefix(super::lint::BOM)
+            .unwrap_or(&text)
+            .to_string()
     }
 }
 
@@ -69,9 +68,11 @@ pub(super) fn read_local(env: &Env) -> Result<Vec<Local>> {
         let file = path.join("migration.sql");
         let sql = if file.exists() {
             let bytes = std::fs::read(&file).with_context(|| format!("reading {file}"))?;
-            // psql refuses such a file; decoding it with U+FFFD would change
-            // a string literal's value while the checksum (of the raw bytes)
-            // shows nothing.
+            // Refused whole, wherever the bad byte is: decoding it with U+FFFD
+            // would change a string literal's value while the checksum (of
+            // the raw bytes) showed nothing. (psql only fails on the bytes it
+            // sends: it drops a `--` comment before a statement, bad bytes and
+            // all. Prisma reads the file as UTF-8 and refuses it too.)
             if let Err(e) = std::str::from_utf8(&bytes) {
                 let at = e.valid_up_to();
                 let line = bytes[..at].iter().filter(|b| **b == b'\n').count() + 1;

@@ -10,7 +10,10 @@
 //! This file holds the command line and what other sections call; the rest
 //! is split by concern: `files` (the migrations on disk), `bookkeeping`
 //! (`_prisma_migrations` and the lock), `state` (status), `apply` (deploy),
-//! `prisma` (the prisma runner), `authoring` (new, review, resolve), `lint`.
+//! `run` (one migration's SQL and its row), `progress` and `resume` (a run
+//! interrupted between statements), `prisma` (the prisma runner),
+//! `authoring` (new, review, resolve), `lint` (the statement splitter, how a
+//! file must run, the safety lint).
 
 mod apply;
 mod authoring;
@@ -19,6 +22,8 @@ mod files;
 mod lint;
 mod prisma;
 mod progress;
+mod resume;
+mod run;
 mod state;
 
 use std::time::{Duration, Instant};
@@ -224,7 +229,7 @@ pub fn backup_before_migrating(env: &Env, out: &Output, allow_risky: bool) -> Re
             out.line("No pending migrations: no backup needed.");
             return Ok(());
         }
-        lint_pending(env, out, &pending, allow_risky)?;
+        lint_pending(env, out, &mut db, &pending, allow_risky)?;
     }
     // create_backup prints the path it wrote.
     crate::disaster_recovery::create_backup(env, out, "before migration")?;

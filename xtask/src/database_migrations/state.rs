@@ -10,11 +10,11 @@ use crate::adapters::output::{Output, Tone};
 use crate::config::{Env, Runner};
 use crate::core::report::Report;
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
+use super::bookkeeping::{Db, Row};
+use super::files::{checksum_matches, migrations_dir, read_local, sha256_hex, Local};
 use super::lint::{self, Mode};
-#[allow(unused_imports)]
-use super::{apply::*, authoring::*, bookkeeping::*, files::*, prisma::*};
+use super::progress;
+use super::resume::{resume_point, Resume};
 
 #[derive(Serialize)]
 pub(super) struct Entry {
@@ -176,8 +176,33 @@ pub(super) fn status(env: &Env, out: &Output, strict: bool) -> Result<()> {
             ));
         }
         for r in state.failed().into_iter().filter(|_| running.is_none()) {
+            let story = match state.local.iter().find(|l| l.name == r.migration_name) {
+                Some(l) if progress::killed_between_statements(r) => {
+                    Some(match resume_point(&mut db, l, r)? {
+                        Resume::At { story, before, .. } => {
+                            let mut t = format!(
+                                "{story} `cargo xtask migrate deploy {}` finishes it",
+                                env.name
+                            );
+                            if !before.is_empty() {
+                                t.push_str(&format!(
+                                    ", running first: {}",
+                                    before
+                                        .iter()
+                                        .map(|b| format!("{b};"))
+                                        .collect::<Vec<_>>()
+                                        .join(" ")
+                                ));
+                            }
+                            t + "."
+                        }
+                        Resume::Manual(why) => why,
+                    })
+                }
+                _ => None,
+            };
             report.line("");
-            report.line(failed_message(env, r, &state));
+            report.line(failed_message(env, r, &state, story.as_deref()));
         }
         if pending == 0 && failed == 0 {
             report.line("Database schema is up to date!");
@@ -211,39 +236,62 @@ pub(super) fn status(env: &Env, out: &Output, strict: bool) -> Result<()> {
     Ok(())
 }
 
-pub(super) fn failed_message(env: &Env, r: &Row, state: &State) -> String {
+/// What a failed row means and what to do. `story`: what the database says
+/// of a run that was interrupted between statements (`resume`).
+pub(super) fn failed_message(env: &Env, r: &Row, state: &State, story: Option<&str>) -> String {
     let name = &r.migration_name;
     let env = &env.name;
     let head = format!(
         "Migration `{name}` failed: it started at {} and did not finish (Prisma: P3009).",
         r.started_at
     );
-    // What the row says of an interrupted run, else what the file says of
-    // how it runs.
-    if let Some(story) = super::progress::describe(r) {
+    if progress::killed_between_statements(r) {
+        let story = story.unwrap_or("It ran statement by statement and was interrupted.");
         return format!(
-            "{head}\n{story}\n  cargo xtask migrate deploy {env}        (after an interrupted transaction)\n  \
-             cargo xtask migrate resolve --rolled-back {name} {env}\n  cargo xtask migrate resolve --applied {name} {env}"
+            "{head}\nIt ran statement by statement and was interrupted: {story}\n  cargo xtask migrate deploy {env}    \
+             (finishes the file where it stopped)\nOr, by hand: finish the rest and `cargo xtask migrate resolve --applied {name} {env}`, \
+             or reverse what was applied and `cargo xtask migrate resolve --rolled-back {name} {env}`."
         );
     }
-    let how = match state
+    if progress::killed_in_transaction(r) {
+        return format!(
+            "{head}\nIt ran in a transaction and was interrupted: the server rolled it back, nothing of it is in the database.\n  \
+             cargo xtask migrate deploy {env}    (applies it again)"
+        );
+    }
+    if let Some(story) = progress::describe_legacy(r) {
+        return format!(
+            "{head}\n{story}\n  cargo xtask migrate resolve --rolled-back {name} {env}\n  cargo xtask migrate resolve --applied {name} {env}"
+        );
+    }
+    let mode = state
         .local
         .iter()
         .find(|l| &l.name == name)
-        .and_then(|l| l.sql.as_deref())
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .map(|t| lint::mode(&lint::split(t)))
-    {
-        Some(Mode::Transaction) => "mre-ops runs this file in a transaction, so if mre-ops ran it the schema is unchanged (Prisma runs it statement by statement: then the statements before the error stay applied).".to_string(),
-        Some(Mode::NoTransaction(why)) => format!("This file cannot run in a transaction ({why}): the statements before the failing one stay applied; reverse them or finish them by hand."),
-        Some(Mode::ScriptControlled) => "This file has its own BEGIN/COMMIT: check which of its parts were committed.".to_string(),
+        .filter(|l| l.sql.is_some())
+        .map(|l| lint::mode(&lint::split(&l.text())));
+    let in_tx = mode == Some(Mode::Transaction)
+        && !r
+            .logs
+            .as_deref()
+            .unwrap_or_default()
+            .contains(progress::STATEMENTS);
+    let how = match &mode {
+        Some(Mode::Transaction) => "mre-ops runs this file in a transaction, so if mre-ops ran it, nothing of it is in the database (Prisma runs it statement by statement: then the statements before the error stay applied).".to_string(),
+        Some(Mode::NoTransaction(why)) => format!("This file runs statement by statement ({why}): the statements before the failing one stay applied; reverse them or finish them by hand."),
+        Some(Mode::ScriptControlled) => "This file has its own BEGIN/COMMIT and runs statement by statement: what its committed transactions did stays applied; an open one was rolled back.".to_string(),
         None => "Its migration.sql is not on disk: check the schema by hand.".to_string(),
+    };
+    let applied = if in_tx {
+        "Only if you then apply the whole file by hand (nothing of it is in the database now), record it as applied:"
+    } else {
+        "If you finished it by hand instead, record it as applied:"
     };
     format!(
         "{head}\nIts logs:\n{logs}\n{how}\n\
          Next: fix its migration.sql, then\n  \
          cargo xtask migrate resolve --rolled-back {name} {env}\n  cargo xtask migrate deploy {env}\n\
-         If you finished it by hand instead, record it as applied:\n  \
+         {applied}\n  \
          cargo xtask migrate resolve --applied {name} {env}",
         logs = indent(r.logs.as_deref().unwrap_or("(none)")),
     )

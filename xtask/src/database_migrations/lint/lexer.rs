@@ -26,6 +26,12 @@ pub struct Statement {
     /// Rules accepted by `-- mre-ops:allow RULE` comments written before the
     /// statement (since the previous one) or inside it.
     pub allows: Vec<String>,
+    /// For each string token (`toks` index), the byte offset where its body
+    /// starts in the script: a `DO $$ … $$` body is linted as SQL of its own,
+    /// its findings on the script's lines.
+    pub strs: Vec<(usize, usize)>,
+    /// Byte offset of each token in the script.
+    pub offs: Vec<usize>,
 }
 
 impl Statement {
@@ -42,19 +48,33 @@ impl Statement {
     }
 }
 
-/// Split a script into statements. Never fails: an unterminated string or
-/// comment runs to the end of the script, as PostgreSQL would read it.
+/// The UTF-8 byte order mark some editors write at the start of a file; psql
+/// skips it, and so do we (the checksum stays that of the file's bytes).
+pub const BOM: &str = "\u{feff}";
+
+/// Split a script into statements as psql does before it sends them: at a
+/// `;` outside parentheses, strings, quoted identifiers, comments and the
+/// `BEGIN … END` body of a `CREATE FUNCTION`/`PROCEDURE` (SQL-standard
+/// bodies, `BEGIN ATOMIC`), with psql's own rule for the latter (a `BEGIN`,
+/// and a `CASE` inside one, opens; `END` closes). Never fails: an
+/// unterminated string or comment runs to the end of the script, as
+/// PostgreSQL would read it.
 pub fn split(sql: &str) -> Vec<Statement> {
     let b = sql.as_bytes();
     let n = b.len();
     let mut stmts = Vec::new();
     let mut toks: Vec<Tok> = Vec::new();
+    let mut strs: Vec<(usize, usize)> = Vec::new();
+    let mut offs: Vec<usize> = Vec::new();
     let mut allows: Vec<String> = Vec::new();
     let mut start: Option<usize> = None;
     let mut depth = 0usize;
-    let mut i = 0;
+    let mut begin_depth = 0usize;
+    let mut i = if sql.starts_with(BOM) { BOM.len() } else { 0 };
     let line_at = |pos: usize| sql[..pos].matches('\n').count() + 1;
     let flush = |toks: &mut Vec<Tok>,
+                 strs: &mut Vec<(usize, usize)>,
+                 offs: &mut Vec<usize>,
                  allows: &mut Vec<String>,
                  start: &mut Option<usize>,
                  end: usize,
@@ -66,6 +86,8 @@ pub fn split(sql: &str) -> Vec<Statement> {
                 end,
                 line: line_at(s),
                 allows: std::mem::take(allows),
+                strs: std::mem::take(strs),
+                offs: std::mem::take(offs),
             });
         }
     };
@@ -102,14 +124,24 @@ pub fn split(sql: &str) -> Vec<Statement> {
             collect_allows(&sql[from..i.min(n)], &mut allows);
             continue;
         }
-        if c == b';' && depth == 0 {
-            flush(&mut toks, &mut allows, &mut start, i, &mut stmts);
+        if c == b';' && depth == 0 && begin_depth == 0 {
+            flush(
+                &mut toks,
+                &mut strs,
+                &mut offs,
+                &mut allows,
+                &mut start,
+                i,
+                &mut stmts,
+            );
             i += 1;
             continue;
         }
         if start.is_none() {
             start = Some(i);
         }
+        // Every path below pushes exactly one token.
+        offs.push(i);
         // Strings: '...', E'...', and dollar quotes.
         if c == b'\'' || ((c == b'e' || c == b'E') && b.get(i + 1) == Some(&b'\'')) {
             let escapes = c != b'\'';
@@ -130,6 +162,7 @@ pub fn split(sql: &str) -> Vec<Statement> {
                 }
             }
             let raw = &sql[body..i.saturating_sub(1).max(body)];
+            strs.push((toks.len(), body));
             toks.push(Tok::Str(if escapes {
                 raw.to_string()
             } else {
@@ -150,6 +183,7 @@ pub fn split(sql: &str) -> Vec<Statement> {
                     let close = sql[body..].find(tag).map(|k| body + k + tag.len());
                     i = close.unwrap_or(n);
                     let inner_end = close.map(|c| c - tag.len()).unwrap_or(n);
+                    strs.push((toks.len(), body));
                     toks.push(Tok::Str(sql[body..inner_end].to_string()));
                     continue;
                 }
@@ -188,7 +222,16 @@ pub fn split(sql: &str) -> Vec<Statement> {
             {
                 i += 1;
             }
-            toks.push(Tok::Word(sql[from..i].to_ascii_lowercase()));
+            let word = sql[from..i].to_ascii_lowercase();
+            if depth == 0 && routine_with_body(&toks) {
+                match word.as_str() {
+                    "begin" => begin_depth += 1,
+                    "case" if begin_depth > 0 => begin_depth += 1,
+                    "end" => begin_depth = begin_depth.saturating_sub(1),
+                    _ => {}
+                }
+            }
+            toks.push(Tok::Word(word));
             continue;
         }
         if c.is_ascii_digit() {
@@ -206,8 +249,31 @@ pub fn split(sql: &str) -> Vec<Statement> {
         toks.push(Tok::Punct(c as char));
         i += 1;
     }
-    flush(&mut toks, &mut allows, &mut start, n, &mut stmts);
+    flush(
+        &mut toks,
+        &mut strs,
+        &mut offs,
+        &mut allows,
+        &mut start,
+        n,
+        &mut stmts,
+    );
     stmts
+}
+
+/// Whether the statement so far starts `CREATE [OR REPLACE] FUNCTION` or
+/// `PROCEDURE`: its `BEGIN … END` is a body whose `;` do not end it.
+fn routine_with_body(toks: &[Tok]) -> bool {
+    let w = |k: usize| match toks.get(k) {
+        Some(Tok::Word(w)) => w.as_str(),
+        _ => "",
+    };
+    let at = if w(1) == "or" && w(2) == "replace" {
+        3
+    } else {
+        1
+    };
+    w(0) == "create" && matches!(w(at), "function" | "procedure")
 }
 
 fn collect_allows(comment: &str, allows: &mut Vec<String>) {

@@ -1,117 +1,27 @@
 //! Database Migration Procedures: "Review migration SQL before production",
 //! the migration safety lint, and how each migration must run (in a
-//! transaction or not). `lexer` splits scripts into statements of tokens;
-//! `rules` looks at tokens, never at raw text. docs/migrations.md explains
+//! transaction or not). `lexer` splits scripts into statements of tokens as
+//! psql does; `body` reads inside statements (casts, `DO` blocks); `mode`
+//! says how a file runs; `rules` looks at tokens, never at raw text. docs/migrations.md explains
 //! why this is not a full SQL parser (figures in docs/benchmarks.md).
 
+mod body;
 mod lexer;
+mod mode;
 mod rules;
 
-use lexer::Tok;
-pub use lexer::{split, Statement};
-pub use rules::lint;
-
-// ---------------------------------------------------------------------------
-// How a migration must run.
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// BEGIN; script; COMMIT: a failure leaves the schema as it was.
-    Transaction,
-    /// Statement by statement, autocommit: something in it cannot run in a
-    /// transaction block (the reason is given).
-    NoTransaction(String),
-    /// The script has its own BEGIN/COMMIT: sent as one query, as Prisma does.
-    ScriptControlled,
-}
-
-impl Mode {
-    pub fn describe(&self) -> String {
-        match self {
-            Mode::Transaction => "in a transaction".into(),
-            Mode::NoTransaction(why) => format!("without a transaction ({why})"),
-            Mode::ScriptControlled => "as written (the script has its own BEGIN/COMMIT)".into(),
-        }
-    }
-}
-
-pub fn mode(stmts: &[Statement]) -> Mode {
-    for s in stmts {
-        let w0 = s.word(0).unwrap_or("");
-        if matches!(w0, "begin" | "commit" | "rollback" | "end" | "savepoint")
-            || (w0 == "start" && s.word(1) == Some("transaction"))
-        {
-            return Mode::ScriptControlled;
-        }
-    }
-    for s in stmts {
-        let w0 = s.word(0).unwrap_or("");
-        let w1 = s.word(1).unwrap_or("");
-        let why = if s.has_word("concurrently")
-            && matches!(w0, "create" | "drop" | "reindex" | "refresh")
-        {
-            Some(format!("line {}: CONCURRENTLY", s.line))
-        } else if matches!(w0, "vacuum") {
-            Some(format!("line {}: VACUUM", s.line))
-        } else if matches!(w0, "create" | "drop") && matches!(w1, "database" | "tablespace") {
-            Some(format!(
-                "line {}: {} {}",
-                s.line,
-                w0.to_uppercase(),
-                w1.to_uppercase()
-            ))
-        } else if w0 == "alter" && w1 == "system" {
-            Some(format!("line {}: ALTER SYSTEM", s.line))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            return Mode::NoTransaction(why);
-        }
-    }
-    // `ALTER TYPE ... ADD VALUE` runs in a transaction since PostgreSQL 12;
-    // only a use of the new value in the same transaction fails (55P04). A
-    // file that uses a value it adds runs statement by statement.
-    let mut added: Vec<(String, usize)> = Vec::new();
-    for s in stmts {
-        if let Some((value, line)) = added
-            .iter()
-            .find(|(v, _)| s.toks.iter().any(|t| matches!(t, Tok::Str(x) if x == v)))
-        {
-            return Mode::NoTransaction(format!(
-                "line {}: uses the enum value '{value}' added at line {line}, which a transaction cannot",
-                s.line
-            ));
-        }
-        if let Some(v) = added_enum_value(s) {
-            added.push((v, s.line));
-        }
-    }
-    Mode::Transaction
-}
-
-/// The value an `ALTER TYPE name ADD VALUE [IF NOT EXISTS] 'v'` adds.
-fn added_enum_value(s: &Statement) -> Option<String> {
-    if s.word(0) != Some("alter") || s.word(1) != Some("type") {
-        return None;
-    }
-    let at = s.toks.windows(2).position(
-        |w| matches!((&w[0], &w[1]), (Tok::Word(a), Tok::Word(b)) if a == "add" && b == "value"),
-    )?;
-    s.toks[at + 2..].iter().find_map(|t| match t {
-        Tok::Str(v) => Some(v.clone()),
-        _ => None,
-    })
-}
+pub use body::{after_words, altered_table, concurrent_indexes, qualified_at};
+pub use lexer::{split, Statement, Tok, BOM};
+pub use mode::{mode, no_transaction, tx_control, Mode, TxControl};
+pub use rules::{lint, Tables};
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use super::*;
 
     fn rules(sql: &str) -> Vec<&'static str> {
-        lint(sql, &mut BTreeSet::new())
+        lint(sql, &mut Tables::default())
+            .findings
             .into_iter()
             .filter(|f| !f.allowed)
             .map(|f| f.rule)
@@ -243,9 +153,206 @@ mod tests {
     #[test]
     fn allow_comment_accepts_one_finding() {
         let sql = "SET lock_timeout = '1s';\n-- mre-ops:allow ban-drop-column\nALTER TABLE users DROP COLUMN a;\nALTER TABLE users DROP COLUMN b;";
-        let f = lint(sql, &mut BTreeSet::new());
+        let f = lint(sql, &mut Tables::default()).findings;
         assert_eq!(f.len(), 2);
         assert!(f[0].allowed && !f[1].allowed);
         assert_eq!(f[1].line, 4);
+    }
+
+    /// The splitter, case by case: how many statements psql would send.
+    #[test]
+    fn splits_as_psql_does() {
+        let cases: &[(&str, usize)] = &[
+            ("CREATE TABLE a (x int); CREATE TABLE b (x int);", 2),
+            // BEGIN ATOMIC bodies (SQL-standard routine bodies) are one statement.
+            (
+                "CREATE FUNCTION f(a int) RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT a + 1; SELECT a; END;\nCREATE TABLE t (x int);",
+                2,
+            ),
+            (
+                "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); \
+                 SELECT CASE WHEN true THEN 1 ELSE 2 END; END; SELECT 1;",
+                2,
+            ),
+            // A function in dollar quotes: its BEGIN/END are in a string.
+            ("CREATE FUNCTION f() RETURNS trigger AS $$ BEGIN NEW.x := 1; RETURN NEW; END $$ LANGUAGE plpgsql; SELECT 1;", 2),
+            // Nested dollar quotes with tags.
+            ("DO $outer$ BEGIN EXECUTE $q$ SELECT ';' $q$; END $outer$; SELECT 2;", 2),
+            // A BEGIN that is the script's own transaction.
+            ("BEGIN; CREATE TABLE a (x int); COMMIT;", 3),
+            // A byte order mark is no part of the first statement.
+            ("\u{feff}CREATE TABLE a (x int);", 1),
+        ];
+        for (sql, n) in cases {
+            assert_eq!(split(sql).len(), *n, "{sql}");
+        }
+        assert_eq!(
+            split("\u{feff}CREATE TABLE a (x int);")[0].word(0),
+            Some("create")
+        );
+    }
+
+    /// Every statement PostgreSQL 15 refuses inside a transaction block, and
+    /// look-alikes it accepts.
+    #[test]
+    fn no_transaction_statements() {
+        let refused = [
+            "CREATE INDEX CONCURRENTLY i ON t (x)",
+            "CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS i ON t (x)",
+            "DROP INDEX CONCURRENTLY IF EXISTS i",
+            "REINDEX INDEX CONCURRENTLY i",
+            "REINDEX (VERBOSE) TABLE CONCURRENTLY t",
+            "REINDEX SCHEMA public",
+            "REINDEX DATABASE d",
+            "REINDEX SYSTEM d",
+            "VACUUM",
+            "VACUUM (ANALYZE) t",
+            "CREATE DATABASE d",
+            "DROP DATABASE IF EXISTS d",
+            "CREATE TABLESPACE s LOCATION '/x'",
+            "DROP TABLESPACE s",
+            "ALTER DATABASE d SET TABLESPACE s",
+            "ALTER SYSTEM SET work_mem = '64MB'",
+            "ALTER TABLE p DETACH PARTITION p1 CONCURRENTLY",
+            "CLUSTER",
+            "CLUSTER VERBOSE",
+            "DISCARD ALL",
+            "COMMIT PREPARED 'x'",
+            "ROLLBACK PREPARED 'x'",
+            "CREATE SUBSCRIPTION s CONNECTION 'host=x' PUBLICATION p",
+            "DROP SUBSCRIPTION s",
+            "ALTER SUBSCRIPTION s REFRESH PUBLICATION",
+        ];
+        for sql in refused {
+            assert!(no_transaction(&split(sql)[0]).is_some(), "{sql}");
+            assert!(
+                matches!(
+                    mode(&split(sql)),
+                    Mode::NoTransaction(_) | Mode::ScriptControlled
+                ),
+                "{sql}"
+            );
+        }
+        let accepted = [
+            "CREATE INDEX i ON t (x)",
+            "REINDEX TABLE t",
+            "ANALYZE t",
+            "CLUSTER t USING i",
+            "ALTER DATABASE d SET work_mem = '1MB'",
+            "ALTER TABLE p DETACH PARTITION p1",
+            "ALTER TABLE p DETACH PARTITION p1 FINALIZE",
+            "REFRESH MATERIALIZED VIEW CONCURRENTLY v",
+            "DISCARD PLANS",
+            "CREATE SUBSCRIPTION s CONNECTION 'host=x' PUBLICATION p WITH (connect = false)",
+            "SELECT 'create index concurrently'",
+        ];
+        for sql in accepted {
+            assert!(no_transaction(&split(sql)[0]).is_none(), "{sql}");
+        }
+    }
+
+    /// A use of an enum value added in the same file is of that type's value,
+    /// also inside a DO block or a routine body.
+    #[test]
+    fn enum_uses_by_type() {
+        let tx = |sql: &str| mode(&split(sql)) == Mode::Transaction;
+        // The same label added to two types: no use.
+        assert!(tx(
+            "ALTER TYPE a ADD VALUE 'Z'; ALTER TYPE b ADD VALUE 'Z';"
+        ));
+        // A neighbour of its own type (PostgreSQL accepts it in one transaction).
+        assert!(tx(
+            "ALTER TYPE a ADD VALUE 'Z'; ALTER TYPE a ADD VALUE 'W' AFTER 'Z';"
+        ));
+        // Cast to another type: no use.
+        assert!(tx("ALTER TYPE a ADD VALUE 'Z'; SELECT 'Z'::b;"));
+        // Uses.
+        for sql in [
+            "ALTER TYPE \"T\" ADD VALUE 'x'; DO $$BEGIN PERFORM 'x'::\"T\"; END$$;",
+            "ALTER TYPE t ADD VALUE 'x'; DO $$ BEGIN UPDATE u SET r = 'x'; END $$;",
+            "ALTER TYPE t ADD VALUE 'x'; CREATE FUNCTION f() RETURNS t AS $$ SELECT 'x'::t $$ LANGUAGE sql;",
+            "ALTER TYPE t ADD VALUE 'x'; SELECT CAST('x' AS t);",
+            "ALTER TYPE public.t ADD VALUE 'x'; SELECT 'x'::public.t;",
+            "ALTER TYPE t ADD VALUE 'x'; ALTER TABLE u ALTER COLUMN r SET DEFAULT 'x';",
+        ] {
+            assert!(matches!(mode(&split(sql)), Mode::NoTransaction(w) if w.contains("'x'")), "{sql}");
+        }
+    }
+
+    /// A file with its own transaction, and one with a `BEGIN ATOMIC` body.
+    #[test]
+    fn script_controlled_and_begin_atomic() {
+        assert_eq!(
+            mode(&split(
+                "BEGIN; CREATE TABLE a (x int); COMMIT; CREATE INDEX CONCURRENTLY i ON a (x);"
+            )),
+            Mode::ScriptControlled
+        );
+        assert_eq!(
+            mode(&split("CREATE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT 1; END; CREATE TABLE t (x int);")),
+            Mode::Transaction
+        );
+    }
+
+    /// Tables created or renamed earlier in the batch are new; tables the
+    /// database does not have are no risk.
+    #[test]
+    fn lint_tracks_tables_across_the_batch() {
+        let mut t = Tables::default();
+        let f = lint("CREATE TABLE \"A\"(id int); ALTER TABLE \"A\" RENAME TO \"B\"; CREATE INDEX i ON \"B\"(id);", &mut t);
+        assert!(f.findings.is_empty(), "{:?}", f.findings);
+        let f = lint("CREATE INDEX j ON \"B\"(id);", &mut t);
+        assert!(
+            f.findings.is_empty(),
+            "an earlier migration of the batch: {:?}",
+            f.findings
+        );
+        // Known database: a table it does not have is no risk.
+        let mut t = Tables::known(["laps".to_string()].into());
+        let f = lint(
+            "DROP TABLE IF EXISTS \"Old\"; ALTER TABLE gone DROP COLUMN x;",
+            &mut t,
+        );
+        assert!(f.findings.is_empty(), "{:?}", f.findings);
+        let f = lint("DROP TABLE IF EXISTS laps;", &mut t);
+        let rules: Vec<&str> = f.findings.iter().map(|f| f.rule).collect();
+        assert_eq!(rules, ["ban-drop-table", "require-lock-timeout"]);
+        // A renamed existing table stays existing under its new name.
+        let mut t = Tables::known(["laps".to_string()].into());
+        let f = lint(
+            "SET lock_timeout = '1s'; ALTER TABLE laps RENAME TO lap; CREATE INDEX i ON lap (x);",
+            &mut t,
+        );
+        let rules: Vec<&str> = f.findings.iter().map(|f| f.rule).collect();
+        assert_eq!(
+            rules,
+            ["renaming-table", "require-concurrent-index-creation"]
+        );
+    }
+
+    /// The SQL inside a DO block is linted, on the file's lines; SQL built at
+    /// run time is named as not linted.
+    #[test]
+    fn lint_reads_do_blocks() {
+        let sql = "SET lock_timeout = '1s';\nDO $$\nBEGIN\n  ALTER TABLE users ADD CONSTRAINT f FOREIGN KEY (a) REFERENCES b(id);\n  \
+                   ALTER TABLE users DROP COLUMN x;\n  IF true THEN\n    CREATE UNIQUE INDEX i ON users (y);\n  END IF;\n\
+                   EXCEPTION WHEN duplicate_object THEN null;\nEND $$;\n";
+        let f = lint(sql, &mut Tables::default());
+        let got: Vec<(&str, usize)> = f.findings.iter().map(|f| (f.rule, f.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("adding-foreign-key-constraint", 4),
+                ("ban-drop-column", 5),
+                ("require-concurrent-index-creation", 7)
+            ]
+        );
+        let f = lint("DO $$ BEGIN EXECUTE 'ALTER TABLE users DROP COLUMN x'; EXECUTE format('DROP TABLE %I', 'y'); END $$;", &mut Tables::default());
+        let rules: Vec<&str> = f.findings.iter().map(|f| f.rule).collect();
+        assert_eq!(rules, ["ban-drop-column", "require-lock-timeout"]);
+        assert_eq!(f.notes.len(), 1, "{:?}", f.notes);
+        // -- mre-ops:allow above the DO applies inside it.
+        let f = lint("SET lock_timeout = '1s';\n-- mre-ops:allow ban-drop-column\nDO $$ BEGIN ALTER TABLE users DROP COLUMN x; END $$;", &mut Tables::default());
+        assert!(f.findings.iter().all(|f| f.allowed), "{:?}", f.findings);
     }
 }

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use super::lexer::{split, Tok};
+use super::body::{do_statements, name_at};
+use super::lexer::{split, Statement, Tok};
 
 pub struct Rule {
     pub name: &'static str,
@@ -88,24 +89,6 @@ pub struct Finding {
     pub allowed: bool,
 }
 
-/// The name a (possibly schema-qualified) table reference ends with, from `i`.
-fn name_at(toks: &[Tok], mut i: usize) -> (Option<String>, usize) {
-    let mut last = None;
-    loop {
-        match toks.get(i) {
-            Some(Tok::Word(w)) => last = Some(w.clone()),
-            Some(Tok::Quoted(q)) => last = Some(q.clone()),
-            _ => return (last, i),
-        }
-        i += 1;
-        if toks.get(i) == Some(&Tok::Punct('.')) {
-            i += 1;
-        } else {
-            return (last, i);
-        }
-    }
-}
-
 fn skip_words(toks: &[Tok], mut i: usize, words: &[&str]) -> usize {
     while let Some(Tok::Word(w)) = toks.get(i) {
         if words.contains(&w.as_str()) {
@@ -150,10 +133,62 @@ fn has_seq(words: &[&str], seq: &[&str]) -> bool {
     words.windows(seq.len()).any(|w| w == seq)
 }
 
-/// Lint one migration. `new_tables` holds the tables created by earlier
-/// migrations of the same batch; this one's are added to it.
-pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
-    let stmts = split(sql);
+/// What the lint knows of the tables a batch of migrations touches: those
+/// in the database before it (`None`: not known, as in `review --all`, and
+/// then every table the batch did not create counts as existing), and those
+/// the batch created (or renamed from one it created). Only a statement on
+/// an existing table can hurt the running release.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    pub existing: Option<BTreeSet<String>>,
+    pub fresh: BTreeSet<String>,
+}
+
+impl Tables {
+    /// The database's tables are known (`deploy`, `review` of the pending ones).
+    pub fn known(existing: BTreeSet<String>) -> Tables {
+        Tables {
+            existing: Some(existing),
+            fresh: BTreeSet::new(),
+        }
+    }
+    fn is_existing(&self, name: &str) -> bool {
+        !self.fresh.contains(name) && self.existing.as_ref().is_none_or(|e| e.contains(name))
+    }
+    fn rename(&mut self, from: &str, to: String) {
+        if self.fresh.remove(from) {
+            self.fresh.insert(to);
+        } else if let Some(e) = &mut self.existing {
+            if e.contains(from) {
+                e.insert(to);
+            }
+        }
+    }
+}
+
+/// The lint's verdict on one migration: findings, and what it could not read.
+#[derive(Clone, Debug, Default)]
+pub struct Lint {
+    pub findings: Vec<Finding>,
+    /// What was not linted, and why (SQL built at run time).
+    pub notes: Vec<String>,
+}
+
+/// Lint one migration. `tables` holds what is known of the database and of
+/// the migrations of the same batch before this one; this one's tables are
+/// added to it. The SQL inside `DO` blocks is linted as the file's own.
+pub fn lint(sql: &str, tables: &mut Tables) -> Lint {
+    let mut stmts: Vec<Statement> = Vec::new();
+    let mut notes = Vec::new();
+    for s in split(sql) {
+        if s.word(0) == Some("do") {
+            let (inner, unread) = do_statements(&s, sql);
+            stmts.extend(inner);
+            notes.extend(unread);
+        } else {
+            stmts.push(s);
+        }
+    }
     let mut found: Vec<Finding> = Vec::new();
     let mut lock_timeout = false;
     let mut lock_timeout_reported = false;
@@ -181,13 +216,14 @@ pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
                         "temporary",
                         "temp",
                         "unlogged",
+                        "materialized",
                     ],
                 );
                 match s.word(i) {
-                    Some("table") => {
+                    Some("table") | Some("view") => {
                         let j = skip_words(t, i + 1, &["if", "not", "exists"]);
                         if let (Some(name), _) = name_at(t, j) {
-                            new_tables.insert(name);
+                            tables.fresh.insert(name);
                         }
                     }
                     Some("unique") | Some("index") => {
@@ -198,7 +234,7 @@ pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
                         {
                             let j = skip_words(t, on + 1, &["only"]);
                             let (table, _) = name_at(t, j);
-                            let existing = table.map(|n| !new_tables.contains(&n)).unwrap_or(false);
+                            let existing = table.is_some_and(|n| tables.is_existing(&n));
                             if existing && !words.contains(&"concurrently") {
                                 hits.push("require-concurrent-index-creation");
                                 locks_existing = true;
@@ -209,9 +245,24 @@ pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
                 }
             }
             "drop" if s.word(1) == Some("table") => {
-                let j = skip_words(t, 2, &["if", "exists"]);
-                let (table, _) = name_at(t, j);
-                if table.map(|n| !new_tables.contains(&n)).unwrap_or(true) {
+                let mut j = skip_words(t, 2, &["if", "exists"]);
+                let mut any = false;
+                loop {
+                    let (table, after) = name_at(t, j);
+                    match table {
+                        Some(n) => {
+                            any |= tables.is_existing(&n);
+                            tables.fresh.remove(&n);
+                        }
+                        None => any = true,
+                    }
+                    if t.get(after) == Some(&Tok::Punct(',')) {
+                        j = after + 1;
+                    } else {
+                        break;
+                    }
+                }
+                if any {
                     hits.push("ban-drop-table");
                     locks_existing = true;
                 }
@@ -219,7 +270,7 @@ pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
             "alter" if s.word(1) == Some("table") => {
                 let j = skip_words(t, 2, &["if", "exists", "only"]);
                 let (table, after) = name_at(t, j);
-                let existing = table.map(|n| !new_tables.contains(&n)).unwrap_or(true);
+                let existing = table.as_deref().is_none_or(|n| tables.is_existing(n));
                 let after = if t.get(after) == Some(&Tok::Punct('*')) {
                     after + 1
                 } else {
@@ -280,11 +331,13 @@ pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
                         "rename" => {
                             if w.get(1) == Some(&"to") {
                                 a.push("renaming-table");
+                                if let (Some(from), Some(to)) = (&table, name_at(action, 2).0) {
+                                    tables.rename(from, to);
+                                }
                             } else if w.get(1) != Some(&"constraint") {
                                 a.push("renaming-column");
                             }
                         }
-                        "validate" => {}
                         _ => {}
                     }
                     if existing {
@@ -293,14 +346,13 @@ pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
                     }
                 }
             }
-            "alter" if s.word(1) == Some("index") && s.has_word("rename") => {}
             _ => {}
         }
         if locks_existing && !lock_timeout && !lock_timeout_reported {
             lock_timeout_reported = true;
             hits.push("require-lock-timeout");
         }
-        let text = one_line(&sql[s.start..s.end]);
+        let text = one_line(sql.get(s.start..s.end).unwrap_or_default());
         let mut allows = s.allows.clone();
         for name in hits {
             let r = rule(name);
@@ -320,7 +372,10 @@ pub fn lint(sql: &str, new_tables: &mut BTreeSet<String>) -> Vec<Finding> {
             });
         }
     }
-    found
+    Lint {
+        findings: found,
+        notes,
+    }
 }
 
 fn one_line(text: &str) -> String {

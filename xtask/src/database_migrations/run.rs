@@ -1,0 +1,220 @@
+//! Database Migration Procedures: running one migration's SQL with Prisma's
+//! bookkeeping around it. The row is inserted in a round trip of its own
+//! first (as Prisma does), so a failure of any kind, a syntax error
+//! included, leaves a record. Then either the whole file in one transaction
+//! that also completes the row, or statement by statement (`progress`),
+//! each statement committing with the row's count where PostgreSQL allows.
+
+use super::bookkeeping::Db;
+use super::lint::{self, tx_control, Mode, Statement, TxControl};
+use super::progress;
+use super::resume::{in_script_transaction, text};
+
+/// SQLSTATEs of a transaction that PostgreSQL refused as a whole, leaving
+/// nothing behind, which statement by statement would not have: 25001
+/// (a command that cannot run inside a transaction block), 2D000 (a
+/// procedure or `DO` block that commits) and 55P04 (an enum value used
+/// before the transaction that adds it commits).
+const RETRY_WITHOUT_TRANSACTION: &[&str] = &["25001", "2D000", "55P04"];
+/// The same, for one statement in a transaction with its count.
+const RETRY_ALONE: &[&str] = &["25001", "2D000"];
+
+/// The row a migration is recorded in, and the SQL that writes it.
+pub(super) struct RowRef<'a> {
+    pub table: &'a str,
+    pub id: &'a str,
+}
+
+impl RowRef<'_> {
+    fn set(&self, what: &str) -> String {
+        format!(
+            "UPDATE {} SET {what} WHERE id = {}",
+            self.table,
+            lit(self.id)
+        )
+    }
+    fn progress(&self, done: usize, stmts: &[Statement], sql: &str) -> String {
+        let next = stmts.get(done).map(|s| (s.line, text(sql, s)));
+        self.set(&format!(
+            "applied_steps_count = {done}, logs = {}",
+            lit(&progress::statements(done, stmts.len(), next))
+        ))
+    }
+    /// Prisma's finished row: count 1, logs NULL, the real finish time
+    /// (`clock_timestamp()`: `now()` is the transaction's start).
+    pub fn finish(&self) -> String {
+        self.set("applied_steps_count = 1, finished_at = clock_timestamp(), logs = NULL")
+    }
+    pub fn insert(&self, checksum: &str, name: &str, logs: &str) -> String {
+        format!(
+            "INSERT INTO {} (id, checksum, started_at, migration_name, logs) VALUES ({}, {}, now(), {}, {})",
+            self.table,
+            lit(self.id),
+            lit(checksum),
+            lit(name),
+            lit(logs)
+        )
+    }
+}
+
+/// A string constant for a simple query (standard_conforming_strings is on
+/// since PostgreSQL 9.1; E'' when a backslash needs care anyway).
+pub(super) fn lit(s: &str) -> String {
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
+}
+
+/// How a run ended.
+pub(super) struct Outcome {
+    pub result: Result<(), postgres::Error>,
+    /// How it ran in the end (a refused transaction goes statement by statement).
+    pub mode: Mode,
+    /// Statements committed and staying applied (statement by statement).
+    pub committed: usize,
+    /// The statement that failed (statement by statement), 0-based.
+    pub failed_at: Option<usize>,
+    /// Why the transaction was given up, when it was.
+    pub retried: Option<String>,
+}
+
+/// Insert the row and run the whole script the way `mode` says.
+pub(super) fn run_new(
+    db: &mut Db,
+    sql: &str,
+    mode: &Mode,
+    row: &RowRef,
+    checksum: &str,
+    name: &str,
+) -> Outcome {
+    let stmts = lint::split(sql);
+    let first_logs = match mode {
+        Mode::Transaction => progress::IN_TRANSACTION.to_string(),
+        _ => progress::statements(
+            0,
+            stmts.len(),
+            stmts.first().map(|s| (s.line, text(sql, s))),
+        ),
+    };
+    let outcome = |result, mode: &Mode| Outcome {
+        result,
+        mode: mode.clone(),
+        committed: 0,
+        failed_at: None,
+        retried: None,
+    };
+    if let Err(e) = db
+        .client
+        .batch_execute(&row.insert(checksum, name, &first_logs))
+    {
+        return outcome(Err(e), mode);
+    }
+    if *mode != Mode::Transaction {
+        return run_statements(db, sql, &stmts, 0, row, mode);
+    }
+    // The script and the row's completion commit together: a crash can never
+    // leave an applied migration looking failed. A failing statement skips
+    // the rest of the query and leaves the transaction aborted: the caller
+    // rolls it back. The newlines and the empty statement end a trailing
+    // `--` comment.
+    let batch = format!("BEGIN;\n{sql}\n;\n{}; COMMIT;", row.finish());
+    match db.client.batch_execute(&batch) {
+        Err(e)
+            if e.code()
+                .is_some_and(|c| RETRY_WITHOUT_TRANSACTION.contains(&c.code())) =>
+        {
+            let _ = db.client.batch_execute("ROLLBACK");
+            let why = super::apply::db_error_text(&e)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let fallback =
+                Mode::NoTransaction(format!("PostgreSQL refused it in a transaction: {why}"));
+            if let Err(e) = db.client.batch_execute(&row.progress(0, &stmts, sql)) {
+                return outcome(Err(e), &fallback);
+            }
+            let mut o = run_statements(db, sql, &stmts, 0, row, &fallback);
+            o.retried = Some(why);
+            o
+        }
+        r => outcome(r, mode),
+    }
+}
+
+/// Run statements `from..` one round trip each, as psql sends them, then
+/// complete the row. The count commits with each statement that can run in
+/// a transaction (inside the script's own transaction, with it); a statement
+/// that cannot commits alone, and the count after it.
+pub(super) fn run_statements(
+    db: &mut Db,
+    sql: &str,
+    stmts: &[Statement],
+    from: usize,
+    row: &RowRef,
+    mode: &Mode,
+) -> Outcome {
+    let mut open = in_script_transaction(stmts, from);
+    let mut committed = from;
+    for (k, s) in stmts.iter().enumerate().skip(from) {
+        let stmt = text(sql, s);
+        let count = row.progress(k + 1, stmts, sql);
+        let control = tx_control(s);
+        let r = match control {
+            Some(TxControl::Begin) => db.client.batch_execute(&format!("{stmt};\n{count}")),
+            Some(TxControl::Commit) if open => {
+                db.client.batch_execute(&format!("{count};\n{stmt}"))
+            }
+            Some(TxControl::Rollback) if open => {
+                db.client.batch_execute(&format!("{stmt};\n{count}"))
+            }
+            _ if open => db.client.batch_execute(&format!("{stmt}\n;\n{count}")),
+            Some(_) => alone(db, stmt, &count),
+            None if lint::no_transaction(s).is_some() => alone(db, stmt, &count),
+            None => match db
+                .client
+                .batch_execute(&format!("BEGIN;\n{stmt}\n;\n{count}; COMMIT;"))
+            {
+                // Refused in a block only the catalog could foretell (REINDEX
+                // of a partitioned table): nothing ran; run it alone.
+                Err(e) if e.code().is_some_and(|c| RETRY_ALONE.contains(&c.code())) => {
+                    let _ = db.client.batch_execute("ROLLBACK");
+                    alone(db, stmt, &count)
+                }
+                r => r,
+            },
+        };
+        if let Err(e) = r {
+            return Outcome {
+                result: Err(e),
+                mode: mode.clone(),
+                committed,
+                failed_at: Some(k),
+                retried: None,
+            };
+        }
+        open = match control {
+            Some(TxControl::Begin) => true,
+            Some(TxControl::Commit) | Some(TxControl::Rollback) => false,
+            _ => open,
+        };
+        if !open {
+            committed = k + 1;
+        }
+    }
+    Outcome {
+        result: db.client.batch_execute(&row.finish()),
+        mode: mode.clone(),
+        committed,
+        failed_at: None,
+        retried: None,
+    }
+}
+
+/// A statement that commits on its own, then the count.
+fn alone(db: &mut Db, stmt: &str, count: &str) -> Result<(), postgres::Error> {
+    db.client.batch_execute(stmt)?;
+    db.client.batch_execute(count)
+}
