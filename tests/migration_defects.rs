@@ -449,3 +449,72 @@ fn a_failure_names_only_its_own_invalid_indexes() {
         "{r:?}"
     );
 }
+
+/// Ctrl-C and SIGTERM stop a running migration at once (PostgreSQL's cancel
+/// request): a transaction is rolled back and marked so, statement by
+/// statement the count stays, and the next deploy finishes either.
+#[test]
+fn ctrl_c_and_sigterm_stop_a_migration_at_once() {
+    let s = Setup::new("");
+    // How long the migrations sleep: long while the signal comes, then none.
+    s.migration(
+        "20250100000000_sleep",
+        "CREATE TABLE sleep_for (secs float);\nINSERT INTO sleep_for VALUES (30);\n",
+    );
+    assert_eq!(s.run(&["migrate", "deploy"]).code, 0);
+    let nap = "SELECT pg_sleep((SELECT secs FROM sleep_for)) AS sig_marker;\n";
+    for (signal, code, sql) in [
+        ("-INT", 130, format!("CREATE TABLE a (x int);\n{nap}")),
+        (
+            "-TERM",
+            143,
+            format!("VACUUM;\n{nap}CREATE TABLE b (x int);\n"),
+        ),
+    ] {
+        s.pg.psql("UPDATE sleep_for SET secs = 30");
+        let name = format!("2025010{}000000_slow", code - 128);
+        s.migration(&name, &sql);
+        let mut child = common::migrate::spawn_deploy(&s);
+        wait_for_value(
+            &s.pg,
+            "the migration to run",
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE '%sig_marker%' AND pid <> pg_backend_pid()",
+            "t",
+            30,
+        );
+        let start = std::time::Instant::now();
+        std::process::Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{signal} took {:?}",
+            start.elapsed()
+        );
+        let row = row_of(&s, &name);
+        if code == 130 {
+            assert!(
+                row.starts_with("f|t|0|mre-ops: interrupted"),
+                "rolled back: {row}"
+            );
+            assert_eq!(s.pg.psql("SELECT to_regclass('a') IS NULL"), "t");
+        } else {
+            assert!(row.starts_with("f|f|1|"), "one statement counted: {row}");
+        }
+        s.pg.psql("UPDATE sleep_for SET secs = 0");
+        let r = s.run(&["migrate", "deploy"]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
+    assert_eq!(
+        s.pg.psql("SELECT to_regclass('a') IS NOT NULL AND to_regclass('b') IS NOT NULL"),
+        "t"
+    );
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL"),
+        "3",
+        "the statement-by-statement one finished in its own row"
+    );
+}

@@ -381,6 +381,9 @@ fn conclude(
             l.name
         ));
     }
+    if let (Err(_), Some(sig)) = (&o.result, crate::core::interrupt::pending()) {
+        return Err(interrupted(env, db, l, row, &o, sig));
+    }
     let e = match o.result {
         Ok(()) => {
             out.line(&format!(
@@ -449,6 +452,46 @@ fn conclude(
             env.name
         ),
     }
+}
+
+/// Ctrl-C or SIGTERM cancelled the migration's SQL (`run::cancellable`):
+/// a transaction is rolled back, and its row says so (Prisma applies a
+/// rolled-back migration again); statement by statement, the row's count
+/// stays for `deploy` to finish the file.
+fn interrupted(
+    env: &Env,
+    db: &mut Db,
+    l: &Local,
+    row: &RowRef,
+    o: &Outcome,
+    sig: i32,
+) -> anyhow::Error {
+    let signal = anyhow::Error::new(crate::core::interrupt::Interrupted(sig));
+    if o.failed_at.is_none() && o.mode == Mode::Transaction {
+        let marked = db.client.execute(
+            &format!(
+                "UPDATE {} SET rolled_back_at = now(), logs = $1 WHERE id = $2 AND finished_at IS NULL",
+                row.table
+            ),
+            &[&progress::INTERRUPTED_TRANSACTION, &row.id],
+        );
+        let how = match marked {
+            Ok(_) => "it is marked rolled back",
+            Err(_) => "its row stays unfinished (the next deploy marks it rolled back)",
+        };
+        return signal.context(format!(
+            "migration `{}` was interrupted: its transaction was rolled back, nothing of it is in the database, and {how}. \
+             `cargo xtask migrate deploy {}` applies it again",
+            l.name, env.name
+        ));
+    }
+    signal.context(format!(
+        "migration `{}` was interrupted after {} of its statement(s) committed (they stay applied; the row counts them). \
+         `cargo xtask migrate status {env}` says where it stopped; `cargo xtask migrate deploy {env}` finishes it",
+        l.name,
+        o.committed,
+        env = env.name
+    ))
 }
 
 pub(super) fn db_error_text(e: &postgres::Error) -> String {

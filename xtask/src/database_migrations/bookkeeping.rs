@@ -211,6 +211,7 @@ impl Db {
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
+            crate::core::interrupt::check()?;
         }
     }
 

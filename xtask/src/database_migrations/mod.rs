@@ -212,6 +212,7 @@ pub fn wait_for_database(env: &Env, out: &Output, limit: Duration) -> Result<()>
             Err(_) => {
                 out.progress("waiting for the database to accept connections...");
                 std::thread::sleep(Duration::from_millis(500));
+                crate::core::interrupt::check()?;
             }
         }
     }

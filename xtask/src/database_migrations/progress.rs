@@ -16,6 +16,9 @@ use super::bookkeeping::Row;
 
 pub(super) const IN_TRANSACTION: &str =
     "mre-ops: applying in a transaction. If this row stays unfinished, the run was interrupted and the server rolled the transaction back: `cargo xtask migrate deploy` applies it again.";
+/// A transaction Ctrl-C or SIGTERM cancelled: rolled back (with `rolled_back_at`).
+pub(super) const INTERRUPTED_TRANSACTION: &str =
+    "mre-ops: interrupted (Ctrl-C or SIGTERM) while applying in a transaction: rolled back, nothing of it is in the database.";
 /// Written by mre-ops before statement counts committed atomically (kept to
 /// read old rows: their count can be one short).
 const LEGACY_SCRIPT_CONTROLLED: &str =

@@ -5,6 +5,9 @@
 //! that also completes the row, or statement by statement (`progress`),
 //! each statement committing with the row's count where PostgreSQL allows.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use super::bookkeeping::Db;
 use super::lint::{self, tx_control, Mode, Statement, TxControl};
 use super::progress;
@@ -120,7 +123,7 @@ pub(super) fn run_new(
     // rolls it back. The newlines and the empty statement end a trailing
     // `--` comment.
     let batch = format!("BEGIN;\n{sql}\n;\n{}; COMMIT;", row.finish());
-    match db.client.batch_execute(&batch) {
+    match cancellable(db, &batch) {
         Err(e)
             if e.code()
                 .is_some_and(|c| RETRY_WITHOUT_TRANSACTION.contains(&c.code())) =>
@@ -163,20 +166,13 @@ pub(super) fn run_statements(
         let count = row.progress(k + 1, stmts, sql);
         let control = tx_control(s);
         let r = match control {
-            Some(TxControl::Begin) => db.client.batch_execute(&format!("{stmt};\n{count}")),
-            Some(TxControl::Commit) if open => {
-                db.client.batch_execute(&format!("{count};\n{stmt}"))
-            }
-            Some(TxControl::Rollback) if open => {
-                db.client.batch_execute(&format!("{stmt};\n{count}"))
-            }
-            _ if open => db.client.batch_execute(&format!("{stmt}\n;\n{count}")),
+            Some(TxControl::Begin) => cancellable(db, &format!("{stmt};\n{count}")),
+            Some(TxControl::Commit) if open => cancellable(db, &format!("{count};\n{stmt}")),
+            Some(TxControl::Rollback) if open => cancellable(db, &format!("{stmt};\n{count}")),
+            _ if open => cancellable(db, &format!("{stmt}\n;\n{count}")),
             Some(_) => alone(db, stmt, &count),
             None if lint::no_transaction(s).is_some() => alone(db, stmt, &count),
-            None => match db
-                .client
-                .batch_execute(&format!("BEGIN;\n{stmt}\n;\n{count}; COMMIT;"))
-            {
+            None => match cancellable(db, &format!("BEGIN;\n{stmt}\n;\n{count}; COMMIT;")) {
                 // Refused in a block only the catalog could foretell (REINDEX
                 // of a partitioned table): nothing ran; run it alone.
                 Err(e) if e.code().is_some_and(|c| RETRY_ALONE.contains(&c.code())) => {
@@ -215,6 +211,29 @@ pub(super) fn run_statements(
 
 /// A statement that commits on its own, then the count.
 fn alone(db: &mut Db, stmt: &str, count: &str) -> Result<(), postgres::Error> {
-    db.client.batch_execute(stmt)?;
+    cancellable(db, stmt)?;
     db.client.batch_execute(count)
+}
+
+/// Run a migration's SQL so that Ctrl-C or SIGTERM stops it at once: a
+/// watcher sends PostgreSQL's cancel request (what psql sends on Ctrl-C),
+/// and the statement fails with 57014 (`conclude` says what that left).
+pub(super) fn cancellable(db: &mut Db, sql: &str) -> Result<(), postgres::Error> {
+    let token = db.client.cancel_token();
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                if crate::core::interrupt::pending().is_some() {
+                    let _ = token.cancel_query(postgres::NoTls);
+                    return;
+                }
+                std::thread::park_timeout(Duration::from_millis(50));
+            }
+        });
+        let r = db.client.batch_execute(sql);
+        done.store(true, Ordering::SeqCst);
+        watcher.thread().unpark();
+        r
+    })
 }
