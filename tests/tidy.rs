@@ -64,7 +64,7 @@ fn every_command_help_names_its_runbook_section() {
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
-            text.contains("runbook"),
+            text.to_lowercase().contains("runbook"),
             "`cargo xtask {c} --help` must name the runbook section it automates:\n{text}"
         );
     }
@@ -133,4 +133,174 @@ fn layers_import_only_downwards() {
         }
     }
     assert!(bad.is_empty(), "imports that point upwards: {bad:?}");
+}
+
+/// A module's parts name what they take from each other: no glob import of
+/// a sibling or of the parent (`use super::*`, `use super::{a::*}`) outside
+/// a `mod tests`, and no `allow(unused_imports)` to hide what a glob drags in.
+#[test]
+fn no_glob_imports_between_siblings() {
+    let root = common::workspace_root();
+    let mut files = Vec::new();
+    rust_files(&root.join("xtask/src"), &mut files);
+    let mut bad = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        // What comes before the unit tests, if any.
+        let code = text.split("#[cfg(test)]").next().unwrap_or("");
+        for (n, line) in code.lines().enumerate() {
+            let l = line.trim();
+            let glob = l.starts_with("use super::") && l.contains('*');
+            if glob || l.contains("allow(unused_imports)") {
+                bad.push(format!(
+                    "{}:{}: {l}",
+                    f.strip_prefix(&root).unwrap().display(),
+                    n + 1
+                ));
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "name the items a module takes from its neighbours: {bad:#?}"
+    );
+}
+
+/// The modules a module's code (not its comments or unit tests) names
+/// through `prefix` (`crate::` or `super::`), among `names`.
+fn names_used(path: &Path, prefix: &str, names: &[String]) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let code: String = text
+        .split("#[cfg(test)]")
+        .next()
+        .unwrap_or("")
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices(prefix) {
+        let rest = &code[at + prefix.len()..];
+        // `crate::a::…`, or each `b::` inside `crate::{a, b::c}`.
+        let heads: Vec<&str> = if let Some(group) = rest.strip_prefix('{') {
+            let inner = group.split('}').next().unwrap_or("");
+            inner.split(',').map(|p| p.trim()).collect()
+        } else {
+            vec![rest]
+        };
+        for h in heads {
+            let name: String = h
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if names.contains(&name) && !found.contains(&name) {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+/// A cycle in `edges`, if any, as the modules along it.
+fn find_cycle(edges: &std::collections::BTreeMap<String, Vec<String>>) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        edges: &std::collections::BTreeMap<String, Vec<String>>,
+        path: &mut Vec<String>,
+        done: &mut std::collections::BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|p| p == n) {
+            let mut c = path[at..].to_vec();
+            c.push(n.to_string());
+            return Some(c);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        path.push(n.to_string());
+        for m in edges.get(n).into_iter().flatten() {
+            if let Some(c) = visit(m, edges, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(n.to_string());
+        None
+    }
+    let mut done = std::collections::BTreeSet::new();
+    for n in edges.keys() {
+        if let Some(c) = visit(n, edges, &mut Vec::new(), &mut done) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// No import cycle: between the top-level modules (`crate::x`), nor between
+/// the parts of a folder module (`super::x`).
+#[test]
+fn no_import_cycles() {
+    let root = common::workspace_root().join("xtask/src");
+    let mut folders = vec![root.clone()];
+    let mut i = 0;
+    while i < folders.len() {
+        for e in std::fs::read_dir(&folders[i]).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                folders.push(p);
+            }
+        }
+        i += 1;
+    }
+    for folder in folders {
+        // The folder's modules: `x.rs` and `x/`, each with the files it holds.
+        let mut modules: std::collections::BTreeMap<String, Vec<std::path::PathBuf>> =
+            Default::default();
+        for e in std::fs::read_dir(&folder).unwrap() {
+            let p = e.unwrap().path();
+            let name = p.file_stem().unwrap().to_string_lossy().to_string();
+            if matches!(name.as_str(), "mod" | "main" | "lib") {
+                continue;
+            }
+            let mut files = Vec::new();
+            if p.is_dir() {
+                rust_files(&p, &mut files);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                files.push(p);
+            } else {
+                continue;
+            }
+            modules.entry(name).or_default().extend(files);
+        }
+        let names: Vec<String> = modules.keys().cloned().collect();
+        let top = folder == root;
+        let mut edges: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (name, files) in &modules {
+            let mut to = Vec::new();
+            for f in files {
+                // From a folder module's own files, `super::` is the folder itself.
+                let direct = top || f.parent() == Some(folder.as_path());
+                let prefix = if top { "crate::" } else { "super::" };
+                if !direct && !top {
+                    continue;
+                }
+                for n in names_used(f, prefix, &names) {
+                    if &n != name && !to.contains(&n) {
+                        to.push(n);
+                    }
+                }
+            }
+            edges.insert(name.clone(), to);
+        }
+        if let Some(c) = find_cycle(&edges) {
+            panic!(
+                "an import cycle in {}: {} (move what both need below them)",
+                folder
+                    .strip_prefix(root.parent().unwrap())
+                    .unwrap_or(&folder)
+                    .display(),
+                c.join(" -> ")
+            );
+        }
+    }
 }

@@ -12,12 +12,25 @@ use common::*;
 #[test]
 fn workflows_lint_clean() {
     let root = workspace_root();
-    let out = Command::new("zizmor")
+    // On PATH, or where `pipx install` puts it when PATH does not have it yet.
+    let pipx = std::env::var("HOME")
+        .map(|h| std::path::Path::new(&h).join(".local/bin/zizmor"))
+        .ok()
+        .filter(|p| p.exists());
+    let on_path = Command::new("zizmor").arg("--version").output().is_ok();
+    let program = match pipx {
+        Some(p) if !on_path => p,
+        _ => "zizmor".into(),
+    };
+    let out = Command::new(&program)
         .args(["--offline", "--config", ".github/zizmor.yml", ".github/workflows"])
         .current_dir(&root)
         .output()
         .unwrap_or_else(|e| {
-            panic!("zizmor is needed to lint the workflows ({e}): `python3 -m pip install zizmor` (.ci/run does)")
+            panic!(
+                "zizmor is needed to lint the workflows ({e}): `apt-get install pipx && pipx install zizmor` \
+                 (or `python3 -m pip install zizmor`; .ci/run does)"
+            )
         });
     let text = format!(
         "{}{}",

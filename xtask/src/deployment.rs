@@ -15,7 +15,9 @@ use crate::core::steps::Plan;
 use crate::core::{check, session};
 use crate::{database_migrations, health_checks, post_deployment_verification};
 
-/// Deploy an environment (runbook: Deployment Procedures).
+/// Deploy an environment.
+///
+/// Runbook: Deployment Procedures.
 ///
 /// With `[release]` in ops.toml (staging, production: runbook Staging and
 /// Production Deployment): on protected environments run the
@@ -97,7 +99,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     // without backups configured is refused here, before anything changes.
     let backup = database_migrations::needs_backup(&env)?;
 
-    let generated = env.ensure_generated_secrets(true)?;
+    let generated = crate::core::secrets::ensure_generated(&mut env, true)?;
     // A secret that is neither set nor generated would stop the deploy
     // half-way (Compose refuses, the migrations cannot connect): say so now.
     if generated.is_empty() && env.settings.database.is_some() {
@@ -154,7 +156,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
         &format!("deploy {}", env.name),
     )?;
     if !args.dry_run && generated.is_empty() {
-        check_password_against_running_database(&env)?;
+        crate::core::secrets::check_password_against_running_database(&env)?;
     }
 
     let mut plan = Plan::new(format!("deploy {}", env.name));
@@ -180,7 +182,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
         plan.action(
             "Create missing secrets",
             format!("generate {} into {file} (mode 0600)", generated.join(", ")),
-            move || fresh()?.ensure_generated_secrets(false).map(drop),
+            move || crate::core::secrets::ensure_generated(&mut fresh()?, false).map(drop),
         );
     }
     for argv in env.pre_build() {
@@ -285,39 +287,4 @@ fn wait_healthy(env: &Env, out: &Output, wait: Duration) -> Result<()> {
         check::failures(&checks),
         env.name
     )
-}
-
-/// A running database keeps the password its volume was created with: when
-/// the env file says otherwise, recreating the containers would lock the
-/// application out. Found before anything is recreated.
-pub fn check_password_against_running_database(env: &Env) -> Result<()> {
-    let Some(container) = env
-        .settings
-        .database
-        .as_ref()
-        .and_then(|d| d.container.clone())
-    else {
-        return Ok(());
-    };
-    let Ok(url) = env.database_url() else {
-        return Ok(());
-    };
-    let docker = Docker::connect(&env.docker_host())?;
-    let running = docker
-        .container(&container)?
-        .is_some_and(|c| c.state == "running");
-    if !running {
-        return Ok(());
-    }
-    match crate::adapters::postgres::select_one(&url, Duration::from_secs(5)) {
-        Err(e) if format!("{e:#}").contains("password authentication failed") => Err(config_error(format!(
-            "the running database `{container}` refuses the password in {} (it keeps the one its volume was created with): \
-             nothing was changed. Put the original password back, or change it inside the database first \
-             (ALTER ROLE ... PASSWORD), then deploy again",
-            env.env_file_hint()
-        ))),
-        // Unreachable from the host (other port, starting): the deploy's own
-        // wait reports it.
-        _ => Ok(()),
-    }
 }

@@ -13,9 +13,10 @@ use crate::core::session;
 
 // `cargo xtask config [ENV]`
 
-/// Validate ops.toml and show what an environment resolves to (runbook:
-/// Deployment Architecture; pre-deployment "Environment variables reviewed").
-/// Secrets are shown as set or missing, never their values.
+/// Validate ops.toml and show what an environment resolves to.
+///
+/// Runbook: Deployment Architecture; pre-deployment "Environment variables
+/// reviewed". Secrets are shown as set or missing, never their values.
 #[derive(clap::Args, Debug)]
 pub struct ConfigArgs {
     /// The environment to show (default: all of them).

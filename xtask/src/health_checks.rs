@@ -14,7 +14,9 @@ use crate::config::{Env, Expect, HealthSettings, Ops};
 use crate::core::check::{self, Check, Probe};
 use crate::core::session;
 
-/// Run the runbook's health checks (runbook: Health Check Procedures).
+/// Run the runbook's health checks.
+///
+/// Runbook: Health Check Procedures.
 ///
 /// Checks, concurrently: each service's health URL (the app's /api/health
 /// must answer 200 with the runbook's JSON), each container's Docker health,

@@ -39,6 +39,7 @@ use core::interrupt::Interrupted;
 /// prints the steps that would run, from the plan that runs them.
 #[derive(Parser, Debug)]
 #[command(
+    about = "The MRE deployment runbook, runnable: one command per runbook section",
     name = "cargo xtask",
     bin_name = "cargo xtask",
     version,
@@ -105,10 +106,12 @@ enum Cmd {
     Completions(CompletionsArgs),
 }
 
-/// Print a shell completion script (no runbook section: the CLI itself) for
-/// the `cargo-xtask` command name:
-/// `cargo xtask completions bash > ~/.local/share/bash-completion/completions/cargo-xtask`
-/// (zsh: `_cargo-xtask` in a folder on $fpath; fish:
+/// Print a shell completion script.
+///
+/// No runbook section: the CLI itself. The script is for the `cargo-xtask`
+/// command name: `cargo xtask completions bash >
+/// ~/.local/share/bash-completion/completions/cargo-xtask` (zsh:
+/// `_cargo-xtask` in a folder on $fpath; fish:
 /// ~/.config/fish/completions/cargo-xtask.fish). For a short alias in bash:
 /// `alias xt='cargo xtask'; complete -F _cargo__xtask xt`.
 #[derive(clap::Args, Debug)]

@@ -10,8 +10,10 @@ use crate::config::{config_error, Env, Ops};
 use crate::core::report::Report;
 use crate::core::session;
 
-/// Show the services of an environment (runbook: "Verify services",
-/// `docker compose ps`, and "Check Container Health", `docker ps`).
+/// Show the services of an environment.
+///
+/// Runbook: "Verify services", `docker compose ps`, and "Check Container
+/// Health", `docker ps`.
 ///
 /// Lists every container of the Compose project and every container
 /// ops.toml expects: service, container, state, health, image, ports.
@@ -23,8 +25,9 @@ pub struct StatusArgs {
     pub env: String,
 }
 
-/// Print a service's logs (runbook: Post-Deployment Verification, Check
-/// Logs: `docker logs -f mre-app`).
+/// Print a service's logs.
+///
+/// Runbook: Post-Deployment Verification, Check Logs: `docker logs -f mre-app`.
 ///
 /// SERVICE is a service name from ops.toml (`mre-app`), `database`, or a
 /// container name.

@@ -15,8 +15,9 @@ use crate::core::steps::Plan;
 use crate::core::{intent, lock, session};
 use crate::health_checks;
 
-/// Finish or undo an interrupted operation (runbook: Rollback Procedures;
-/// Database Rollback).
+/// Finish or undo an interrupted operation.
+///
+/// Runbook: Rollback Procedures; Database Rollback.
 ///
 /// A restore or deploy writes what it is about to stop or stage before it
 /// does it. After a crash or `kill -9`, this starts the containers it
@@ -31,8 +32,10 @@ pub struct RecoverArgs {
     pub dry_run: bool,
 }
 
-/// Stop and remove an environment's containers (runbook: Application
-/// Rollback, "Stop current containers": `docker compose down`).
+/// Stop and remove an environment's containers.
+///
+/// Runbook: Application Rollback, "Stop current containers": `docker compose
+/// down`.
 ///
 /// Takes the environment's lock; a protected environment asks first
 /// (`--yes` in CI). `--volumes` also deletes the volumes, the database's
@@ -127,8 +130,9 @@ pub fn down(ops: &Ops, out: &Output, args: &DownArgs) -> Result<()> {
     Ok(())
 }
 
-/// Show or release an environment's lock (runbook: Deployment Procedures:
-/// one operation at a time on an environment).
+/// Show or release an environment's lock.
+///
+/// Runbook: Deployment Procedures: one operation at a time on an environment.
 #[derive(clap::Args, Debug)]
 pub struct LockArgs {
     #[command(subcommand)]

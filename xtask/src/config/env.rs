@@ -5,12 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use camino::Utf8PathBuf;
 
 use super::config_error;
 use super::settings::EnvironmentSettings;
-use crate::core::files::{random_hex, write_private};
 
 #[derive(Clone)]
 pub struct Env {
@@ -220,43 +219,19 @@ impl Env {
         }
     }
 
-    /// Create the secrets `generate_secrets` lists and the env file lacks.
-    /// Returns the names created; `dry_run` only reports them.
-    pub fn ensure_generated_secrets(&mut self, dry_run: bool) -> Result<Vec<String>> {
-        let missing: Vec<String> = self
-            .settings
+    /// The secrets `generate_secrets` lists that the env file lacks.
+    pub fn missing_generated_secrets(&self) -> Vec<String> {
+        self.settings
             .generate_secrets
             .iter()
             .filter(|k| self.var(k).is_none())
             .cloned()
-            .collect();
-        if missing.is_empty() || dry_run {
-            return Ok(missing);
-        }
-        let Some(path) = self.env_file.clone() else {
-            return Err(config_error(format!(
-                "environments.{}.generate_secrets needs env_file: where should the generated secrets go?",
-                self.name
-            )));
-        };
-        let mut text = if path.exists() {
-            std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?
-        } else {
-            format!(
-                "# Secrets of the `{}` environment, created by mre-ops. Never commit this file.\n",
-                self.name
-            )
-        };
-        if !text.is_empty() && !text.ends_with('\n') {
-            text.push('\n');
-        }
-        for key in &missing {
-            let value = random_hex(24)?;
-            text.push_str(&format!("{key}={value}\n"));
-            self.file_vars.insert(key.clone(), value);
-        }
-        write_private(&path, &text)?;
-        Ok(missing)
+            .collect()
+    }
+
+    /// Know a variable just written to the env file (`core::secrets`).
+    pub fn learn_file_var(&mut self, key: &str, value: String) {
+        self.file_vars.insert(key.to_string(), value);
     }
 }
 

@@ -1,7 +1,8 @@
 //! The shared core every runbook section builds on: one step runner with
 //! undo (`steps`), signals (`interrupt`), the release journal on the
 //! target (`journal`), one command's session with an
-//! environment (`session`), and files and randomness (`files`). It imports
+//! environment (`session`), the environment's secrets (`secrets`), and files
+//! and randomness (`files`). It imports
 //! `config` and `adapters`, never a runbook section.
 
 pub mod check;
@@ -11,5 +12,6 @@ pub mod interrupt;
 pub mod journal;
 pub mod lock;
 pub mod report;
+pub mod secrets;
 pub mod session;
 pub mod steps;

@@ -18,19 +18,9 @@ use super::lint::{self, Mode};
 use super::prisma::prisma_deploy;
 use super::progress;
 use super::resume::{invalid_indexes_of, resume_point, Resume};
-use super::run::{run_new, run_statements, Outcome, RowRef};
+use super::run::{db_error_text, prisma_style_logs, run_new, run_statements, Outcome, RowRef};
 use super::state::{failed_message, indent, read_state, State};
-
-pub struct DeployOptions {
-    pub dry_run: bool,
-    pub allow_risky: bool,
-    /// Back the database up (disaster_recovery::create_backup) before
-    /// applying anything, when something is pending.
-    pub backup: bool,
-    /// Print the JSON document under `--json` (not when a step of `deploy`,
-    /// which prints its own).
-    pub report: bool,
-}
+use super::DeployOptions;
 
 pub(super) fn lint_blocks(env: &Env) -> bool {
     match env.settings.migrations.lint {
@@ -492,32 +482,4 @@ fn interrupted(
         o.committed,
         env = env.name
     ))
-}
-
-pub(super) fn db_error_text(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => {
-            let mut s = format!("ERROR: {}", d.message());
-            if let Some(detail) = d.detail() {
-                s.push_str(&format!("\nDETAIL: {detail}"));
-            }
-            if let Some(hint) = d.hint() {
-                s.push_str(&format!("\nHINT: {hint}"));
-            }
-            s
-        }
-        None => format!("{e:#}"),
-    }
-}
-
-/// `logs` the way Prisma's schema engine writes them.
-pub(super) fn prisma_style_logs(name: &str, e: &postgres::Error) -> String {
-    let code = e
-        .code()
-        .map(|c| c.code().to_string())
-        .unwrap_or_else(|| "N/A".into());
-    format!(
-        "Migration name: {name}\n\nDatabase error code: {code}\n\nDatabase error:\n{}\n",
-        db_error_text(e)
-    )
 }

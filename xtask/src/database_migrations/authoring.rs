@@ -14,11 +14,10 @@ use crate::config::{config_error, Env};
 use crate::core::files::uuid_v4;
 use crate::core::steps::Plan;
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::lint::{self, Mode};
-#[allow(unused_imports)]
-use super::{apply::*, bookkeeping::*, files::*, prisma::*, state::*};
+use super::bookkeeping::{Db, Row, LOCK_FILE_TEXT};
+use super::files::{migrations_dir, read_local, Local};
+use super::lint;
+use super::state::read_state;
 
 // resolve
 

@@ -11,12 +11,6 @@ use crate::adapters::output::Output;
 use crate::adapters::postgres::{connect, describe_url};
 use crate::config::{config_error, Env};
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::lint::{self, Mode};
-#[allow(unused_imports)]
-use super::{apply::*, authoring::*, files::*, prisma::*, state::*};
-
 /// Prisma's advisory lock key (schema-engine: `pg_advisory_lock(72707369)`).
 pub const LOCK_KEY: i64 = 72707369;
 

@@ -34,16 +34,17 @@ use crate::adapters::output::Output;
 use crate::config::{config_error, Env, Ops, Runner};
 use crate::core::session;
 
+pub use apply::deploy;
 use apply::lint_pending;
-pub use apply::{deploy, DeployOptions};
 use authoring::{new, resolve, review};
 pub use bookkeeping::split_schema;
 use bookkeeping::Db;
 use state::{read_state, status};
 
-/// Apply, inspect, create, review and resolve Prisma migrations (runbook:
-/// Database Migration Procedures). Compatible with `npx prisma migrate`:
-/// both read and write the same `_prisma_migrations` table.
+/// Apply, inspect, create, review and resolve Prisma migrations.
+///
+/// Runbook: Database Migration Procedures. Compatible with `npx prisma
+/// migrate`: both read and write the same `_prisma_migrations` table.
 #[derive(clap::Args, Debug)]
 pub struct MigrateArgs {
     #[command(subcommand)]
@@ -174,6 +175,19 @@ pub fn migrate(ops: &Ops, out: &Output, args: &MigrateArgs) -> Result<()> {
             }
         }
     }
+}
+
+/// How `deploy` runs: for `migrate deploy`, the step of `cargo xtask
+/// deploy`, the checklist's dry run and releases.
+pub struct DeployOptions {
+    pub dry_run: bool,
+    pub allow_risky: bool,
+    /// Back the database up (disaster_recovery::create_backup) before
+    /// applying anything, when something is pending.
+    pub backup: bool,
+    /// Print the JSON document under `--json` (not when a step of `deploy`,
+    /// which prints its own).
+    pub report: bool,
 }
 
 /// Whether `deploy` backs the database up first: when `[backups]` is

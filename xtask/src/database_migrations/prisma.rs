@@ -7,11 +7,7 @@ use crate::adapters::output::Output;
 use crate::config::{config_error, Env};
 use crate::core::steps::Plan;
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::lint::{self, Mode};
-#[allow(unused_imports)]
-use super::{apply::*, authoring::*, bookkeeping::*, files::*, state::*};
+use super::DeployOptions;
 
 pub fn prisma_command() -> [&'static str; 4] {
     ["npx", "prisma", "migrate", "deploy"]

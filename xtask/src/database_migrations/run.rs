@@ -129,7 +129,7 @@ pub(super) fn run_new(
                 .is_some_and(|c| RETRY_WITHOUT_TRANSACTION.contains(&c.code())) =>
         {
             let _ = db.client.batch_execute("ROLLBACK");
-            let why = super::apply::db_error_text(&e)
+            let why = db_error_text(&e)
                 .lines()
                 .next()
                 .unwrap_or_default()
@@ -236,4 +236,32 @@ pub(super) fn cancellable(db: &mut Db, sql: &str) -> Result<(), postgres::Error>
         watcher.thread().unpark();
         r
     })
+}
+
+pub(super) fn db_error_text(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(d) => {
+            let mut s = format!("ERROR: {}", d.message());
+            if let Some(detail) = d.detail() {
+                s.push_str(&format!("\nDETAIL: {detail}"));
+            }
+            if let Some(hint) = d.hint() {
+                s.push_str(&format!("\nHINT: {hint}"));
+            }
+            s
+        }
+        None => format!("{e:#}"),
+    }
+}
+
+/// `logs` the way Prisma's schema engine writes them.
+pub(super) fn prisma_style_logs(name: &str, e: &postgres::Error) -> String {
+    let code = e
+        .code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_else(|| "N/A".into());
+    format!(
+        "Migration name: {name}\n\nDatabase error code: {code}\n\nDatabase error:\n{}\n",
+        db_error_text(e)
+    )
 }

@@ -130,7 +130,11 @@ pub(super) fn status(env: &Env, out: &Output, strict: bool) -> Result<()> {
     if let Some(holder) = &running {
         for e in entries.iter_mut().filter(|e| e.state == "failed") {
             e.state = "running";
-            e.detail = format!("being applied now by {holder}");
+            e.detail = format!(
+                "being applied now by {holder}; if the migrator that started it was killed, the server ends that \
+                 session when its statement ends (within a second on PostgreSQL 14+ for mre-ops), and \
+                 `migrate status` then says what it left"
+            );
         }
     }
     // A migration being applied right now is not done: it counts as pending.

@@ -10,8 +10,16 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::adapters::clock::Utc;
 use crate::adapters::output::Output;
+use crate::adapters::postgres::describe_url;
 use crate::config::Env;
 use crate::core::files::write_private;
+use crate::core::steps::Plan;
+
+use super::manifest::{
+    create_dir_private, git_commit, manifest_path, open_private, sha256_file, starts_with_magic,
+    sync_dir, Backup, HashingWriter, Manifest, Offsite, FORMAT,
+};
+use super::pg_tools::{count_rows, list_tables, Target};
 
 /// What the steps of `backup create` hand on.
 #[derive(Default)]
@@ -30,10 +38,6 @@ pub(super) struct CreateState {
     size: u64,
     backup: Option<Backup>,
 }
-
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::*;
 
 impl<'a> Target<'a> {
     /// `backup create` as a plan: what `--dry-run` prints is what runs.

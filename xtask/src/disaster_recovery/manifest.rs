@@ -15,10 +15,6 @@ use crate::adapters::process::Command;
 use crate::config::Method;
 use crate::core::files::write_private;
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::*;
-
 pub(super) const FORMAT: &str = "mre-ops-backup/1";
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

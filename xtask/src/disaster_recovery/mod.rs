@@ -28,23 +28,19 @@ use crate::adapters::postgres::describe_url;
 use crate::config::{config_error, Method, Ops};
 use crate::core::report::Report;
 use crate::core::session;
-use crate::core::steps::Plan;
+
+use manifest::{human_size, now_unix};
+use pg_tools::Target;
+use store::{list, prune};
 
 pub use create::create_backup;
-#[allow(unused_imports)]
-use create::*;
-#[allow(unused_imports)]
-use manifest::*;
-#[allow(unused_imports)]
-use pg_tools::*;
 pub use restore::restore;
-#[allow(unused_imports)]
-use store::*;
 pub use verify::drill;
 
-/// Create, list, verify and prune database backups (runbook: Disaster
-/// Recovery Procedures, Backup Strategy; pre-deployment "Backup of
-/// production database created").
+/// Create, list, verify and prune database backups.
+///
+/// Runbook: Disaster Recovery Procedures, Backup Strategy; pre-deployment
+/// "Backup of production database created".
 #[derive(clap::Args, Debug)]
 pub struct BackupArgs {
     #[command(subcommand)]
@@ -96,9 +92,10 @@ pub enum BackupCmd {
     },
 }
 
-/// Restore an environment's database from a backup (runbook: Database
-/// Rollback, "Backup restoration"; Migration Rollback, "If migration
-/// fails").
+/// Restore an environment's database from a backup.
+///
+/// Runbook: Database Rollback, "Backup restoration"; Migration Rollback, "If
+/// migration fails".
 ///
 /// Steps: refuse a backup whose checksum does not match; on a protected
 /// environment ask for confirmation; stop the application containers; take
@@ -129,6 +126,8 @@ pub struct RestoreArgs {
     pub wait: Option<u64>,
 }
 
+/// Rehearse a restore from the latest backup, touching nothing live.
+///
 /// Rehearse the Recovery Procedures without touching anything live (runbook:
 /// Disaster Recovery, Recovery Procedures): restore the latest backup into a
 /// scratch database, verify it, time each step, and write a markdown report
@@ -211,49 +210,7 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
                 )));
             }
             let env = session::env(ops, out, env)?;
-            let t = Target::new(&env, None)?;
-            let b = t.resolve(backup)?;
-            b.manifest()?;
-            if *dry_run {
-                t.rehearsal_plan(&b).print(out);
-                return Ok(());
-            }
-            let r = t.rehearse(&b, out);
-            let detail = r
-                .failed
-                .clone()
-                .unwrap_or_else(|| "checksum, full restore and row counts ok".into());
-            if r.inconclusive {
-                for l in r.step_lines(out) {
-                    out.line(&l);
-                }
-                bail!(
-                    "could not verify {}: {}. The backup was not judged and its manifest is unchanged; \
-                     start the database (`cargo xtask status {}`) and run `cargo xtask backup verify {} {}` again",
-                    b.path,
-                    r.failed.as_deref().unwrap_or("?"),
-                    env.name,
-                    env.name,
-                    b.name
-                );
-            }
-            t.record(&b, r.failed.is_none(), r.seconds(), &detail)?;
-            let mut doc = Report::new(serde_json::json!({
-                "environment": env.name, "backup": b.name, "path": b.path.as_str(),
-                "ok": r.failed.is_none(), "seconds": r.seconds(),
-                "steps": r.steps_json(),
-            }));
-            for l in r.step_lines(out) {
-                doc.line(l);
-            }
-            doc.emit(out);
-            match r.failed {
-                None => {
-                    out.line(&format!("Verified {} ({:.1}s)", b.path, r.seconds()));
-                    Ok(())
-                }
-                Some(why) => bail!("backup {} FAILED verification: {why}", b.path),
-            }
+            verify_backup(&env, out, backup, *dry_run)
         }
         BackupCmd::Prune { env, dry_run } => {
             let env = session::env(ops, out, env)?;
@@ -266,6 +223,60 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             )?;
             prune(&t, out, *dry_run)
         }
+    }
+}
+
+/// `backup verify`: restore BACKUP (a path, a name, `latest`) into a
+/// scratch database, compare its row counts, and record the result in its
+/// manifest. Also the verification of a release's pre-deploy backup.
+pub fn verify_backup(
+    env: &crate::config::Env,
+    out: &Output,
+    backup: &str,
+    dry_run: bool,
+) -> Result<()> {
+    let t = Target::new(env, None)?;
+    let b = t.resolve(backup)?;
+    b.manifest()?;
+    if dry_run {
+        t.rehearsal_plan(&b).print(out);
+        return Ok(());
+    }
+    let r = t.rehearse(&b, out);
+    let detail = r
+        .failed
+        .clone()
+        .unwrap_or_else(|| "checksum, full restore and row counts ok".into());
+    if r.inconclusive {
+        for l in r.step_lines(out) {
+            out.line(&l);
+        }
+        bail!(
+            "could not verify {}: {}. The backup was not judged and its manifest is unchanged; \
+             start the database (`cargo xtask status {}`) and run `cargo xtask backup verify {} {}` again",
+            b.path,
+            r.failed.as_deref().unwrap_or("?"),
+            env.name,
+            env.name,
+            b.name
+        );
+    }
+    t.record(&b, r.failed.is_none(), r.seconds(), &detail)?;
+    let mut doc = Report::new(serde_json::json!({
+        "environment": env.name, "backup": b.name, "path": b.path.as_str(),
+        "ok": r.failed.is_none(), "seconds": r.seconds(),
+        "steps": r.steps_json(),
+    }));
+    for l in r.step_lines(out) {
+        doc.line(l);
+    }
+    doc.emit(out);
+    match r.failed {
+        None => {
+            out.line(&format!("Verified {} ({:.1}s)", b.path, r.seconds()));
+            Ok(())
+        }
+        Some(why) => bail!("backup {} FAILED verification: {why}", b.path),
     }
 }
 
@@ -284,7 +295,7 @@ pub fn newest_verified_age(env: &crate::config::Env) -> Result<Option<i64>> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::store::retention;
 
     fn b(name: &str, days: i64, verified: bool) -> (String, i64, bool) {
         (name.to_string(), days * 86400 + 60, verified)

@@ -17,10 +17,6 @@ use crate::adapters::postgres::describe_url;
 use crate::adapters::process::Command;
 use crate::config::{config_error, BackupSettings, Env, Method};
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::*;
-
 pub(super) struct Target<'a> {
     pub(super) env: &'a Env,
     pub(super) settings: BackupSettings,

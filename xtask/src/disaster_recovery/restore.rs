@@ -17,9 +17,9 @@ use crate::core::session;
 use crate::core::steps::Plan;
 use crate::health_checks;
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::*;
+use super::manifest::Backup;
+use super::pg_tools::{create_like, drop_database, ident, Target};
+use super::RestoreArgs;
 
 /// What the restore's steps share, and what its undos need.
 #[derive(Default)]

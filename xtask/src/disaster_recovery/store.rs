@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use camino::Utf8PathBuf;
-use serde::Serialize;
 
 use crate::adapters::clock::Utc;
 use crate::adapters::output::{Output, Tone};
 use crate::config::config_error;
 use crate::core::report::Report;
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::*;
+use super::manifest::{human_age, human_size, load, manifest_path, now_unix, Backup};
+use super::pg_tools::{drop_database, Target};
+use serde::Serialize;
 
 impl<'a> Target<'a> {
     pub(super) fn backups(&self) -> Result<Vec<Backup>> {

@@ -15,9 +15,9 @@ use crate::core::report::Report;
 use crate::core::session;
 use crate::core::steps::Plan;
 
-// Siblings: the module's parts share their items (pub(super)).
-#[allow(unused_imports)]
-use super::*;
+use super::manifest::{human_size, load, Backup, Verification};
+use super::pg_tools::{count_rows, drop_database, ident, list_tables, Target, Tool};
+use super::DrillArgs;
 
 impl<'a> Target<'a> {
     /// Restore `backup` into the (empty) database `db`, stopping at the first error.

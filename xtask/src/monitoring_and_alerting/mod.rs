@@ -22,6 +22,8 @@ use crate::core::{files, interrupt, session};
 use alerts::{Evaluation, Tracker};
 use metrics::Sample;
 
+/// Measure the recommended metrics and alert.
+///
 /// Measure and alert (runbook: Monitoring and Alerting Setup).
 ///
 /// Measures the runbook's recommended metrics: response time p50/p95 and

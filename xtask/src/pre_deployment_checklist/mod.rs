@@ -18,7 +18,9 @@ use crate::config::{config_error, Env, Ops};
 use crate::core::check::{self, Check, Probe, State};
 use crate::core::session;
 
-/// Run the Pre-Deployment Checklist (runbook: Pre-Deployment Checklist).
+/// Run the Pre-Deployment Checklist.
+///
+/// Runbook: Pre-Deployment Checklist.
 ///
 /// The runbook's 17 items, each with its evidence: Code Quality Checks (the
 /// test, lint and audit commands from ops.toml `[environments.ENV.preflight]`;

@@ -41,14 +41,18 @@ pub struct ReleaseOptions<'a> {
     pub attest: &'a [String],
 }
 
-/// Show the release journal of an environment (runbook: Application
-/// Rollback): every deploy and rollback, the live release marked, and which
-/// releases are kept for an instant rollback.
+/// Show an environment's release journal.
+///
+/// Show the release journal of an environment (runbook: Application Rollback):
+/// every deploy and rollback, the live release marked, and which releases are
+/// kept for an instant rollback.
 #[derive(clap::Args, Debug)]
 pub struct ReleasesArgs {
     pub env: String,
 }
 
+/// Roll the application back to an earlier release.
+///
 /// Roll the application back (runbook: Rollback Procedures, Application
 /// Rollback "Using Container Registry"; Database Rollback with --with-db).
 ///
@@ -152,7 +156,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
     // Secrets the environment may generate (a stand-in's database password)
     // exist before anything else runs.
     if !opts.dry_run {
-        let missing = env.ensure_generated_secrets(true)?;
+        let missing = crate::core::secrets::ensure_generated(&mut env, true)?;
         if !missing.is_empty() {
             // A database created with the old password keeps it: a new
             // random one would lock the application out of its own data.
@@ -174,10 +178,10 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
                     )));
                 }
             }
-            env.ensure_generated_secrets(false)?;
+            crate::core::secrets::ensure_generated(&mut env, false)?;
             session::protect(&env);
         } else {
-            crate::deployment::check_password_against_running_database(&env)?;
+            crate::core::secrets::check_password_against_running_database(&env)?;
         }
     }
     let env = &env;
@@ -247,14 +251,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
                 // "Create database backup" means one that restores: verify it
                 // (a full restore into a scratch database) before going on.
                 let quiet = Output::new(false, true, out.verbose);
-                let verify = crate::disaster_recovery::BackupArgs {
-                    cmd: crate::disaster_recovery::BackupCmd::Verify {
-                        env: env.name.clone(),
-                        backup: path.to_string(),
-                        dry_run: false,
-                    },
-                };
-                crate::disaster_recovery::backup(ops, &quiet, &verify)
+                crate::disaster_recovery::verify_backup(env, &quiet, path.as_str(), false)
                     .map_err(|e| e.context(format!("the pre-release backup {path} did not verify: nothing was released")))?;
                 out.line(&format!("Backup {path} verified (restored into a scratch database, row counts match)."));
                 Ok(())

@@ -13,6 +13,8 @@ use clap::CommandFactory;
 use crate::adapters::output::Output;
 use crate::config::{config_error, workspace_root, Ops};
 
+/// Write docs/RUNBOOK.md from the code.
+///
 /// Write the runbook from the code (runbook: all sections; runnable
 /// documentation).
 ///

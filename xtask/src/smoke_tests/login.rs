@@ -10,8 +10,7 @@ use crate::config::{Env, SmokeSettings};
 use crate::core::check::Check;
 use std::time::{Duration, Instant};
 
-#[allow(unused_imports)]
-use super::*;
+use super::{excerpt, excerpt_sql, is_public, timeout, API, DATABASE, LOGIN};
 
 /// Log the smoke user in (registering it first when the app does not know
 /// it), reach the protected endpoint, then every listed endpoint with the

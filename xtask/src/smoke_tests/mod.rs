@@ -21,7 +21,9 @@ use crate::core::check::{self, Check, Probe, State};
 use crate::core::session;
 use crate::health_checks::validate_runbook_json;
 
-/// Run the smoke tests (runbook: Post-Deployment Verification, Smoke Tests).
+/// Run the smoke tests.
+///
+/// Runbook: Post-Deployment Verification, Smoke Tests.
 ///
 /// The runbook's five manual checks, automated: 1. the health endpoint
 /// returns 200 with the runbook's JSON; 2. the application loads (`GET /`

@@ -3,10 +3,7 @@
 //! (stats), the engine's data root, and log lines since a time.
 
 use anyhow::{Context, Result};
-#[allow(unused_imports)]
-use bollard::query_parameters::{
-    InspectContainerOptions, ListContainersOptions, LogsOptionsBuilder,
-};
+use bollard::query_parameters::LogsOptionsBuilder;
 use futures_util::StreamExt;
 
 use super::Docker;
