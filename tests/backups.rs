@@ -397,7 +397,15 @@ fn an_interrupted_dump_leaves_nothing_that_looks_like_a_backup() {
     lock.write_all(b"BEGIN; LOCK TABLE held IN ACCESS EXCLUSIVE MODE;\n")
         .unwrap();
     lock.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // Until the lock is held.
+    let start = Instant::now();
+    while pg.psql(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'held'::regclass AND mode = 'AccessExclusiveLock' AND granted",
+    ) != "1"
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "the lock was never taken");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mut child = Command::new(XTASK)
         .args([
             "--config",
@@ -687,8 +695,8 @@ fn restore_refuses_another_environments_backup_and_latest_skips_safety_copies() 
     );
 
     // After a restore, `latest` is still the backup restored, not the
-    // safety copy of what the restore replaced.
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    // safety copy of what the restore replaced (at once: two restores in
+    // one second must not collide).
     let done = run(&config, &["restore", "t", "latest", "--yes"]);
     assert_eq!(done.code, 0, "{done:?}");
     let again = run(&config, &["restore", "t", "latest", "--dry-run"]);

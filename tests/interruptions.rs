@@ -246,7 +246,6 @@ fn refusals_before_anything_changes_and_leftovers() {
             r.stdout.contains("replaced database(s) are kept now"),
             "{r:?}"
         );
-        std::thread::sleep(Duration::from_millis(1100));
     }
     pg.psql_db(
         "postgres",

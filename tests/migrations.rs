@@ -286,7 +286,13 @@ fn two_deploys_at_once_apply_once() {
         .spawn()
         .unwrap();
     let _holder = common::Child(holder);
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    common::migrate::wait_for_value(
+        &s.pg,
+        "the other session to hold the migration lock",
+        "SELECT count(*) > 0 FROM pg_locks WHERE locktype = 'advisory' AND objid = 72707369 AND granted",
+        "t",
+        10,
+    );
     s.migration("20250102000000_next", "CREATE TABLE next (x int);\n");
     let config = std::fs::read_to_string(&s.config)
         .unwrap()

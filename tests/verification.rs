@@ -285,6 +285,7 @@ health_check_failures = {{ enabled = false }}
     // Watch: the ingestion service goes down, its error rate crosses the
     // (low) threshold, the webhook gets a firing alert; it comes back, the
     // alert resolves.
+    let first_round = s.dir.path().join("watch.prom");
     let mut watch = Child(
         Command::new(XTASK)
             .args([
@@ -294,6 +295,8 @@ health_check_failures = {{ enabled = false }}
                 "e2e",
                 "--watch",
                 "120s",
+                "--prometheus",
+                first_round.to_str().unwrap(),
             ])
             .env_remove("GITHUB_ACTIONS")
             .stdout(std::process::Stdio::null())
@@ -302,7 +305,15 @@ health_check_failures = {{ enabled = false }}
             .unwrap(),
     );
     let ingestion = s.container("liverc-ingestion-service");
-    std::thread::sleep(Duration::from_secs(3));
+    // Its first round saw the service up: its textfile is written.
+    let start = std::time::Instant::now();
+    while !first_round.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "monitor --watch wrote no first round"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     docker(&["stop", "-t", "1", &ingestion]);
     let firing = hook.wait_for(
         "firing",

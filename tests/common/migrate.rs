@@ -112,7 +112,13 @@ pub fn kill_while_running(s: &Setup, marker: &str) {
     s.pg.psql(&format!(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"
     ));
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    wait_for_value(
+        &s.pg,
+        "the killed run's session to end",
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND pid <> pg_backend_pid()"),
+        "0",
+        30,
+    );
 }
 
 /// psql running `sql` in the background (a session holding a lock, an open

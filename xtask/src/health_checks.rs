@@ -364,13 +364,19 @@ mod tests {
 
     #[test]
     fn runbook_shape() {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64;
-        let days = now / 86400;
-        // Today at midnight is within the window only near midnight; build "now" instead.
-        let _ = days;
+        // A current, well-formed answer passes (so the refusals below are
+        // for their reasons, not a validator that refuses everything).
+        let now = clock::Utc::now().rfc3339();
+        let good = format!(
+            r#"{{"success":true,"data":{{"status":"healthy","timestamp":"{now}"}},"message":"ok"}}"#
+        );
+        assert!(validate_runbook_json(200, &good).is_ok(), "{good}");
+        let no_message =
+            format!(r#"{{"success":true,"data":{{"status":"healthy","timestamp":"{now}"}}}}"#);
+        assert!(validate_runbook_json(200, &no_message)
+            .unwrap_err()
+            .1
+            .contains("message"));
         assert!(validate_runbook_json(500, "{}").is_err());
         assert!(validate_runbook_json(200, "{\"success\":tru")
             .unwrap_err()

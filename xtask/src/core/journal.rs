@@ -114,25 +114,41 @@ impl Journal {
                 &[&self.env],
             )
             .context("reading the release journal")?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Entry {
-                id: r.get(0),
-                action: r.get(1),
-                version: r.get(2),
-                previous: r.get(3),
-                images: serde_json::from_str(r.get::<_, &str>(4)).unwrap_or_default(),
-                who: r.get(5),
-                host: r.get(6),
-                started_at: r.get(7),
-                finished_at: r.get(8),
-                result: r.get(9),
-                detail: r.get(10),
-                steps: serde_json::from_str(r.get::<_, &str>(11)).unwrap_or_default(),
-                backup: r.get(12),
-                preflight: r.get(13),
+        let env = &self.env;
+        fn json<T: serde::de::DeserializeOwned>(
+            env: &str,
+            id: i64,
+            field: &str,
+            text: &str,
+        ) -> Result<T> {
+            serde_json::from_str(text).with_context(|| {
+                format!(
+                    "release journal entry {id} of `{env}`: its `{field}` is not the JSON mre-ops writes ({text:?}); \
+                     was the table mre_ops_releases edited by hand? Fix or delete that row"
+                )
             })
-            .collect())
+        }
+        rows.into_iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                Ok(Entry {
+                    id,
+                    action: r.get(1),
+                    version: r.get(2),
+                    previous: r.get(3),
+                    images: json(env, id, "images", r.get::<_, &str>(4))?,
+                    who: r.get(5),
+                    host: r.get(6),
+                    started_at: r.get(7),
+                    finished_at: r.get(8),
+                    result: r.get(9),
+                    detail: r.get(10),
+                    steps: json(env, id, "steps", r.get::<_, &str>(11))?,
+                    backup: r.get(12),
+                    preflight: r.get(13),
+                })
+            })
+            .collect()
     }
 
     /// Start an entry (who: $GITHUB_ACTOR or $USER, on this host); its id.

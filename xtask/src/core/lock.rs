@@ -14,7 +14,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, Write};
-use std::os::unix::io::AsRawFd;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -172,8 +171,9 @@ pub fn acquire_waiting(
         .with_context(|| format!("opening the lock file {path}"))?;
     let mut said = false;
     loop {
-        // SAFETY: flock on a file descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        // flock(2) (std's file lock on Linux): released with the descriptor,
+        // also when the process is killed.
+        if file.try_lock().is_ok() {
             break;
         }
         let holder = read_holder(&mut file);
@@ -352,8 +352,7 @@ pub fn status(env: &Env) -> Result<(Option<Holder>, bool, Option<String>)> {
         .open(&path)
     {
         local = read_holder(&mut f);
-        // SAFETY: flock on our own descriptor.
-        let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        let free = f.try_lock().is_ok();
         stale = free && local.is_some();
     }
     let target = env.database_url().ok().and_then(|url| {

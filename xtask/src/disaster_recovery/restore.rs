@@ -125,7 +125,13 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         .collect();
     let live = t.database.clone();
     let new_db = format!("{live}__mre_restore_{}", random_hex(4)?);
-    let replaced = format!("{live}__mre_replaced_{}", Utc::now().compact());
+    // When, for `backup prune` (newest first by name), and a random tail:
+    // two restores in one second must not pick the same name.
+    let replaced = format!(
+        "{live}__mre_replaced_{}{}",
+        Utc::now().compact(),
+        random_hex(2)?
+    );
     let (t, app, live, new_db, replaced, backup) = (&t, &app, &live, &new_db, &replaced, &backup);
 
     let mut plan: Plan<RestoreState> =

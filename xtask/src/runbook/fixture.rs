@@ -129,7 +129,7 @@ impl Fixture {
         }
         for (prefix, len) in [
             ("__mre_restore_", 8),
-            ("__mre_replaced_", 16),
+            ("__mre_replaced_", 18),
             ("__mre_safety_", 16),
         ] {
             t = mask_after(&t, prefix, len);
