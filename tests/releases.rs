@@ -153,7 +153,9 @@ fn release_cutover_rollback_and_no_lap_lost() {
     assert_eq!(last["result"], "rolled-back", "{last}");
 
     // A release that is healthy but lets anyone into the API (the smoke
-    // tests' auth boundary) is switched back after the cutover.
+    // tests' auth boundary) fails its smoke tests on its own address, before
+    // the proxy sends it a single request: no request without a session is
+    // ever answered by it.
     let open = s.dir.path().join("open-api");
     std::fs::create_dir_all(&open).unwrap();
     std::fs::write(
@@ -167,19 +169,28 @@ fn release_cutover_rollback_and_no_lap_lost() {
     s.write_config(&open.display().to_string(), None, "");
     let v3b = tag(&s, "v3b");
     let load = Load::start(s.app);
+    let anonymous = Load::expecting(s.app, "/api/v1/events", "401");
     let r = s.run(&["deploy", "rel", "--tag", &v3b]);
     let (ok, failed, why) = load.finish();
+    let (refused, answered, how) = anonymous.finish();
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("fails its smoke tests"), "{r:?}");
+    assert!(
+        r.stderr.contains("fails its smoke tests before") && r.stderr.contains("takes traffic"),
+        "{r:?}"
+    );
+    assert_eq!(
+        answered, 0,
+        "requests without a session answered other than 401 ({refused} were 401): {how:?}"
+    );
     assert!(
         r.stderr.contains("auth boundary") || r.stderr.contains("401"),
         "{r:?}"
     );
-    assert_eq!(live_colour(&s), "blue", "switched back");
+    assert_eq!(live_colour(&s), "blue", "never switched");
     assert_eq!(
         failed,
         0,
-        "the switch back dropped no request: {failed}/{} failed: {why:?}",
+        "the old release served throughout: {failed}/{} failed: {why:?}",
         ok + failed
     );
     let l = s.run(&["--json", "releases", "rel"]);
@@ -211,7 +222,7 @@ fn release_cutover_rollback_and_no_lap_lost() {
     let r = s.run(&["deploy", "rel", "--tag", &v4]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("undone"), "{r:?}");
-    assert_eq!(live_colour(&s), "blue", "switched back");
+    assert_eq!(live_colour(&s), "blue", "never switched");
     let health = s.run(&["health", "rel", "--wait", "30"]);
     assert_eq!(health.code, 0, "{health:?}");
     std::thread::sleep(Duration::from_secs(2));
@@ -393,7 +404,12 @@ fn production_needs_a_confirmation_and_backs_up_first() {
         r.stdout.contains("Pre-deployment checklist for `rel`"),
         "{r:?}"
     );
-    assert!(r.stdout.contains("Smoke tests:"), "{r:?}");
+    assert!(
+        r.stdout.contains("Smoke tests before mre-app-")
+            && r.stdout.contains("takes traffic: ")
+            && r.stdout.contains("Smoke tests: "),
+        "smoke tests on the new colour's own address, then through the proxy: {r:?}"
+    );
     assert!(
         r.stdout.contains("verified"),
         "a verified backup first: {r:?}"

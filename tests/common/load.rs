@@ -1,5 +1,6 @@
-//! A client's load on a stand-in: GET /api/health through the proxy in a
-//! loop (curl, one request at a time), counting what failed and why.
+//! A client's load on a stand-in: GET /api/health (or another path, with
+//! the status it must answer) through the proxy in a loop (curl, one
+//! request at a time), counting what failed and why.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,6 +16,12 @@ pub struct Load {
 
 impl Load {
     pub fn start(port: u16) -> Load {
+        Load::expecting(port, "/api/health", "200")
+    }
+
+    /// GET `path` in a loop; any answer but `status` counts as failed.
+    pub fn expecting(port: u16, path: &str, status: &str) -> Load {
+        let (path, want) = (path.to_string(), status.to_string());
         let (stop, ok, failed) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicUsize::new(0)),
@@ -23,7 +30,7 @@ impl Load {
         let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
         let handle = std::thread::spawn(move || {
             let mut why = Vec::new();
-            let url = format!("http://127.0.0.1:{port}/api/health");
+            let url = format!("http://127.0.0.1:{port}{path}");
             while !s.load(Ordering::SeqCst) {
                 match std::process::Command::new("curl")
                     .args([
@@ -38,7 +45,7 @@ impl Load {
                     ])
                     .output()
                 {
-                    Ok(out) if String::from_utf8_lossy(&out.stdout) == "200" => {
+                    Ok(out) if String::from_utf8_lossy(&out.stdout) == want => {
                         o.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(out) => {

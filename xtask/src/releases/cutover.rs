@@ -263,6 +263,20 @@ impl<'a> Stage<'a> {
         }
     }
 
+    /// `http://IP:PORT` of a colour's container on its network: where it
+    /// answers before the proxy sends it anything.
+    pub fn own_address(&self, unit: &str, port: u16) -> Result<String> {
+        let name = self
+            .container_of(unit)?
+            .ok_or_else(|| anyhow::anyhow!("`{unit}` has no container"))?;
+        let ip = self
+            .docker
+            .container_image_ip(&name)?
+            .and_then(|(_, ip, _)| ip)
+            .ok_or_else(|| anyhow::anyhow!("`{name}` has no IP address on its network"))?;
+        Ok(format!("http://{ip}:{port}"))
+    }
+
     fn probe(&self, svc: &str, s: &ReleasedService, unit: &str) -> Result<(), String> {
         let name = self
             .container_of(unit)

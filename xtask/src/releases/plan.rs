@@ -238,6 +238,28 @@ pub fn cutover_steps<'a>(
             move || Stage::new(env, rel)?.wait_healthy(out, &svc2, &u3, timeout),
         );
     }
+    // The smoke tests against the new app colour on its own address, before
+    // the proxy sends it a single request: a release that fails them (an
+    // API open without a session, a broken login) never serves a user.
+    let app = new_colours.get(SMOKE_SERVICE).and_then(|c| {
+        let port = rel.services.get(SMOKE_SERVICE)?.port?;
+        Some((format!("{SMOKE_SERVICE}-{c}"), port))
+    });
+    if let (true, Some((unit, port))) = (smoke, app) {
+        plan.action(
+            format!("Smoke tests on {unit} before it takes traffic"),
+            format!(
+                "cargo xtask smoke {} --url http://<{unit}'s address>:{port}: the health JSON, the page, the smoke \
+                 user's login, the API and its auth boundary, database queries; a failure stops the release before \
+                 the switch (the proxy never sends it a request)",
+                env.name
+            ),
+            move || {
+                let url = Stage::new(env, rel)?.own_address(&unit, port)?;
+                smoke_until_pass(env, out, Some(url), &format!(" before {unit} takes traffic"))
+            },
+        );
+    }
     if !new_colours.is_empty() {
         let shown: Vec<String> = new_colours
             .iter()
@@ -331,6 +353,49 @@ pub fn cutover_steps<'a>(
 /// on an overlay network, a pool) may take seconds to settle.
 const SMOKE_SETTLE: Duration = Duration::from_secs(30);
 
+/// The service the smoke tests reach (the runbook's app; `smoke.url` or its
+/// URL through the proxy).
+const SMOKE_SERVICE: &str = "mre-app";
+
+/// The smoke tests, against `url` (else smoke.url, through the proxy), run
+/// again while one fails for at most SMOKE_SETTLE; an error if they still do.
+/// `when` (" before X takes traffic", or empty) goes into what is printed.
+fn smoke_until_pass(
+    env: &Env,
+    out: &Output,
+    url: Option<String>,
+    when: &str,
+) -> anyhow::Result<()> {
+    let opts = crate::smoke_tests::SmokeOptions {
+        url,
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let (checks, n) = loop {
+        let checks = crate::smoke_tests::run_smoke(env, &opts);
+        crate::core::interrupt::check()?;
+        let n = crate::core::check::counts(&checks);
+        if n["fail"].as_u64().unwrap_or(0) == 0 || start.elapsed() >= SMOKE_SETTLE {
+            break (checks, n);
+        }
+        out.progress("smoke tests: a check fails; trying again");
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    out.progress_done();
+    if n["fail"].as_u64().unwrap_or(0) > 0 {
+        bail!(
+            "the new release fails its smoke tests{when} (for {} s):{}",
+            start.elapsed().as_secs(),
+            crate::core::check::failures(&checks)
+        );
+    }
+    out.line(&format!(
+        "Smoke tests{when}: {} pass, {} skip",
+        n["pass"], n["skip"]
+    ));
+    Ok(())
+}
+
 /// After the switch: every health check through the proxy until all pass,
 /// then (deploys) the smoke tests. A failure of either switches back
 /// through the undos of the steps before.
@@ -370,32 +435,7 @@ pub fn verify_steps<'a>(
                 env.name,
                 SMOKE_SETTLE.as_secs()
             ),
-            move || {
-                let start = Instant::now();
-                let (checks, n) = loop {
-                    let checks = crate::smoke_tests::run_smoke(env, &Default::default());
-                    crate::core::interrupt::check()?;
-                    let n = crate::core::check::counts(&checks);
-                    if n["fail"].as_u64().unwrap_or(0) == 0 || start.elapsed() >= SMOKE_SETTLE {
-                        break (checks, n);
-                    }
-                    out.progress("smoke tests: a check fails; trying again");
-                    std::thread::sleep(Duration::from_secs(2));
-                };
-                out.progress_done();
-                if n["fail"].as_u64().unwrap_or(0) > 0 {
-                    bail!(
-                        "the new release fails its smoke tests (for {} s):{}",
-                        start.elapsed().as_secs(),
-                        crate::core::check::failures(&checks)
-                    );
-                }
-                out.line(&format!(
-                    "Smoke tests: {} pass, {} skip",
-                    n["pass"], n["skip"]
-                ));
-                Ok(())
-            },
+            move || smoke_until_pass(env, out, None, ""),
         );
     }
 }
