@@ -269,11 +269,11 @@ fn round_trip_corruption_guard_and_failed_restore() {
     };
     let (code, text) = on_terminal("production");
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("is not the database name"), "{text}");
+    assert!(text.contains("is not `pacetracer`"), "{text}");
     let (code, text) = on_terminal("pacetracer");
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("Type the database name") && text.contains("Restored `prod`"),
+        text.contains("Type `pacetracer` to go on") && text.contains("Restored `prod`"),
         "{text}"
     );
     assert_eq!(fingerprint(&pg), original);

@@ -78,24 +78,14 @@ pub fn down(ops: &Ops, out: &Output, args: &DownArgs) -> Result<()> {
         }
     }
     if env.settings.protected && !args.yes && !args.dry_run {
-        use std::io::IsTerminal;
-        if !std::io::stdin().is_terminal() {
-            return Err(crate::config::config_error(format!(
-                "`{}` is protected: `down` stops it. Pass --yes, or run it on a terminal. Nothing was changed",
+        crate::core::confirm::by_typing(
+            &format!("This stops every container of `{}`.", env.name),
+            &env.name,
+            &format!(
+                "`{}` is protected: `down` stops it. Pass --yes, or run it on a terminal",
                 env.name
-            )));
-        }
-        eprint!(
-            "This stops every container of `{}`. Type the environment's name to go on: ",
-            env.name
-        );
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line)?;
-        if line.trim() != env.name {
-            return Err(crate::config::config_error(
-                "not confirmed: nothing was changed",
-            ));
-        }
+            ),
+        )?;
     }
     let _lock =
         crate::core::lock::unless_dry_run(args.dry_run, &env, out, &format!("down {}", env.name))?;

@@ -6,6 +6,7 @@
 //! `config` and `adapters`, never a runbook section.
 
 pub mod check;
+pub mod confirm;
 pub mod files;
 pub mod intent;
 pub mod interrupt;

@@ -2,7 +2,6 @@
 //! migration fails"): `restore` into a new database, swapped in when
 //! complete, with the application stopped around it.
 
-use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -433,28 +432,16 @@ pub(super) fn confirm(t: &Target, backup: &Backup, yes: bool) -> Result<()> {
     if !t.env.settings.protected || yes {
         return Ok(());
     }
-    if !std::io::stdin().is_terminal() {
-        return Err(config_error(format!(
-            "`{}` is protected: restoring replaces its database `{}` with {}. \
-             Pass --yes to confirm (in CI), or run this on a terminal to confirm by typing the database name. Nothing was changed",
+    crate::core::confirm::by_typing(
+        &format!(
+            "`{}` is protected. This replaces database `{}` with backup {} (a safety backup is taken first).",
             t.env.name, t.database, backup.name
-        )));
-    }
-    eprint!(
-        "`{}` is protected. This replaces database `{}` with backup {} (a safety backup is taken first).\n\
-         Type the database name to go on: ",
-        t.env.name, t.database, backup.name
-    );
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("reading the confirmation")?;
-    if line.trim() != t.database {
-        return Err(config_error(format!(
-            "the confirmation `{}` is not the database name `{}`: nothing was changed",
-            line.trim(),
-            t.database
-        )));
-    }
-    Ok(())
+        ),
+        &t.database,
+        &format!(
+            "`{}` is protected: restoring replaces its database `{}` with {}. \
+             Pass --yes to confirm (in CI), or run this on a terminal to confirm by typing the database name",
+            t.env.name, t.database, backup.name
+        ),
+    )
 }

@@ -12,10 +12,9 @@ mod swarm;
 mod version;
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::adapters::output::Output;
 use crate::config::{config_error, Driver, Env, Ops, ReleaseSettings};
@@ -99,24 +98,14 @@ fn confirm(env: &Env, what: &str, yes: bool) -> Result<()> {
     if !env.settings.protected || yes {
         return Ok(());
     }
-    if !std::io::stdin().is_terminal() {
-        return Err(config_error(format!(
+    crate::core::confirm::by_typing(
+        &format!("{what} on `{}`.", env.name),
+        &env.name,
+        &format!(
             "`{}` is protected: {what} needs a confirmation. Pass --yes (CI), or run it on a terminal",
             env.name
-        )));
-    }
-    eprint!(
-        "{what} on `{}`. Type the environment's name to go on: ",
-        env.name
-    );
-    let mut line = String::new();
-    std::io::stdin()
-        .read_line(&mut line)
-        .context("reading the confirmation")?;
-    if line.trim() != env.name {
-        return Err(config_error("not confirmed: nothing was changed"));
-    }
-    Ok(())
+        ),
+    )
 }
 
 /// The live colours and the journal, read without changing anything; in a
@@ -157,6 +146,25 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
     // exist before anything else runs.
     if !opts.dry_run {
         let missing = crate::core::secrets::ensure_generated(&mut env, true)?;
+        // Writing the env file is a change to the environment: under its
+        // lock (released before the build; the plan takes it again), and
+        // looked at again once held, in case another operator wrote them.
+        let _writing = if missing.is_empty() {
+            None
+        } else {
+            Some(crate::core::lock::acquire(
+                &env,
+                out,
+                &format!("release {}: generate secrets", env.name),
+            )?)
+        };
+        let missing = match &_writing {
+            Some(_) => {
+                env = session::env(ops, out, &env.name)?;
+                crate::core::secrets::ensure_generated(&mut env, true)?
+            }
+            None => missing,
+        };
         if !missing.is_empty() {
             // A database created with the old password keeps it: a new
             // random one would lock the application out of its own data.
