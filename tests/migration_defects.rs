@@ -518,3 +518,25 @@ fn ctrl_c_and_sigterm_stop_a_migration_at_once() {
         "the statement-by-statement one finished in its own row"
     );
 }
+
+/// A script that opens its own transaction and never commits it: psql rolls
+/// it back at the end of the file; so does mre-ops, and says so (it used to
+/// record the migration as applied inside that transaction, which the end of
+/// the session then rolled back).
+#[test]
+fn a_script_that_never_commits_is_rolled_back_and_said() {
+    let s = Setup::new("");
+    s.migration(
+        "20250101000000_open",
+        "BEGIN;\nCREATE TABLE never (x int);\n",
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("BEGIN without COMMIT"), "{r:?}");
+    assert_eq!(s.pg.psql("SELECT to_regclass('never') IS NULL"), "t");
+    let row = row_of(&s, "20250101000000_open");
+    assert!(
+        row.starts_with("f|f|0|") && row.contains("BEGIN without"),
+        "{row}"
+    );
+}

@@ -200,6 +200,28 @@ pub(super) fn run_statements(
             committed = k + 1;
         }
     }
+    if open {
+        // BEGIN without COMMIT: psql rolls it back when the file ends, and
+        // so do we, rather than finish the row inside a transaction that
+        // the end of the session would roll back. The error is the server's,
+        // so that the row's logs record it as Prisma would.
+        let e = db
+            .client
+            .batch_execute(
+                "ROLLBACK; DO $$BEGIN RAISE EXCEPTION 'the script leaves its own transaction open (BEGIN without \
+                 COMMIT): rolled back, as psql does at the end of a file; end it with COMMIT'; END$$",
+            )
+            .err();
+        if let Some(e) = e {
+            return Outcome {
+                result: Err(e),
+                mode: mode.clone(),
+                committed,
+                failed_at: None,
+                retried: None,
+            };
+        }
+    }
     Outcome {
         result: db.client.batch_execute(&row.finish()),
         mode: mode.clone(),
