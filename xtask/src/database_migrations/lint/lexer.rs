@@ -63,34 +63,11 @@ pub fn split(sql: &str) -> Vec<Statement> {
     let b = sql.as_bytes();
     let n = b.len();
     let mut stmts = Vec::new();
-    let mut toks: Vec<Tok> = Vec::new();
-    let mut strs: Vec<(usize, usize)> = Vec::new();
-    let mut offs: Vec<usize> = Vec::new();
-    let mut allows: Vec<String> = Vec::new();
-    let mut start: Option<usize> = None;
+    let mut cur = Building::default();
     let mut depth = 0usize;
     let mut begin_depth = 0usize;
     let mut i = if sql.starts_with(BOM) { BOM.len() } else { 0 };
-    let line_at = |pos: usize| sql[..pos].matches('\n').count() + 1;
-    let flush = |toks: &mut Vec<Tok>,
-                 strs: &mut Vec<(usize, usize)>,
-                 offs: &mut Vec<usize>,
-                 allows: &mut Vec<String>,
-                 start: &mut Option<usize>,
-                 end: usize,
-                 stmts: &mut Vec<Statement>| {
-        if let Some(s) = start.take() {
-            stmts.push(Statement {
-                toks: std::mem::take(toks),
-                start: s,
-                end,
-                line: line_at(s),
-                allows: std::mem::take(allows),
-                strs: std::mem::take(strs),
-                offs: std::mem::take(offs),
-            });
-        }
-    };
+    let mut lines = Lines::default();
     while i < n {
         let c = b[i];
         if c.is_ascii_whitespace() {
@@ -100,7 +77,7 @@ pub fn split(sql: &str) -> Vec<Statement> {
         // Comments.
         if c == b'-' && b.get(i + 1) == Some(&b'-') {
             let end = sql[i..].find('\n').map(|e| i + e).unwrap_or(n);
-            collect_allows(&sql[i + 2..end], &mut allows);
+            collect_allows(&sql[i + 2..end], &mut cur.allows);
             i = end;
             continue;
         }
@@ -121,27 +98,19 @@ pub fn split(sql: &str) -> Vec<Statement> {
                     i += 1;
                 }
             }
-            collect_allows(&sql[from..i.min(n)], &mut allows);
+            collect_allows(&sql[from..i.min(n)], &mut cur.allows);
             continue;
         }
         if c == b';' && depth == 0 && begin_depth == 0 {
-            flush(
-                &mut toks,
-                &mut strs,
-                &mut offs,
-                &mut allows,
-                &mut start,
-                i,
-                &mut stmts,
-            );
+            cur.flush(sql, i, &mut lines, &mut stmts);
             i += 1;
             continue;
         }
-        if start.is_none() {
-            start = Some(i);
+        if cur.start.is_none() {
+            cur.start = Some(i);
         }
         // Every path below pushes exactly one token.
-        offs.push(i);
+        cur.offs.push(i);
         // Strings: '...', E'...', and dollar quotes.
         if c == b'\'' || ((c == b'e' || c == b'E') && b.get(i + 1) == Some(&b'\'')) {
             let escapes = c != b'\'';
@@ -162,8 +131,8 @@ pub fn split(sql: &str) -> Vec<Statement> {
                 }
             }
             let raw = &sql[body..i.saturating_sub(1).max(body)];
-            strs.push((toks.len(), body));
-            toks.push(Tok::Str(if escapes {
+            cur.strs.push((cur.toks.len(), body));
+            cur.toks.push(Tok::Str(if escapes {
                 raw.to_string()
             } else {
                 raw.replace("''", "'")
@@ -183,13 +152,13 @@ pub fn split(sql: &str) -> Vec<Statement> {
                     let close = sql[body..].find(tag).map(|k| body + k + tag.len());
                     i = close.unwrap_or(n);
                     let inner_end = close.map(|c| c - tag.len()).unwrap_or(n);
-                    strs.push((toks.len(), body));
-                    toks.push(Tok::Str(sql[body..inner_end].to_string()));
+                    cur.strs.push((cur.toks.len(), body));
+                    cur.toks.push(Tok::Str(sql[body..inner_end].to_string()));
                     continue;
                 }
             }
             i += 1;
-            toks.push(Tok::Punct('$'));
+            cur.toks.push(Tok::Punct('$'));
             continue;
         }
         if c == b'"' {
@@ -212,7 +181,7 @@ pub fn split(sql: &str) -> Vec<Statement> {
             }
             name.push_str(&sql[seg..i.min(n)]);
             i = (i + 1).min(n);
-            toks.push(Tok::Quoted(name));
+            cur.toks.push(Tok::Quoted(name));
             continue;
         }
         if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
@@ -223,7 +192,7 @@ pub fn split(sql: &str) -> Vec<Statement> {
                 i += 1;
             }
             let word = sql[from..i].to_ascii_lowercase();
-            if depth == 0 && routine_with_body(&toks) {
+            if depth == 0 && routine_with_body(&cur.toks) {
                 match word.as_str() {
                     "begin" => begin_depth += 1,
                     "case" if begin_depth > 0 => begin_depth += 1,
@@ -231,14 +200,14 @@ pub fn split(sql: &str) -> Vec<Statement> {
                     _ => {}
                 }
             }
-            toks.push(Tok::Word(word));
+            cur.toks.push(Tok::Word(word));
             continue;
         }
         if c.is_ascii_digit() {
             while i < n && (b[i].is_ascii_alphanumeric() || b[i] == b'.') {
                 i += 1;
             }
-            toks.push(Tok::Num);
+            cur.toks.push(Tok::Num);
             continue;
         }
         match c {
@@ -246,19 +215,57 @@ pub fn split(sql: &str) -> Vec<Statement> {
             b')' => depth = depth.saturating_sub(1),
             _ => {}
         }
-        toks.push(Tok::Punct(c as char));
+        cur.toks.push(Tok::Punct(c as char));
         i += 1;
     }
-    flush(
-        &mut toks,
-        &mut strs,
-        &mut offs,
-        &mut allows,
-        &mut start,
-        n,
-        &mut stmts,
-    );
+    cur.flush(sql, n, &mut lines, &mut stmts);
     stmts
+}
+
+/// The statement being read.
+#[derive(Default)]
+struct Building {
+    toks: Vec<Tok>,
+    strs: Vec<(usize, usize)>,
+    offs: Vec<usize>,
+    allows: Vec<String>,
+    start: Option<usize>,
+}
+
+impl Building {
+    /// The statement read so far, if any, ends at `end`.
+    fn flush(&mut self, sql: &str, end: usize, lines: &mut Lines, stmts: &mut Vec<Statement>) {
+        if let Some(s) = self.start.take() {
+            stmts.push(Statement {
+                toks: std::mem::take(&mut self.toks),
+                start: s,
+                end,
+                line: lines.at(sql, s),
+                allows: std::mem::take(&mut self.allows),
+                strs: std::mem::take(&mut self.strs),
+                offs: std::mem::take(&mut self.offs),
+            });
+        }
+    }
+}
+
+/// Line numbers of increasing offsets, counted once (a file of many
+/// statements is read in linear time).
+#[derive(Default)]
+struct Lines {
+    pos: usize,
+    line: usize,
+}
+
+impl Lines {
+    fn at(&mut self, sql: &str, pos: usize) -> usize {
+        if pos < self.pos {
+            return sql[..pos].matches('\n').count() + 1;
+        }
+        self.line += sql[self.pos..pos].matches('\n').count();
+        self.pos = pos;
+        self.line + 1
+    }
 }
 
 /// Whether the statement so far starts `CREATE [OR REPLACE] FUNCTION` or
