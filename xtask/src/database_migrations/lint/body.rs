@@ -93,7 +93,14 @@ pub fn do_statements(s: &Statement, sql: &str) -> (Vec<Statement>, Vec<String>) 
         return (found, unread);
     }
     for (body, off) in code_bodies(s) {
-        collect(body, off, sql, &s.allows, &mut found, &mut unread);
+        collect(
+            body,
+            off,
+            (sql, s.start, s.line),
+            &s.allows,
+            &mut found,
+            &mut unread,
+        );
     }
     (found, unread)
 }
@@ -101,12 +108,18 @@ pub fn do_statements(s: &Statement, sql: &str) -> (Vec<Statement>, Vec<String>) 
 fn collect(
     body: &str,
     off: usize,
-    sql: &str,
+    file: (&str, usize, usize),
     allows: &[String],
     found: &mut Vec<Statement>,
     unread: &mut Vec<String>,
 ) {
-    let line_at = |pos: usize| sql[..pos.min(sql.len())].matches('\n').count() + 1;
+    // Lines counted from the DO statement's own (known) line, not from the
+    // top of the file: linear in the file's size.
+    let (sql, from, from_line) = file;
+    let line_at = |pos: usize| {
+        let pos = pos.clamp(from, sql.len());
+        from_line + sql.get(from..pos).map_or(0, |t| t.matches('\n').count())
+    };
     for piece in split(body) {
         let t = &piece.toks;
         let mut depth = 0i32;
@@ -144,7 +157,7 @@ fn collect(
                         match (t.get(k + 1), t.get(k + 2)) {
                             (Some(Tok::Str(inner)), None) => {
                                 let at = piece.strs.iter().find(|(i, _)| *i == k + 1).map(|(_, o)| off + o).unwrap_or(off);
-                                collect(inner, at, sql, allows, found, unread);
+                                collect(inner, at, file, allows, found, unread);
                             }
                             _ => unread.push(format!(
                                 "line {}: EXECUTE of SQL built at run time inside a DO block is not linted; review it by hand",
