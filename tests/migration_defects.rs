@@ -540,3 +540,109 @@ fn a_script_that_never_commits_is_rolled_back_and_said() {
         "{row}"
     );
 }
+
+/// A deploy whose migration sleeps `sleep_for.secs` (a table of its own):
+/// long while a test kills it, none when the next deploy finishes it.
+fn with_sleep_table(s: &Setup) {
+    s.migration(
+        "20250100000000_sleep",
+        "CREATE TABLE public.sleep_for (secs float);\nINSERT INTO public.sleep_for VALUES (30);\n",
+    );
+    assert_eq!(s.run(&["migrate", "deploy"]).code, 0);
+}
+
+const NAP: &str = "SELECT pg_sleep((SELECT secs FROM public.sleep_for)) AS nap_marker;\n";
+
+/// Finishing an interrupted file replays its session settings first: a
+/// `SET search_path` before the kill still decides where the rest goes.
+#[test]
+fn finishing_a_file_replays_its_settings() {
+    let s = Setup::new("");
+    with_sleep_table(&s);
+    s.migration(
+        "20250101000000_app",
+        &format!(
+            "CREATE SCHEMA app;\nSET search_path TO app;\nCREATE TABLE t1 (a int);\n{NAP}CREATE INDEX CONCURRENTLY i1 ON t1 (a);\nCREATE TABLE t2 (a int);\n"
+        ),
+    );
+    kill_when(
+        &s,
+        "the nap",
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE '%nap_marker%' AND pid <> pg_backend_pid()",
+    );
+    s.pg.psql("UPDATE sleep_for SET secs = 0");
+    wait_for_value(
+        &s.pg,
+        "the killed run's session to end",
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%nap_marker%' AND pid <> pg_backend_pid()",
+        "0",
+        30,
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        s.pg.psql("SELECT to_regclass('app.t2') IS NOT NULL AND to_regclass('public.t2') IS NULL AND to_regclass('app.i1') IS NOT NULL"),
+        "t",
+        "the rest went into schema app"
+    );
+}
+
+/// A procedure that commits runs on its own; killed inside it, the next
+/// deploy does not run it again on a guess: it says the catalog cannot tell.
+#[test]
+fn a_committing_call_interrupted_is_not_run_twice() {
+    let s = Setup::new("");
+    with_sleep_table(&s);
+    s.migration(
+        "20250101000000_call",
+        "CREATE TABLE log (x int);\nCREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN INSERT INTO log VALUES (1); COMMIT; \
+         PERFORM pg_sleep((SELECT secs FROM public.sleep_for)); END $$;\nCALL p();\nCREATE INDEX CONCURRENTLY li ON log (x);\n",
+    );
+    kill_when(
+        &s,
+        "the procedure's nap",
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE query LIKE 'CALL p()%' AND wait_event = 'PgSleep'",
+    );
+    s.pg.psql("UPDATE sleep_for SET secs = 0");
+    wait_for_value(
+        &s.pg,
+        "the killed run's session to end",
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'CALL p()%'",
+        "0",
+        30,
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("cannot be read from the catalog"),
+        "{r:?}"
+    );
+    assert_eq!(s.pg.psql("SELECT count(*) FROM log"), "1", "not run twice");
+}
+
+/// COMMIT AND CHAIN keeps the script's next statements in one transaction,
+/// as psql does; a ROLLBACK ending in a comment, without `;`, runs.
+#[test]
+fn chained_transactions_and_a_final_comment() {
+    let s = Setup::new("");
+    s.migration(
+        "20250101000000_chain",
+        "CREATE TABLE log (x int);\nBEGIN;\nINSERT INTO log VALUES (1);\nCOMMIT AND CHAIN;\nINSERT INTO log VALUES (2);\nSELECT 1/0;\nCOMMIT;\n",
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        s.pg.psql("SELECT string_agg(x::text, ',') FROM log"),
+        "1",
+        "as psql leaves it"
+    );
+    std::fs::remove_dir_all(s.dir.path().join("migrations/20250101000000_chain")).unwrap();
+    s.pg.psql("DELETE FROM _prisma_migrations; DROP TABLE log");
+    s.migration(
+        "20250102000000_never_mind",
+        "CREATE TABLE r (x int);\nBEGIN;\nINSERT INTO r VALUES (1);\nROLLBACK -- never mind",
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s.pg.psql("SELECT count(*) FROM r"), "0");
+}

@@ -17,7 +17,7 @@ use super::files::{migrations_dir, read_local, Local};
 use super::lint::{self, Mode};
 use super::prisma::prisma_deploy;
 use super::progress;
-use super::resume::{invalid_indexes_of, resume_point, Resume};
+use super::resume::{invalid_indexes_of, replay_settings, resume_point, Resume};
 use super::run::{db_error_text, prisma_style_logs, run_new, run_statements, Outcome, RowRef};
 use super::state::{failed_message, indent, read_state, State};
 use super::DeployOptions;
@@ -321,14 +321,17 @@ fn finish_interrupted(
     story: &str,
 ) -> Result<()> {
     out.line(&format!("  {}: {story}", l.name));
-    for sql in before {
-        out.line(&format!("  {sql};"));
-        db.client
-            .batch_execute(sql)
-            .with_context(|| format!("running `{sql}` before finishing {}", l.name))?;
-    }
     let sql = l.text();
     let stmts = lint::split(&sql);
+    // The session the interrupted run had (its SETs), then what the catalog
+    // said to do first.
+    replay_settings(db, &sql, &stmts, next)?;
+    for b in before {
+        out.line(&format!("  {b};"));
+        db.client
+            .batch_execute(b)
+            .with_context(|| format!("running `{b}` before finishing {}", l.name))?;
+    }
     let table = format!("{}._prisma_migrations", quote_ident(&db.schema));
     let row = RowRef {
         table: &table,

@@ -45,6 +45,32 @@ pub(super) fn statements(done: usize, total: usize, next: Option<(usize, &str)>)
     format!("{STATEMENTS}{done} of {total} statement(s) applied{next}.")
 }
 
+const ALONE: &str = "on its own (it commits apart from this count)";
+
+/// The `logs` while statement `done` runs on its own (a `CREATE INDEX
+/// CONCURRENTLY`, a `CALL` that commits): after a kill, whether it took
+/// effect is for the catalog to say, not the count.
+pub(super) fn running_alone(done: usize, total: usize, line: usize, text: &str) -> String {
+    let first: String = text
+        .trim()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(120)
+        .collect();
+    format!(
+        "{STATEMENTS}{done} of {total} statement(s) applied; running line {line} {ALONE}: {first}."
+    )
+}
+
+/// Whether the row was left while a statement ran on its own.
+pub(super) fn ran_alone(r: &Row) -> bool {
+    r.logs
+        .as_deref()
+        .is_some_and(|l| l.starts_with(STATEMENTS) && l.contains(ALONE))
+}
+
 /// A row our transactional run left when it was killed: unfinished, no
 /// error recorded, nothing counted. Only the server could have ended it, and
 /// it rolls back what was not committed.

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::bookkeeping::{Db, Row};
 use super::files::{checksum_matches, Local};
-use super::lint::{self, after_words, qualified_at, tx_control, Statement, Tok, TxControl};
+use super::lint::{self, after_words, qualified_at, tx_control, Statement, TxControl};
 
 /// Where an interrupted file goes on.
 pub(super) enum Resume {
@@ -73,15 +73,63 @@ pub(super) fn resume_point(db: &mut Db, l: &Local, r: &Row) -> Result<Resume> {
     };
     let head = format!("{done} of {total} statement(s) are applied");
     let line = s.line;
-    let atomic = in_script_transaction(&stmts, done) || lint::no_transaction(s).is_none();
-    if atomic {
+    // Every statement commits with its count but one the row says ran on
+    // its own: only for that one is the catalog asked.
+    if !super::progress::ran_alone(r) {
         return Ok(Resume::At {
             next: done,
             before: Vec::new(),
             story: format!("{head} (each committed with this count); the next is line {line}."),
         });
     }
-    // A statement that commits on its own: did it?
+    // The catalog as the interrupted session saw it (its search_path), then
+    // the session as it was.
+    replay_settings(db, &sql, &stmts, done)?;
+    let found = catalog_says(db, s, &head, line, done);
+    let _ = db.client.batch_execute("RESET ALL");
+    db.session_settings()?;
+    found
+}
+
+/// Replay the script's session settings (`SET`, `RESET`) before statement
+/// `upto`, outside its own transactions: what the interrupted session had
+/// when it ran the rest (a `SET search_path` decides where `CREATE TABLE t`
+/// goes and which index a name means).
+pub(super) fn replay_settings(
+    db: &mut Db,
+    sql: &str,
+    stmts: &[Statement],
+    upto: usize,
+) -> Result<()> {
+    for (k, s) in stmts.iter().enumerate().take(upto) {
+        let w1 = s.word(1).unwrap_or("");
+        let setting = match s.word(0) {
+            Some("set") => !matches!(w1, "local" | "transaction" | "constraints"),
+            Some("reset") => true,
+            _ => false,
+        };
+        if setting && !in_script_transaction(stmts, k) {
+            db.client.batch_execute(text(sql, s)).with_context(|| {
+                format!(
+                    "replaying line {} (`{}`) before going on",
+                    s.line,
+                    text(sql, s).trim()
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether the statement that ran on its own took effect, from the catalog.
+fn catalog_says(
+    db: &mut Db,
+    s: &Statement,
+    head: &str,
+    line: usize,
+    done: usize,
+) -> Result<Resume> {
+    let head = head.to_string();
     let w = |k: usize| s.word(k).unwrap_or("");
     let redo = |why: &str| Resume::At {
         next: done,
@@ -90,22 +138,11 @@ pub(super) fn resume_point(db: &mut Db, l: &Local, r: &Row) -> Result<Resume> {
     };
     let found = match (w(0), w(1)) {
         ("create", _) if s.has_word("index") => {
-            let Some(i) = after_words(&s.toks, &["concurrently"]) else {
-                return Ok(manual(&head, line));
-            };
-            let i = if after_words(&s.toks[i..], &["if", "not", "exists"]) == Some(3) {
-                i + 3
-            } else {
-                i
-            };
-            if matches!(s.toks.get(i), Some(Tok::Word(w)) if w == "on") {
+            let Some(name) = lint::concurrent_index(s) else {
                 return Ok(Resume::Manual(format!(
                     "{head}; line {line} creates an index without a name, so whether it was built cannot be read: \
                      look for it (`\\d TABLE` in psql), then finish by hand and `migrate resolve --applied`, or name the index in the file."
                 )));
-            }
-            let Some(name) = qualified_at(&s.toks, i) else {
-                return Ok(manual(&head, line));
             };
             match index_valid(db, &name)? {
                 Some(true) => Resume::At {
@@ -170,6 +207,7 @@ pub(super) fn resume_point(db: &mut Db, l: &Local, r: &Row) -> Result<Resume> {
         }
         // Safe to repeat: the same end state however far the first run got.
         ("vacuum" | "cluster" | "discard", _) | ("alter", "system") => redo("is safe to repeat"),
+        _ if tx_control(s).is_some() => redo("is safe to repeat"),
         ("reindex", _) => {
             let left = leftover_reindex_indexes(db)?;
             Resume::At {

@@ -36,6 +36,19 @@ impl RowRef<'_> {
             lit(self.id)
         )
     }
+    /// Before statement `k` runs on its own: say so in the row.
+    fn running_alone(&self, k: usize, stmts: &[Statement], sql: &str) -> String {
+        let s = &stmts[k];
+        self.set(&format!(
+            "logs = {}",
+            lit(&progress::running_alone(
+                k,
+                stmts.len(),
+                s.line,
+                text(sql, s)
+            ))
+        ))
+    }
     fn progress(&self, done: usize, stmts: &[Statement], sql: &str) -> String {
         let next = stmts.get(done).map(|s| (s.line, text(sql, s)));
         self.set(&format!(
@@ -161,23 +174,42 @@ pub(super) fn run_statements(
 ) -> Outcome {
     let mut open = in_script_transaction(stmts, from);
     let mut committed = from;
+    if open {
+        // Resuming inside a chained transaction of the script's (after a
+        // COMMIT AND CHAIN): the server rolled the open one back; open it
+        // again.
+        if let Err(e) = db.client.batch_execute("BEGIN") {
+            return Outcome {
+                result: Err(e),
+                mode: mode.clone(),
+                committed,
+                failed_at: Some(from),
+                retried: None,
+            };
+        }
+    }
     for (k, s) in stmts.iter().enumerate().skip(from) {
         let stmt = text(sql, s);
         let count = row.progress(k + 1, stmts, sql);
+        let mark = row.running_alone(k, stmts, sql);
         let control = tx_control(s);
         let r = match control {
-            Some(TxControl::Begin) => cancellable(db, &format!("{stmt};\n{count}")),
-            Some(TxControl::Commit) if open => cancellable(db, &format!("{count};\n{stmt}")),
-            Some(TxControl::Rollback) if open => cancellable(db, &format!("{stmt};\n{count}")),
+            Some(TxControl::Begin) => cancellable(db, &format!("{stmt}\n;\n{count}")),
+            Some(TxControl::Commit | TxControl::CommitChain) if open => {
+                cancellable(db, &format!("{count};\n{stmt}"))
+            }
+            Some(TxControl::Rollback | TxControl::RollbackChain) if open => {
+                cancellable(db, &format!("{stmt}\n;\n{count}"))
+            }
             _ if open => cancellable(db, &format!("{stmt}\n;\n{count}")),
-            Some(_) => alone(db, stmt, &count),
-            None if lint::no_transaction(s).is_some() => alone(db, stmt, &count),
+            Some(_) => alone(db, &mark, stmt, &count),
+            None if lint::no_transaction(s).is_some() => alone(db, &mark, stmt, &count),
             None => match cancellable(db, &format!("BEGIN;\n{stmt}\n;\n{count}; COMMIT;")) {
                 // Refused in a block only the catalog could foretell (REINDEX
                 // of a partitioned table): nothing ran; run it alone.
                 Err(e) if e.code().is_some_and(|c| RETRY_ALONE.contains(&c.code())) => {
                     let _ = db.client.batch_execute("ROLLBACK");
-                    alone(db, stmt, &count)
+                    alone(db, &mark, stmt, &count)
                 }
                 r => r,
             },
@@ -194,9 +226,11 @@ pub(super) fn run_statements(
         open = match control {
             Some(TxControl::Begin) => true,
             Some(TxControl::Commit) | Some(TxControl::Rollback) => false,
+            Some(TxControl::CommitChain) | Some(TxControl::RollbackChain) => open,
             _ => open,
         };
-        if !open {
+        // A COMMIT (AND CHAIN) committed this count with the work before it.
+        if !open || matches!(control, Some(TxControl::CommitChain)) {
             committed = k + 1;
         }
     }
@@ -231,8 +265,10 @@ pub(super) fn run_statements(
     }
 }
 
-/// A statement that commits on its own, then the count.
-fn alone(db: &mut Db, stmt: &str, count: &str) -> Result<(), postgres::Error> {
+/// A statement that commits on its own, then the count; the row says so
+/// while it runs (`mark`), for `resume` to ask the catalog after a kill.
+fn alone(db: &mut Db, mark: &str, stmt: &str, count: &str) -> Result<(), postgres::Error> {
+    db.client.batch_execute(mark)?;
     cancellable(db, stmt)?;
     db.client.batch_execute(count)
 }

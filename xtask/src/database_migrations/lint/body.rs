@@ -96,7 +96,7 @@ pub fn do_statements(s: &Statement, sql: &str) -> (Vec<Statement>, Vec<String>) 
         collect(
             body,
             off,
-            (sql, s.start, s.line),
+            (sql, s.start, s.line, s.end),
             &s.allows,
             &mut found,
             &mut unread,
@@ -108,18 +108,23 @@ pub fn do_statements(s: &Statement, sql: &str) -> (Vec<Statement>, Vec<String>) 
 fn collect(
     body: &str,
     off: usize,
-    file: (&str, usize, usize),
+    file: (&str, usize, usize, usize),
     allows: &[String],
     found: &mut Vec<Statement>,
     unread: &mut Vec<String>,
 ) {
     // Lines counted from the DO statement's own (known) line, not from the
     // top of the file: linear in the file's size.
-    let (sql, from, from_line) = file;
+    let (sql, from, from_line, to) = file;
     let line_at = |pos: usize| {
         let pos = pos.clamp(from, sql.len());
         from_line + sql.get(from..pos).map_or(0, |t| t.matches('\n').count())
     };
+    // A body read from a plain string had its doubled quotes undone: its
+    // offsets are not the file's. Its statements then stand at the
+    // enclosing statement's place (its text and line), never a shifted one.
+    let exact = sql.get(off..off + body.len()) == Some(body);
+    let end_of = |o: usize| if exact { off + o } else { file.1 };
     for piece in split(body) {
         let t = &piece.toks;
         let mut depth = 0i32;
@@ -134,13 +139,13 @@ fn collect(
                         continue;
                     }
                     if HEADS.contains(&w.as_str()) {
-                        let start = off + piece.offs[k];
+                        let start = end_of(piece.offs[k]);
                         let mut allows = allows.to_vec();
                         allows.extend(piece.allows.iter().cloned());
                         found.push(Statement {
                             toks: t[k..].to_vec(),
                             start,
-                            end: off + piece.end,
+                            end: if exact { off + piece.end } else { to },
                             line: line_at(start),
                             allows,
                             strs: piece
@@ -212,19 +217,40 @@ pub fn altered_table(s: &Statement) -> Option<String> {
     qualified_at(&s.toks, i)
 }
 
+/// The index a `CREATE [UNIQUE] INDEX CONCURRENTLY [IF NOT EXISTS] name ON
+/// [ONLY] table` builds, quoted and, when only the table is qualified, in
+/// the table's schema (where PostgreSQL puts it). `None` without a name.
+pub fn concurrent_index(s: &Statement) -> Option<String> {
+    if s.word(0) != Some("create") || !s.has_word("index") {
+        return None;
+    }
+    let mut i = after_words(&s.toks, &["concurrently"])?;
+    if after_words(&s.toks[i..], &["if", "not", "exists"]) == Some(3) {
+        i += 3;
+    }
+    if matches!(s.toks.get(i), Some(Tok::Word(w)) if w == "on") {
+        return None;
+    }
+    let name = qualified_at(&s.toks, i)?;
+    if name.contains("\".\"") {
+        return Some(name);
+    }
+    let on = after_words(&s.toks, &["on"])?;
+    let on = if matches!(s.toks.get(on), Some(Tok::Word(w)) if w == "only") {
+        on + 1
+    } else {
+        on
+    };
+    match qualified_at(&s.toks, on) {
+        Some(table) if table.contains("\".\"") => {
+            let schema = &table[..table.find("\".\"").map_or(0, |p| p + 1)];
+            Some(format!("{schema}.{name}"))
+        }
+        _ => Some(name),
+    }
+}
+
 /// The names of the indexes a script builds with `CREATE INDEX CONCURRENTLY`, quoted.
 pub fn concurrent_indexes(stmts: &[Statement]) -> Vec<String> {
-    stmts
-        .iter()
-        .filter(|s| s.word(0) == Some("create") && s.has_word("index"))
-        .filter_map(|s| {
-            let i = after_words(&s.toks, &["concurrently"])?;
-            let i = if after_words(&s.toks[i..], &["if", "not", "exists"]) == Some(3) {
-                i + 3
-            } else {
-                i
-            };
-            qualified_at(&s.toks, i).filter(|n| n != "\"on\"")
-        })
-        .collect()
+    stmts.iter().filter_map(concurrent_index).collect()
 }

@@ -116,6 +116,7 @@ pub fn split(sql: &str) -> Vec<Statement> {
             let escapes = c != b'\'';
             i += if escapes { 2 } else { 1 };
             let body = i;
+            let mut closed = false;
             while i < n {
                 if escapes && b[i] == b'\\' {
                     i += 2;
@@ -124,13 +125,17 @@ pub fn split(sql: &str) -> Vec<Statement> {
                         i += 2;
                     } else {
                         i += 1;
+                        closed = true;
                         break;
                     }
                 } else {
                     i += 1;
                 }
             }
-            let raw = &sql[body..i.saturating_sub(1).max(body)];
+            // Unterminated: the string runs to the end (never slice inside a
+            // character).
+            i = i.min(n);
+            let raw = &sql[body..if closed { i - 1 } else { n }];
             cur.strs.push((cur.toks.len(), body));
             cur.toks.push(Tok::Str(if escapes {
                 raw.to_string()
@@ -140,14 +145,16 @@ pub fn split(sql: &str) -> Vec<Statement> {
             continue;
         }
         if c == b'$' {
+            // A tag is letters, digits, `_` and any non-ASCII character, as
+            // PostgreSQL's lexer reads it; it ends at an ASCII character.
             let tag_end = sql[i + 1..]
                 .char_indices()
-                .find(|(_, ch)| !(ch.is_alphanumeric() || *ch == '_'))
+                .find(|(_, ch)| !(ch.is_ascii_alphanumeric() || *ch == '_' || !ch.is_ascii()))
                 .map(|(k, _)| i + 1 + k);
-            if let Some(te) = tag_end {
+            if let Some(te) = tag_end.filter(|te| b[*te] == b'$') {
                 let tag = &sql[i..=te];
                 let digits_only = sql[i + 1..te].chars().all(|ch| ch.is_ascii_digit());
-                if b[te] == b'$' && !(digits_only && te > i + 1) {
+                if !(digits_only && te > i + 1) {
                     let body = te + 1;
                     let close = sql[body..].find(tag).map(|k| body + k + tag.len());
                     i = close.unwrap_or(n);

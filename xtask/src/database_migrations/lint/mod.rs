@@ -10,13 +10,14 @@ mod lexer;
 mod mode;
 mod rules;
 
-pub use body::{after_words, altered_table, concurrent_indexes, qualified_at};
-pub use lexer::{split, Statement, Tok, BOM};
+pub use body::{after_words, altered_table, concurrent_index, concurrent_indexes, qualified_at};
+pub use lexer::{split, Statement, BOM};
 pub use mode::{mode, no_transaction, tx_control, Mode, TxControl};
 pub use rules::{lint, Tables};
 
 #[cfg(test)]
 mod tests {
+    use super::lexer::Tok;
     use super::*;
 
     fn rules(sql: &str) -> Vec<&'static str> {
@@ -354,5 +355,96 @@ mod tests {
         // -- mre-ops:allow above the DO applies inside it.
         let f = lint("SET lock_timeout = '1s';\n-- mre-ops:allow ban-drop-column\nDO $$ BEGIN ALTER TABLE users DROP COLUMN x; END $$;", &mut Tables::default());
         assert!(f.findings.iter().all(|f| f.allowed), "{:?}", f.findings);
+    }
+
+    /// Valid or not, no input makes the splitter or the lint panic: tags
+    /// and strings with non-ASCII characters, unterminated strings, a DO
+    /// block whose body is a plain string with doubled quotes.
+    #[test]
+    fn no_input_panics() {
+        let s = split("SELECT $€$hello$€$;");
+        assert_eq!(s.len(), 1);
+        assert!(matches!(&s[0].toks[1], Tok::Str(v) if v == "hello"));
+        assert_eq!(split("SELECT 'é").len(), 1);
+        assert_eq!(split("SELECT E'\\é").len(), 1);
+        let f = lint(
+            "SET lock_timeout = '1s';\nDO $$ BEGIN EXECUTE 'UPDATE t SET a = ''new''; -- café\nALTER TABLE t DROP COLUMN old'; END $$;",
+            &mut Tables::default(),
+        );
+        assert!(
+            f.findings.iter().any(|f| f.rule == "ban-drop-column"),
+            "{:?}",
+            f.findings
+        );
+        let _ = lint(
+            "DO 'BEGIN EXECUTE ''ALTER TABLE t DROP COLUMN é''; END';",
+            &mut Tables::default(),
+        );
+    }
+
+    /// COMMIT AND CHAIN keeps the script in a transaction of its own.
+    #[test]
+    fn chained_transactions() {
+        let s = split("COMMIT AND CHAIN; ROLLBACK AND CHAIN; COMMIT AND NO CHAIN; END");
+        let c: Vec<_> = s.iter().map(tx_control).collect();
+        assert_eq!(
+            c,
+            [
+                Some(TxControl::CommitChain),
+                Some(TxControl::RollbackChain),
+                Some(TxControl::Commit),
+                Some(TxControl::Commit)
+            ]
+        );
+    }
+
+    /// `IF NOT EXISTS` of a table the database has creates nothing new; a
+    /// table of another schema is another table.
+    #[test]
+    fn lint_keys_tables_by_schema() {
+        let rules = |sql: &str| -> Vec<&'static str> {
+            let mut t = Tables::known(["users".to_string()].into());
+            lint(sql, &mut t)
+                .findings
+                .into_iter()
+                .map(|f| f.rule)
+                .collect()
+        };
+        let t = "SET lock_timeout = '1s'; ";
+        assert_eq!(
+            rules(&format!(
+                "{t}CREATE TABLE IF NOT EXISTS users (id int); ALTER TABLE users DROP COLUMN name;"
+            )),
+            ["ban-drop-column"]
+        );
+        assert_eq!(
+            rules(&format!(
+                "{t}CREATE TABLE other.users (id int); ALTER TABLE public.users DROP COLUMN name;"
+            )),
+            ["ban-drop-column"]
+        );
+        assert!(rules(&format!(
+            "{t}CREATE TABLE \"public\".\"New\" (id int); CREATE INDEX i ON \"New\" (id);"
+        ))
+        .is_empty());
+    }
+
+    /// The index a concurrent build makes lives in its table's schema.
+    #[test]
+    fn concurrent_index_names() {
+        let name = |sql: &str| concurrent_index(&split(sql)[0]);
+        assert_eq!(
+            name("CREATE INDEX CONCURRENTLY ti ON other.t (a)").as_deref(),
+            Some("\"other\".\"ti\"")
+        );
+        assert_eq!(
+            name("CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS \"T_x\" ON ONLY t (a)").as_deref(),
+            Some("\"T_x\"")
+        );
+        assert_eq!(
+            name("CREATE INDEX CONCURRENTLY s.i ON t (a)").as_deref(),
+            Some("\"s\".\"i\"")
+        );
+        assert_eq!(name("CREATE INDEX CONCURRENTLY ON t (a)"), None);
     }
 }

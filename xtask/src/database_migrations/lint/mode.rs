@@ -38,11 +38,22 @@ pub enum TxControl {
     Rollback,
     /// SAVEPOINT, RELEASE, ROLLBACK TO: inside the script's transaction.
     Inner,
+    /// COMMIT AND CHAIN: commits, and a new transaction is open.
+    CommitChain,
+    /// ROLLBACK AND CHAIN: rolls back, and a new transaction is open.
+    RollbackChain,
 }
 
 pub fn tx_control(s: &Statement) -> Option<TxControl> {
     let w = |k| s.word(k).unwrap_or("");
+    // `COMMIT AND CHAIN` / `ROLLBACK AND CHAIN` end a transaction and open
+    // the next one at once: the script stays in a transaction of its own.
+    let chain = s.toks.windows(2).any(
+        |p| matches!((&p[0], &p[1]), (Tok::Word(a), Tok::Word(b)) if a == "and" && b == "chain"),
+    );
     match w(0) {
+        "commit" | "end" if chain => Some(TxControl::CommitChain),
+        "rollback" | "abort" if chain => Some(TxControl::RollbackChain),
         "begin" => Some(TxControl::Begin),
         "start" if w(1) == "transaction" => Some(TxControl::Begin),
         "commit" | "end" if w(1) != "prepared" => Some(TxControl::Commit),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::body::{do_statements, name_at};
+use super::body::do_statements;
 use super::lexer::{split, Statement, Tok};
 
 pub struct Rule {
@@ -152,18 +152,58 @@ impl Tables {
             fresh: BTreeSet::new(),
         }
     }
-    fn is_existing(&self, name: &str) -> bool {
-        !self.fresh.contains(name) && self.existing.as_ref().is_none_or(|e| e.contains(name))
+    /// `key`: a table as `table_key` names it. The database's tables are
+    /// known by name only: a name there in any schema counts as existing.
+    fn is_existing(&self, key: &str) -> bool {
+        let name = key.rsplit_once('.').map_or(key, |(_, n)| n);
+        !self.fresh.contains(key) && self.existing.as_ref().is_none_or(|e| e.contains(name))
     }
-    fn rename(&mut self, from: &str, to: String) {
+    /// `ALTER TABLE from RENAME TO to`: the table keeps its schema.
+    fn rename(&mut self, from: &str, to: &str) {
+        let to = match from.rsplit_once('.') {
+            Some((schema, _)) => format!("{schema}.{to}"),
+            None => to.to_string(),
+        };
         if self.fresh.remove(from) {
             self.fresh.insert(to);
         } else if let Some(e) = &mut self.existing {
-            if e.contains(from) {
-                e.insert(to);
+            if e.contains(from.rsplit_once('.').map_or(from, |(_, n)| n)) {
+                let name = to
+                    .rsplit_once('.')
+                    .map_or(to.as_str(), |(_, n)| n)
+                    .to_string();
+                e.insert(name);
             }
         }
     }
+}
+
+/// A table reference from `i` (`t`, `"T"`, `s.t`) as the lint keys it: its
+/// name, qualified by its schema unless that is `public` (the default), and
+/// the index after it.
+fn table_key(toks: &[Tok], mut i: usize) -> (Option<String>, usize) {
+    let mut parts: Vec<String> = Vec::new();
+    while let Some(Tok::Word(w) | Tok::Quoted(w)) = toks.get(i) {
+        parts.push(w.clone());
+        i += 1;
+        if toks.get(i) != Some(&Tok::Punct('.')) {
+            break;
+        }
+        i += 1;
+    }
+    let key = match parts.len() {
+        0 => None,
+        1 => parts.pop(),
+        n => {
+            let (schema, name) = (&parts[n - 2], &parts[n - 1]);
+            Some(if schema == "public" {
+                name.clone()
+            } else {
+                format!("{schema}.{name}")
+            })
+        }
+    };
+    (key, i)
 }
 
 /// The lint's verdict on one migration: findings, and what it could not read.
@@ -222,8 +262,13 @@ pub fn lint(sql: &str, tables: &mut Tables) -> Lint {
                 match s.word(i) {
                     Some("table") | Some("view") => {
                         let j = skip_words(t, i + 1, &["if", "not", "exists"]);
-                        if let (Some(name), _) = name_at(t, j) {
-                            tables.fresh.insert(name);
+                        // `IF NOT EXISTS` of a table that may be there already
+                        // creates nothing new.
+                        let if_absent = j > i + 1;
+                        if let (Some(key), _) = table_key(t, j) {
+                            if !(if_absent && tables.is_existing(&key)) {
+                                tables.fresh.insert(key);
+                            }
                         }
                     }
                     Some("unique") | Some("index") => {
@@ -233,7 +278,7 @@ pub fn lint(sql: &str, tables: &mut Tables) -> Lint {
                             .position(|x| matches!(x, Tok::Word(w) if w == "on"))
                         {
                             let j = skip_words(t, on + 1, &["only"]);
-                            let (table, _) = name_at(t, j);
+                            let (table, _) = table_key(t, j);
                             let existing = table.is_some_and(|n| tables.is_existing(&n));
                             if existing && !words.contains(&"concurrently") {
                                 hits.push("require-concurrent-index-creation");
@@ -248,7 +293,7 @@ pub fn lint(sql: &str, tables: &mut Tables) -> Lint {
                 let mut j = skip_words(t, 2, &["if", "exists"]);
                 let mut any = false;
                 loop {
-                    let (table, after) = name_at(t, j);
+                    let (table, after) = table_key(t, j);
                     match table {
                         Some(n) => {
                             any |= tables.is_existing(&n);
@@ -269,7 +314,7 @@ pub fn lint(sql: &str, tables: &mut Tables) -> Lint {
             }
             "alter" if s.word(1) == Some("table") => {
                 let j = skip_words(t, 2, &["if", "exists", "only"]);
-                let (table, after) = name_at(t, j);
+                let (table, after) = table_key(t, j);
                 let existing = table.as_deref().is_none_or(|n| tables.is_existing(n));
                 let after = if t.get(after) == Some(&Tok::Punct('*')) {
                     after + 1
@@ -331,8 +376,8 @@ pub fn lint(sql: &str, tables: &mut Tables) -> Lint {
                         "rename" => {
                             if w.get(1) == Some(&"to") {
                                 a.push("renaming-table");
-                                if let (Some(from), Some(to)) = (&table, name_at(action, 2).0) {
-                                    tables.rename(from, to);
+                                if let (Some(from), Some(to)) = (&table, table_key(action, 2).0) {
+                                    tables.rename(from, &to);
                                 }
                             } else if w.get(1) != Some(&"constraint") {
                                 a.push("renaming-column");
