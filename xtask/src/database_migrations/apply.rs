@@ -18,9 +18,7 @@ use super::lint::{self, Mode};
 use super::prisma::prisma_deploy;
 use super::progress;
 use super::resume::{invalid_indexes_of, replay_settings, resume_point, Resume};
-use super::run::{
-    db_error_text, first_logs, prisma_style_logs, run_new, run_statements, Outcome, RowRef,
-};
+use super::run::{db_error_text, prisma_style_logs, run_new, run_statements, Outcome, RowRef};
 use super::state::{failed_message, indent, read_state, State};
 use super::DeployOptions;
 
@@ -195,9 +193,6 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
             wait.as_secs()
         ));
     }
-    // The row of the next migration, inserted by the previous one's round
-    // trip: (migration name, row id).
-    let prepared: RefCell<Option<(String, String)>> = RefCell::new(None);
     let db = RefCell::new(db);
     let mut plan = Plan::new(format!(
         "migrate deploy {} ({} pending)",
@@ -218,7 +213,7 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
             || db.borrow_mut().ensure_table(env, false).map(drop),
         );
     }
-    for (k, l) in pending.iter().enumerate() {
+    for l in &pending {
         let db = &db;
         if let Some((
             r,
@@ -244,16 +239,10 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
         }
         let stmts = lint::split(&l.text());
         let mode = lint::mode(&stmts);
-        // The next migration, when it is applied anew: its row can ride on
-        // this one's round trip.
-        let next = pending.get(k + 1).copied().filter(|n| {
-            n.sql.is_some() && !resumes.iter().any(|(r, _)| r.migration_name == n.name)
-        });
-        let prepared = &prepared;
         plan.action(
             format!("Apply {}", l.name),
             format!("{} statement(s), {}", stmts.len(), mode.describe()),
-            move || apply_one(env, out, &mut db.borrow_mut(), l, &mode, next, prepared),
+            move || apply_one(env, out, &mut db.borrow_mut(), l, &mode),
         );
     }
     plan.execute(out, opts.dry_run)?;
@@ -296,66 +285,26 @@ pub(super) fn warn_edited(env: &Env, out: &Output, state: &State) {
     }
 }
 
-/// One migration, with Prisma's bookkeeping around it (`run`). Its row may
-/// have been inserted already by the previous migration's round trip
-/// (`prepared`); in a transaction it inserts the row of `next` the same way.
+/// One migration, with Prisma's bookkeeping around it (`run`).
 pub(super) fn apply_one(
     env: &Env,
     out: &Output,
     db: &mut Db,
     l: &Local,
     mode: &Mode,
-    next: Option<&Local>,
-    prepared: &RefCell<Option<(String, String)>>,
 ) -> Result<()> {
     // The lock has been held since before the state was read: nobody else
     // can have applied it meanwhile.
     let sql = l.text();
-    let (id, inserted) = match prepared.borrow_mut().take() {
-        Some((name, id)) if name == l.name => (id, true),
-        _ => (uuid_v4()?, false),
-    };
+    let id = uuid_v4()?;
     let checksum = l.checksum().unwrap_or_default();
     let table = format!("{}._prisma_migrations", quote_ident(&db.schema));
     let row = RowRef {
         table: &table,
         id: &id,
     };
-    let then = match (mode, next) {
-        (Mode::Transaction, Some(n)) => {
-            let next_id = uuid_v4()?;
-            let next_sql = n.text();
-            let next_mode = lint::mode(&lint::split(&next_sql));
-            let insert = RowRef {
-                table: &table,
-                id: &next_id,
-            }
-            .insert(
-                &n.checksum().unwrap_or_default(),
-                &n.name,
-                &first_logs(&next_sql, &next_mode),
-            );
-            Some((n.name.clone(), next_id, insert))
-        }
-        _ => None,
-    };
     let start = Instant::now();
-    let outcome = run_new(
-        db,
-        &sql,
-        mode,
-        &row,
-        &checksum,
-        &l.name,
-        inserted,
-        then.as_ref().map(|(_, _, insert)| insert.as_str()),
-    );
-    // The batch ran to its end: the next row is there.
-    if outcome.result.is_ok() && outcome.retried.is_none() && outcome.mode == Mode::Transaction {
-        if let Some((name, next_id, _)) = then {
-            *prepared.borrow_mut() = Some((name, next_id));
-        }
-    }
+    let outcome = run_new(db, &sql, mode, &row, &checksum, &l.name);
     conclude(env, out, db, l, &sql, &row, outcome, start)
 }
 

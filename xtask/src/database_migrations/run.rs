@@ -96,27 +96,7 @@ pub(super) struct Outcome {
     pub retried: Option<String>,
 }
 
-/// What a migration's row says before its script runs.
-pub(super) fn first_logs(sql: &str, mode: &Mode) -> String {
-    match mode {
-        Mode::Transaction => progress::IN_TRANSACTION.to_string(),
-        _ => {
-            let stmts = lint::split(sql);
-            progress::statements(
-                0,
-                stmts.len(),
-                stmts.first().map(|s| (s.line, text(sql, s))),
-            )
-        }
-    }
-}
-
-/// Insert the row (unless the previous migration's round trip `inserted`
-/// it) and run the whole script the way `mode` says. In a transaction,
-/// `then` (the next migration's INSERT) rides on the same round trip after
-/// the COMMIT: one round trip a migration, and still every row exists
-/// before its script runs.
-#[allow(clippy::too_many_arguments)]
+/// Insert the row and run the whole script the way `mode` says.
 pub(super) fn run_new(
     db: &mut Db,
     sql: &str,
@@ -124,10 +104,16 @@ pub(super) fn run_new(
     row: &RowRef,
     checksum: &str,
     name: &str,
-    inserted: bool,
-    then: Option<&str>,
 ) -> Outcome {
     let stmts = lint::split(sql);
+    let first_logs = match mode {
+        Mode::Transaction => progress::IN_TRANSACTION.to_string(),
+        _ => progress::statements(
+            0,
+            stmts.len(),
+            stmts.first().map(|s| (s.line, text(sql, s))),
+        ),
+    };
     let outcome = |result, mode: &Mode| Outcome {
         result,
         mode: mode.clone(),
@@ -135,13 +121,11 @@ pub(super) fn run_new(
         failed_at: None,
         retried: None,
     };
-    if !inserted {
-        if let Err(e) = db
-            .client
-            .batch_execute(&row.insert(checksum, name, &first_logs(sql, mode)))
-        {
-            return outcome(Err(e), mode);
-        }
+    if let Err(e) = db
+        .client
+        .batch_execute(&row.insert(checksum, name, &first_logs))
+    {
+        return outcome(Err(e), mode);
     }
     if *mode != Mode::Transaction {
         return run_statements(db, sql, &stmts, 0, row, mode);
@@ -151,8 +135,7 @@ pub(super) fn run_new(
     // the rest of the query and leaves the transaction aborted: the caller
     // rolls it back. The newlines and the empty statement end a trailing
     // `--` comment.
-    let then = then.map(|t| format!("\n{t};")).unwrap_or_default();
-    let batch = format!("BEGIN;\n{sql}\n;\n{}; COMMIT;{then}", row.finish());
+    let batch = format!("BEGIN;\n{sql}\n;\n{}; COMMIT;", row.finish());
     match cancellable(db, &batch) {
         Err(e)
             if e.code()
