@@ -21,8 +21,8 @@ fn row_of(s: &Setup, name: &str) -> String {
 #[test]
 fn a_syntax_error_is_recorded_and_a_byte_order_mark_is_skipped() {
     let s = Setup::new("");
-    // A migration before it in the same deploy: the failing one's row rides
-    // on that one's round trip, and must be there all the same.
+    // A migration before it in the same deploy, then the failing one: its
+    // row is there all the same.
     s.migration("20250100000000_first", "CREATE TABLE first (x int);\n");
     s.migration(
         "20250101000000_typo",
@@ -648,4 +648,27 @@ fn chained_transactions_and_a_final_comment() {
     let r = s.run(&["migrate", "deploy"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(s.pg.psql("SELECT count(*) FROM r"), "0");
+}
+
+/// A file PostgreSQL refused in a transaction ran statement by statement
+/// and then failed: `status` says which statements stay applied, not that
+/// nothing of it is in the database.
+#[test]
+fn a_refused_transaction_that_fails_later_says_what_stayed() {
+    let s = Setup::new("");
+    s.migration(
+        "20250101000000_b",
+        "CREATE TABLE p (id int) PARTITION BY RANGE (id);\nCREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (10);\n\
+         REINDEX TABLE p;\nSELECT 1/0;\nCREATE TABLE z (id int);\n",
+    );
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("3 of 5 statement(s)"), "{r:?}");
+    let st = s.run(&["migrate", "status"]);
+    assert!(
+        st.stdout
+            .contains("3 statement(s) before the failing one stay applied")
+            && !st.stdout.contains("nothing of it is in the database"),
+        "{st:?}"
+    );
 }

@@ -728,6 +728,15 @@ fn a_killed_transactional_run_is_applied_again() {
         "{st:?}"
     );
     s.migration("20250101000000_init", "CREATE TABLE k (x int);\n");
+    // The dry run says what the real run does, and changes nothing.
+    let r = s.run(&["migrate", "deploy", "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("a real run marks it rolled back and applies it again"),
+        "{r:?}"
+    );
+    assert_eq!(s.rows().len(), 1);
     let r = s.run(&["migrate", "deploy"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(

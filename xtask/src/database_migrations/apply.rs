@@ -106,32 +106,42 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
     // A row our transactional run left when it was killed: the server rolled
     // its transaction back (we hold the lock its session held, so that
     // session is gone). Mark it rolled back and apply the migration again.
-    if !opts.dry_run {
-        let provable: Vec<String> = state
-            .failed()
-            .iter()
-            .filter(|r| progress::killed_in_transaction(r))
-            .map(|r| r.id.clone())
-            .collect();
-        for id in &provable {
-            db.client
-                .execute(
-                    "UPDATE _prisma_migrations SET rolled_back_at = now() WHERE id = $1 AND finished_at IS NULL",
-                    &[id],
-                )
-                .context("marking an interrupted migration rolled back")?;
+    let provable: Vec<Row> = state
+        .failed()
+        .into_iter()
+        .filter(|r| progress::killed_in_transaction(r))
+        .cloned()
+        .collect();
+    for r in &provable {
+        if opts.dry_run {
+            out.line(&format!(
+                "Migration `{}` was interrupted while it ran in a transaction (started {}): the server rolled it back; \
+                 a real run marks it rolled back and applies it again.",
+                r.migration_name, r.started_at
+            ));
+            continue;
         }
+        db.client
+            .execute(
+                "UPDATE _prisma_migrations SET rolled_back_at = now() WHERE id = $1 AND finished_at IS NULL",
+                &[&r.id],
+            )
+            .context("marking an interrupted migration rolled back")?;
+        out.line(&format!(
+            "Migration `{}` was interrupted while it ran in a transaction (started {}): the server rolled it back, \
+             so it is marked rolled back and applied again.",
+            r.migration_name, r.started_at
+        ));
+    }
+    // A dry run leaves the rows as they are: those are applied again all the same.
+    let reapplied: Vec<String> = if opts.dry_run {
+        provable.iter().map(|r| r.migration_name.clone()).collect()
+    } else {
         if !provable.is_empty() {
-            for r in state.failed().iter().filter(|r| provable.contains(&r.id)) {
-                out.line(&format!(
-                    "Migration `{}` was interrupted while it ran in a transaction (started {}): the server rolled it back, \
-                     so it is marked rolled back and applied again.",
-                    r.migration_name, r.started_at
-                ));
-            }
             state = read_state(env, &mut db)?;
         }
-    }
+        Vec::new()
+    };
     // A file run statement by statement and interrupted: finish it where the
     // database says it stopped.
     let mut resumes: Vec<(Row, Resume)> = Vec::new();
@@ -144,9 +154,10 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
         }
     }
     let blocking = state.failed().into_iter().find(|r| {
-        !resumes
-            .iter()
-            .any(|(x, how)| x.id == r.id && matches!(how, Resume::At { .. }))
+        !reapplied.contains(&r.migration_name)
+            && !resumes
+                .iter()
+                .any(|(x, how)| x.id == r.id && matches!(how, Resume::At { .. }))
     });
     if let Some(r) = blocking {
         let story = resumes
@@ -160,8 +171,12 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
     }
     // Pending, and those to finish (their rows count as recorded).
     let mut pending: Vec<&Local> = state.pending();
-    for (r, _) in &resumes {
-        if let Some(l) = state.local.iter().find(|l| l.name == r.migration_name) {
+    for name in resumes
+        .iter()
+        .map(|(r, _)| &r.migration_name)
+        .chain(&reapplied)
+    {
+        if let Some(l) = state.local.iter().find(|l| &l.name == name) {
             pending.push(l);
         }
     }
@@ -389,7 +404,18 @@ fn conclude(
         }
         Err(e) => e,
     };
-    let logs = prisma_style_logs(&l.name, &e);
+    // Prisma's text, and how it ran when that was statement by statement
+    // (also after PostgreSQL refused the transaction): `status` reads it to
+    // say what stayed applied.
+    let mut logs = prisma_style_logs(&l.name, &e);
+    if o.mode != Mode::Transaction {
+        logs.push_str(&format!(
+            "\n{}{} of {} statement(s) committed before the failure (they stay applied).\n",
+            progress::STATEMENTS,
+            o.committed,
+            lint::split(sql).len()
+        ));
+    }
     let recorded = db
         .client
         .execute(

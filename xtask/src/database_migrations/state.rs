@@ -274,13 +274,21 @@ pub(super) fn failed_message(env: &Env, r: &Row, state: &State, story: Option<&s
         .find(|l| &l.name == name)
         .filter(|l| l.sql.is_some())
         .map(|l| lint::mode(&lint::split(&l.text())));
-    let in_tx = mode == Some(Mode::Transaction)
-        && !r
-            .logs
-            .as_deref()
-            .unwrap_or_default()
-            .contains(progress::STATEMENTS);
+    // How it ran, from the row (a refused transaction runs statement by
+    // statement), else from the file.
+    let ran_statements = r
+        .logs
+        .as_deref()
+        .unwrap_or_default()
+        .contains(progress::STATEMENTS)
+        || r.applied_steps_count > 0;
+    let in_tx = mode == Some(Mode::Transaction) && !ran_statements;
     let how = match &mode {
+        Some(Mode::Transaction) if ran_statements => format!(
+            "PostgreSQL refused this file in a transaction, so it ran statement by statement: {} statement(s) before the \
+             failing one stay applied; reverse them or finish them by hand.",
+            r.applied_steps_count
+        ),
         Some(Mode::Transaction) => "mre-ops runs this file in a transaction, so if mre-ops ran it, nothing of it is in the database (Prisma runs it statement by statement: then the statements before the error stay applied).".to_string(),
         Some(Mode::NoTransaction(why)) => format!("This file runs statement by statement ({why}): the statements before the failing one stay applied; reverse them or finish them by hand."),
         Some(Mode::ScriptControlled) => "This file has its own BEGIN/COMMIT and runs statement by statement: what its committed transactions did stays applied; an open one was rolled back.".to_string(),
