@@ -270,15 +270,31 @@ mod tests {
 
     #[test]
     fn a_clean_environment_keeps_its_own_variables_only() {
-        std::env::set_var("MRE_OPS_TEST_LEAK", "leaked");
+        // A variable this process already has (set_var would race with the
+        // other tests' threads): the clean environment must not pass it on.
+        let (leak, _) = std::env::vars()
+            .find(|(k, v)| {
+                !matches!(k.as_str(), "PATH" | "HOME")
+                    && !v.is_empty()
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            })
+            .expect("the test process has some environment variable besides PATH and HOME");
         let out = Command::new(
             "sh",
-            ["-c", "echo \"$MRE_OPS_TEST_SET-$MRE_OPS_TEST_LEAK\""],
+            [
+                "-c".to_string(),
+                format!("echo \"$MRE_OPS_TEST_SET-${{{leak}}}-$PATH\""),
+            ],
         )
         .clean_env()
         .envs(&[("MRE_OPS_TEST_SET".into(), "set".into())])
         .read()
         .unwrap();
-        assert_eq!(out.trim(), "set-");
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert_eq!(
+            out.trim(),
+            format!("set--{path}"),
+            "{leak} leaked, or PATH did not pass"
+        );
     }
 }
