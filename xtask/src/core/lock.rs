@@ -246,8 +246,10 @@ fn after_killed_holder(env: &Env, old: &Holder) -> String {
              what they left and `cargo xtask migrate deploy {name}` finishes them"
         )
     } else {
-        "it left no record of staged work (nothing for `recover` to do); check what it was doing with `cargo xtask status` ".to_string()
-            + name
+        format!(
+            "it left no record of staged work (nothing for `recover` to do); `cargo xtask status {name}` shows \
+             what runs now"
+        )
     }
 }
 
