@@ -164,10 +164,15 @@ pub fn deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Result<()> {
             .iter()
             .find(|(x, _)| x.id == r.id)
             .map(|(_, how)| match how {
-                Resume::Manual(why) => why.clone(),
-                Resume::At { story, .. } => story.clone(),
+                Resume::Manual(why) => (why.clone(), false),
+                Resume::At { story, .. } => (story.clone(), true),
             });
-        bail!(failed_message(env, r, &state, story.as_deref()));
+        bail!(failed_message(
+            env,
+            r,
+            &state,
+            story.as_ref().map(|(t, ok)| (t.as_str(), *ok))
+        ));
     }
     // Pending, and those to finish (their rows count as recorded).
     let mut pending: Vec<&Local> = state.pending();

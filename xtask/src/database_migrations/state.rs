@@ -198,15 +198,20 @@ pub(super) fn status(env: &Env, out: &Output, strict: bool) -> Result<()> {
                                         .join(" ")
                                 ));
                             }
-                            t + "."
+                            (t + ".", true)
                         }
-                        Resume::Manual(why) => why,
+                        Resume::Manual(why) => (why, false),
                     })
                 }
                 _ => None,
             };
             report.line("");
-            report.line(failed_message(env, r, &state, story.as_deref()));
+            report.line(failed_message(
+                env,
+                r,
+                &state,
+                story.as_ref().map(|(t, ok)| (t.as_str(), *ok)),
+            ));
         }
         if pending == 0 && failed == 0 {
             report.line("Database schema is up to date!");
@@ -241,8 +246,14 @@ pub(super) fn status(env: &Env, out: &Output, strict: bool) -> Result<()> {
 }
 
 /// What a failed row means and what to do. `story`: what the database says
-/// of a run that was interrupted between statements (`resume`).
-pub(super) fn failed_message(env: &Env, r: &Row, state: &State, story: Option<&str>) -> String {
+/// of a run that was interrupted between statements (`resume`), and whether
+/// `migrate deploy` can finish it.
+pub(super) fn failed_message(
+    env: &Env,
+    r: &Row,
+    state: &State,
+    story: Option<(&str, bool)>,
+) -> String {
     let name = &r.migration_name;
     let env = &env.name;
     let head = format!(
@@ -250,12 +261,22 @@ pub(super) fn failed_message(env: &Env, r: &Row, state: &State, story: Option<&s
         r.started_at
     );
     if progress::killed_between_statements(r) {
-        let story = story.unwrap_or("It ran statement by statement and was interrupted.");
-        return format!(
-            "{head}\nIt ran statement by statement and was interrupted: {story}\n  cargo xtask migrate deploy {env}    \
-             (finishes the file where it stopped)\nOr, by hand: finish the rest and `cargo xtask migrate resolve --applied {name} {env}`, \
-             or reverse what was applied and `cargo xtask migrate resolve --rolled-back {name} {env}`."
+        let (story, finishes) = story.unwrap_or(("", false));
+        let by_hand = format!(
+            "finish the rest by hand and `cargo xtask migrate resolve --applied {name} {env}`, or reverse what was applied \
+             and `cargo xtask migrate resolve --rolled-back {name} {env}`"
         );
+        return if finishes {
+            format!(
+                "{head}\nIt ran statement by statement and was interrupted: {story}\n  cargo xtask migrate deploy {env}    \
+                 (finishes the file where it stopped)\nOr, by hand: {by_hand}."
+            )
+        } else {
+            format!(
+                "{head}\nIt ran statement by statement and was interrupted: {story}\n`migrate deploy` cannot finish it on its \
+                 own. Next: {by_hand}."
+            )
+        };
     }
     if progress::killed_in_transaction(r) {
         return format!(
