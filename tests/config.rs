@@ -304,3 +304,21 @@ fn a_swarm_environment_is_checked_before_anything_runs() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("driver = \"swarm\""), "{r:?}");
 }
+
+/// `cargo xtask test --dry-run` (the README's test command) changes nothing
+/// and ends in `cargo test --workspace` with the arguments after `--`.
+#[test]
+fn the_test_command_dry_run_ends_in_cargo_test() {
+    let r = xtask(
+        &workspace_root().join("ops.toml"),
+        &["test", "--dry-run", "--", "--test", "tidy"],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let text = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        text.contains("cargo test --workspace --test tidy")
+            || text.contains("test --workspace --test tidy"),
+        "{text}"
+    );
+    assert!(text.contains("Nothing will be changed"), "{text}");
+}

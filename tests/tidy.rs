@@ -304,3 +304,49 @@ fn no_import_cycles() {
         }
     }
 }
+
+/// The outside world is reached through `adapters/` only: the `bollard` and
+/// `postgres` crates are named nowhere else (the sections use the adapters'
+/// re-exported client types), and the one client per Docker engine is made
+/// in `core/session.rs`, the place a transport to an engine is chosen.
+#[test]
+fn crates_of_the_outside_world_only_in_adapters() {
+    let src = common::workspace_root().join("xtask/src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut wrong = Vec::new();
+    for p in files {
+        let rel = p.strip_prefix(&src).unwrap().display().to_string();
+        if rel.starts_with("adapters/") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap();
+        let imports_adapter = text.contains("use crate::adapters::postgres")
+            || text.contains("use crate::adapters::{") && text.contains("postgres}")
+            || text.contains(", postgres}")
+            || text.contains("postgres,");
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let crate_path = code.contains("::postgres::")
+                && !code.contains("adapters::postgres::")
+                || code.trim_start().starts_with("use postgres")
+                || code.contains("postgres::")
+                    && !code.contains("adapters::postgres")
+                    && !imports_adapter;
+            if code.contains("bollard") || crate_path {
+                wrong.push(format!("{rel}:{}: {}", i + 1, line.trim()));
+            }
+            if code.contains("Docker::connect") && rel != "core/session.rs" {
+                wrong.push(format!(
+                    "{rel}:{}: use crate::core::session::docker(env) (one client per engine per command)",
+                    i + 1
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "the bollard and postgres crates belong in xtask/src/adapters/ only:\n{}",
+        wrong.join("\n")
+    );
+}

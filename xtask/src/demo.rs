@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
 use xshell::{cmd, Shell};
 
-use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
 use crate::adapters::process::Command;
 use crate::config::workspace_root;
@@ -61,7 +60,7 @@ pub fn demo(out: &Output, args: &DemoArgs) -> Result<()> {
 
 fn prepare(out: &Output, dry_run: bool, mirror: &str) -> Result<()> {
     let root = workspace_root();
-    let docker = Docker::connect(&crate::adapters::docker::resolve_host(None))?;
+    let docker = crate::core::session::docker_at_default()?;
     let mut plan = Plan::new("demo prepare");
 
     if docker.image_label(BASE_IMAGE, BASE_LABEL)?.as_deref() == Some(BASE_VERSION) {
@@ -129,8 +128,9 @@ fn build_base(out: &Output, mirror: &str) -> Result<()> {
         .map(|d| Utf8PathBuf::from(d).join("debootstrap"))
         .find(|p| p.exists())
         .context("debootstrap is not installed: `apt-get install debootstrap` (it builds the demo's base image offline)")?;
-    let tmp = Utf8PathBuf::from(format!("/tmp/mre-demo-rootfs-{}", std::process::id()));
-    let tar = Utf8PathBuf::from(format!("{tmp}.tar"));
+    let scratch = crate::core::files::TempDir::new("mre-demo-rootfs")?;
+    let tmp = scratch.path().join("root");
+    let tar = scratch.path().join("root.tar");
     let packages = format!("--include={BASE_PACKAGES}");
     let result = (|| {
         out.detail(&format!(
@@ -171,8 +171,7 @@ fn build_base(out: &Output, mirror: &str) -> Result<()> {
             .with_context(|| format!("importing {tar} as {BASE_IMAGE}"))?;
         Ok(())
     })();
-    let _ = std::fs::remove_dir_all(&tmp);
-    let _ = std::fs::remove_file(&tar);
+    drop(scratch);
     result
 }
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
 use crate::adapters::process::Command;
 use crate::config::{config_error, Env, Ops};
@@ -120,7 +119,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
 
     if !args.dry_run {
         // Fail before changing anything when the engine cannot be reached.
-        let docker = Docker::connect(&env.docker_host())?;
+        let docker = crate::core::session::docker(&env)?;
         // A database created with the old password keeps it: a new random
         // one would lock the application out of its own data.
         let db_container = env

@@ -7,7 +7,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 
-use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
 use crate::adapters::{clock, http, postgres};
 use crate::config::{Env, Expect, HealthSettings, Ops};
@@ -249,7 +248,7 @@ fn container_checks(env: &Env) -> Vec<Check> {
     }
     let start = Instant::now();
     let host = env.docker_host();
-    let docker = match Docker::connect(&host) {
+    let docker = match crate::core::session::docker(env) {
         Ok(d) => d,
         Err(e) => {
             let why = format!("{e:#}");

@@ -7,6 +7,7 @@
 
 mod adapters;
 mod config;
+mod contributing;
 mod core;
 mod database_migrations;
 mod demo;
@@ -104,6 +105,7 @@ enum Cmd {
     Demo(demo::DemoArgs),
     Runbook(runbook::RunbookArgs),
     Completions(CompletionsArgs),
+    Test(contributing::TestArgs),
 }
 
 /// Print a shell completion script.
@@ -165,6 +167,9 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
     if let Cmd::Demo(args) = &cli.command {
         return demo::demo(out, args);
     }
+    if let Cmd::Test(args) = &cli.command {
+        return contributing::test(out, args);
+    }
     if let Cmd::Completions(args) = &cli.command {
         use clap::CommandFactory;
         let mut script = Vec::new();
@@ -197,7 +202,7 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Cmd::Smoke(args) => smoke_tests::smoke(&ops, out, args),
         Cmd::Monitor(args) => monitoring_and_alerting::monitor(&ops, out, args),
         Cmd::Runbook(args) => runbook::runbook(&ops, out, args),
-        Cmd::Demo(_) | Cmd::Completions(_) => unreachable!("handled above"),
+        Cmd::Demo(_) | Cmd::Completions(_) | Cmd::Test(_) => unreachable!("handled above"),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use crate::adapters::docker::{Container, Docker};
+use crate::adapters::docker::Container;
 use crate::adapters::output::{Output, Tone};
 use crate::config::{config_error, Env, Ops};
 use crate::core::report::Report;
@@ -64,7 +64,7 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
     if env.settings.driver == crate::config::Driver::Swarm {
         return crate::swarm_views::status(env, out);
     }
-    let docker = Docker::connect(&env.docker_host())?;
+    let docker = crate::core::session::docker(env)?;
     let project = &env.compose()?.project;
     let mut rows: Vec<Row> = Vec::new();
     let expected = env.containers();
@@ -219,7 +219,7 @@ pub fn logs(ops: &Ops, out: &Output, args: &LogsArgs) -> Result<()> {
         .find(|(svc, c)| svc == &args.service || c == &args.service)
         .map(|(_, c)| c.clone())
         .unwrap_or_else(|| args.service.clone());
-    let docker = Docker::connect(&env.docker_host())?;
+    let docker = crate::core::session::docker(&env)?;
     if docker.container(&container)?.is_none() {
         let choices: Vec<String> = known.iter().map(|(s, c)| format!("{s} ({c})")).collect();
         return Err(config_error(format!(

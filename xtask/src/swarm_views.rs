@@ -37,7 +37,7 @@ fn replicas(docker: &Docker, svc: &crate::adapters::docker::SwarmService) -> Res
 /// fewer tasks than it wants.
 pub fn status(env: &Env, out: &Output) -> Result<()> {
     let s = settings(env)?;
-    let docker = Docker::connect(&env.docker_host())?;
+    let docker = crate::core::session::docker(env)?;
     let services = docker.stack_services(&s.stack)?;
     let mut rows = Vec::new();
     let mut lines = vec![format!(
@@ -126,7 +126,7 @@ pub fn replica_checks(env: &Env) -> Vec<Check> {
     let Ok(s) = settings(env) else {
         return Vec::new();
     };
-    let docker = match Docker::connect(&env.docker_host()) {
+    let docker = match crate::core::session::docker(env) {
         Ok(d) => d,
         Err(e) => {
             return vec![fail(
@@ -191,7 +191,7 @@ pub fn logs(
     tail: Option<usize>,
 ) -> Result<()> {
     let s = settings(env)?;
-    let docker = Docker::connect(&env.docker_host())?;
+    let docker = crate::core::session::docker(env)?;
     let services = docker.stack_services(&s.stack)?;
     let full = format!("{}_{service}", s.stack);
     let Some(found) = services

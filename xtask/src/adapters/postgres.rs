@@ -1,24 +1,58 @@
 //! PostgreSQL (the sync `postgres` crate). It runs a runtime of its own:
-//! never call it from inside the Docker adapter's `block_on`.
+//! never call it from inside the Docker adapter's `block_on`. The only
+//! module that names the crate: every connection is made here (so the
+//! transport and TLS are chosen in one place), and the client's types are
+//! re-exported for the sections that run SQL.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+pub use postgres::error::SqlState;
+pub use postgres::{CancelToken, Client, Config, Error, SimpleQueryMessage};
+
+/// A connection URL's settings.
+pub fn parse_url(url: &str) -> Result<Config, Error> {
+    Config::from_str(url)
+}
+
+/// The host (or socket directory) and port a URL's settings point at.
+pub fn host_port(config: &Config) -> (String, u16) {
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    (host, config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// Connect with `config`, to database `dbname`, naming the session
+/// `application`; the caller says what the failure means.
+pub fn connect_config(
+    config: &Config,
+    dbname: &str,
+    application: &str,
+    timeout: Duration,
+) -> Result<Client, Error> {
+    let mut config = config.clone();
+    config.dbname(dbname);
+    config.connect_timeout(timeout);
+    config.application_name(application);
+    config.connect(postgres::NoTls)
+}
+
+/// PostgreSQL's cancel request for the query running on a connection (what
+/// psql sends on Ctrl-C); best effort.
+pub fn cancel(token: &CancelToken) {
+    let _ = token.cancel_query(postgres::NoTls);
+}
+
 /// Where a connection URL points, without its password, for messages.
 pub fn describe_url(url: &str) -> String {
-    match postgres::Config::from_str(url) {
+    match Config::from_str(url) {
         Ok(c) => {
-            let host = c
-                .get_hosts()
-                .first()
-                .map(|h| match h {
-                    postgres::config::Host::Tcp(h) => h.clone(),
-                    postgres::config::Host::Unix(p) => p.display().to_string(),
-                })
-                .unwrap_or_else(|| "localhost".into());
-            let port = c.get_ports().first().copied().unwrap_or(5432);
+            let (host, port) = host_port(&c);
             format!(
                 "{}@{host}:{port}/{}",
                 c.get_user().unwrap_or("?"),

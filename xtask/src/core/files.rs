@@ -1,6 +1,6 @@
 //! Files and randomness shared by every section: private files written
-//! atomically, random tokens and UUIDs (from `getrandom` and `hex`, already in
-//! the dependency graph).
+//! atomically, random tokens (`getrandom` and `hex`, already in the
+//! dependency graph) and UUIDs (`uuid`).
 
 use anyhow::{Context, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -76,6 +76,40 @@ pub fn folder_size(dir: &Utf8Path) -> u64 {
     walk(dir.as_std_path())
 }
 
+/// A private folder under the system's temporary directory with an
+/// unguessable name (`mkdir` fails rather than follow a planted name),
+/// removed with everything in it when dropped. `tempfile` would do this but
+/// brings `rustix` into every cold build.
+pub struct TempDir(Utf8PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Result<TempDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+            .map_err(|p| anyhow::anyhow!("the temporary folder {} is not UTF-8", p.display()))?;
+        let path = base.join(format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            random_hex(6)?
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .with_context(|| format!("creating {path}: is {base} writable?"))?;
+        Ok(TempDir(path))
+    }
+
+    pub fn path(&self) -> &Utf8Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `bytes` random bytes as lowercase hex.
 pub fn random_hex(bytes: usize) -> Result<String> {
     let mut buf = vec![0u8; bytes];
@@ -89,17 +123,10 @@ pub fn uuid_v4() -> Result<String> {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b)
         .map_err(|e| anyhow::anyhow!("the system's random source failed: {e}"))?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
+    Ok(uuid::Builder::from_random_bytes(b)
+        .into_uuid()
+        .hyphenated()
+        .to_string())
 }
 
 #[cfg(test)]

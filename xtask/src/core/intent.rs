@@ -193,7 +193,7 @@ pub fn recover(env: &Env, out: &crate::adapters::output::Output) -> Result<Optio
         out.line(&format!("Dropped {db}, staged by {}.", pending.operation));
     }
     if !pending.stopped.is_empty() {
-        let docker = crate::adapters::docker::Docker::connect(&env.docker_host())?;
+        let docker = crate::core::session::docker(env)?;
         for c in &pending.stopped {
             docker.start_container(c)?;
             out.line(&format!("Started {c}, stopped by {}.", pending.operation));

@@ -4,15 +4,37 @@
 //! what state things are in. Outside a plan the default behaviour stays: the
 //! process dies at once, having changed nothing.
 
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
+use signal_hook::consts::{SIGINT, SIGTERM};
+
 static ARMED: AtomicUsize = AtomicUsize::new(0);
 static SHIELDS: AtomicUsize = AtomicUsize::new(0);
 
-extern "C" fn record(sig: libc::c_int) {
-    // Async-signal-safe: one atomic store.
-    SIGNAL.store(sig, Ordering::SeqCst);
+/// The handlers' state, installed by the first `arm`: the signal received
+/// (0: none), and whether a signal takes its default action (dies) because
+/// no plan is armed.
+struct Handlers {
+    signal: Arc<AtomicUsize>,
+    default: Arc<AtomicBool>,
+}
+
+static HANDLERS: OnceLock<Handlers> = OnceLock::new();
+
+fn handlers() -> &'static Handlers {
+    HANDLERS.get_or_init(|| {
+        let h = Handlers {
+            signal: Arc::new(AtomicUsize::new(0)),
+            default: Arc::new(AtomicBool::new(true)),
+        };
+        for sig in [SIGINT, SIGTERM] {
+            // Outside a plan: the default action, as if nothing were installed.
+            let _ = signal_hook::flag::register_conditional_default(sig, h.default.clone());
+            let _ = signal_hook::flag::register_usize(sig, h.signal.clone(), sig as usize);
+        }
+        h
+    })
 }
 
 /// The error a step returns when it was interrupted. `main` maps it to the
@@ -23,8 +45,8 @@ pub struct Interrupted(pub i32);
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let name = match self.0 {
-            libc::SIGINT => "SIGINT (Ctrl-C)",
-            libc::SIGTERM => "SIGTERM",
+            SIGINT => "SIGINT (Ctrl-C)",
+            SIGTERM => "SIGTERM",
             _ => "a signal",
         };
         write!(f, "interrupted by {name}")
@@ -44,18 +66,9 @@ impl Interrupted {
 pub struct Armed(());
 
 pub fn arm() -> Armed {
+    let h = handlers();
     if ARMED.fetch_add(1, Ordering::SeqCst) == 0 {
-        // SAFETY: `record` only stores to an atomic.
-        unsafe {
-            libc::signal(
-                libc::SIGINT,
-                record as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
-            libc::signal(
-                libc::SIGTERM,
-                record as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
-        }
+        h.default.store(false, Ordering::SeqCst);
     }
     Armed(())
 }
@@ -63,11 +76,7 @@ pub fn arm() -> Armed {
 impl Drop for Armed {
     fn drop(&mut self) {
         if ARMED.fetch_sub(1, Ordering::SeqCst) == 1 {
-            // SAFETY: restoring the default disposition.
-            unsafe {
-                libc::signal(libc::SIGINT, libc::SIG_DFL);
-                libc::signal(libc::SIGTERM, libc::SIG_DFL);
-            }
+            handlers().default.store(true, Ordering::SeqCst);
         }
     }
 }
@@ -77,9 +86,9 @@ pub fn pending() -> Option<i32> {
     if SHIELDS.load(Ordering::SeqCst) > 0 {
         return None;
     }
-    match SIGNAL.load(Ordering::SeqCst) {
+    match HANDLERS.get()?.signal.load(Ordering::SeqCst) {
         0 => None,
-        s => Some(s),
+        s => Some(s as i32),
     }
 }
 

@@ -55,7 +55,7 @@ pub struct Entry {
 }
 
 pub struct Journal {
-    client: ::postgres::Client,
+    client: postgres::Client,
     env: String,
 }
 

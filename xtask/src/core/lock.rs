@@ -22,6 +22,7 @@ use camino::Utf8PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::wait::{Poll, Waited};
 use crate::adapters::clock::Utc;
 use crate::adapters::output::Output;
 use crate::adapters::postgres;
@@ -74,7 +75,7 @@ impl Holder {
 pub struct EnvLock {
     env: String,
     file: Option<(std::fs::File, Utf8PathBuf)>,
-    _db: Option<::postgres::Client>,
+    _db: Option<postgres::Client>,
     nested: bool,
 }
 
@@ -197,8 +198,7 @@ pub fn acquire_waiting(
             ));
             said = true;
         }
-        std::thread::sleep(Duration::from_millis(250));
-        crate::core::interrupt::check()?;
+        crate::core::wait::sleep(Duration::from_millis(250))?;
     }
     if let Some(old) = read_holder(&mut file) {
         out.warn(&format!(
@@ -276,7 +276,7 @@ fn target_lock(
     me: &Holder,
     wait: Duration,
     out: &Output,
-) -> Result<Option<::postgres::Client>> {
+) -> Result<Option<postgres::Client>> {
     let Ok(url) = env.database_url() else {
         return Ok(None);
     };
@@ -301,30 +301,30 @@ fn target_lock(
         }
     };
     let k = key(env);
-    let start = Instant::now();
-    loop {
+    let what = format!("the lock of `{}` on its database server", env.name);
+    let waited = super::wait::until(out, &what, wait, Duration::from_millis(250), || {
         let got: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&k])
             .context("taking the environment's advisory lock")?
             .get(0);
-        if got {
-            return Ok(Some(client));
-        }
-        if start.elapsed() >= wait {
-            let who = target_holder(&mut client, k).unwrap_or_else(|| "another session".into());
-            bail!(
-                "`{}` is locked on its database server by {who}. Wait for it to finish (or pass --lock-wait SECS); \
-                 `cargo xtask lock status {}` shows the holder",
-                env.name,
-                env.name
-            );
-        }
-        std::thread::sleep(Duration::from_millis(250));
-        crate::core::interrupt::check()?;
+        Ok(if got {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(target_holder(&mut client, k).unwrap_or_else(|| "another session".into()))
+        })
+    })?;
+    match waited {
+        Waited::Ready(()) => Ok(Some(client)),
+        Waited::TimedOut(who) => bail!(
+            "`{}` is locked on its database server by {who}. Wait for it to finish (or pass --lock-wait SECS); \
+             `cargo xtask lock status {}` shows the holder",
+            env.name,
+            env.name
+        ),
     }
 }
 
-fn target_holder(client: &mut ::postgres::Client, k: i64) -> Option<String> {
+fn target_holder(client: &mut postgres::Client, k: i64) -> Option<String> {
     let classid = (k >> 32) as u32 as i64;
     let objid = k & 0xffff_ffff;
     let row = client

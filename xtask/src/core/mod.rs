@@ -2,7 +2,7 @@
 //! undo (`steps`), signals (`interrupt`), the release journal on the
 //! target (`journal`), one command's session with an
 //! environment (`session`), the environment's secrets (`secrets`), and files
-//! and randomness (`files`). It imports
+//! and randomness (`files`), and the one way to wait (`wait`). It imports
 //! `config` and `adapters`, never a runbook section.
 
 pub mod check;
@@ -16,3 +16,4 @@ pub mod report;
 pub mod secrets;
 pub mod session;
 pub mod steps;
+pub mod wait;

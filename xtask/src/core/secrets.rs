@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::adapters::docker::Docker;
 use crate::config::{config_error, Env};
 use crate::core::files::{random_hex, write_private};
 
@@ -59,7 +58,7 @@ pub fn check_password_against_running_database(env: &Env) -> Result<()> {
     let Ok(url) = env.database_url() else {
         return Ok(());
     };
-    let docker = Docker::connect(&env.docker_host())?;
+    let docker = crate::core::session::docker(env)?;
     let running = docker
         .container(&container)?
         .is_some_and(|c| c.state == "running");

@@ -1,18 +1,50 @@
 //! One command's session with an environment: resolve it from ops.toml,
-//! register its secrets for redaction and say once which shell variables
-//! override its env file. The only place that turns a loaded environment
-//! into side effects, so that `crate::config` stays pure.
+//! register its secrets for redaction, say once which shell variables
+//! override its env file, and hold the command's one client per Docker
+//! engine. The only place that turns a loaded environment into side
+//! effects, so that `crate::config` stays pure, and the one place a
+//! transport to an engine is chosen.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use anyhow::{bail, Result};
 
 use crate::adapters::compose::{Compose, Flavor};
+use crate::adapters::docker::{resolve_host, Docker};
 use crate::adapters::output::{register_secret, Output};
 use crate::config::{ComposeCommand, Env, Ops};
 
 static WARNED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+
+/// The command's clients, one per engine address, made on first use.
+static ENGINES: Mutex<Option<HashMap<String, Docker>>> = Mutex::new(None);
+
+/// The environment's Docker engine: the one client (one runtime, one
+/// connection pool) this command uses for it, whichever step asks.
+pub fn docker(env: &Env) -> Result<Docker> {
+    docker_at(&env.docker_host())
+}
+
+/// The engine at `host` (`None`: DOCKER_HOST, else the local socket), for
+/// commands that have no environment (`demo prepare`).
+pub fn docker_at_default() -> Result<Docker> {
+    docker_at(&resolve_host(None))
+}
+
+fn docker_at(host: &str) -> Result<Docker> {
+    if let Some(d) = ENGINES.lock().unwrap().as_ref().and_then(|m| m.get(host)) {
+        return Ok(d.clone());
+    }
+    // Connected outside the lock: a slow engine does not hold up the others.
+    let d = Docker::connect(host)?;
+    let mut engines = ENGINES.lock().unwrap();
+    Ok(engines
+        .get_or_insert_with(HashMap::new)
+        .entry(host.to_string())
+        .or_insert(d)
+        .clone())
+}
 
 /// The environment `name`, its secrets masked in every line printed from now
 /// on. Warnings about shell overrides are printed once per process, however

@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 
 use crate::adapters::output::Output;
-use crate::adapters::postgres::{connect, describe_url};
+use crate::adapters::postgres::{self, connect, describe_url};
 use crate::config::{config_error, Env};
 
 /// Prisma's advisory lock key (schema-engine: `pg_advisory_lock(72707369)`).
@@ -204,8 +204,7 @@ impl Db {
                     wait.as_secs()
                 );
             }
-            std::thread::sleep(Duration::from_millis(200));
-            crate::core::interrupt::check()?;
+            crate::core::wait::sleep(Duration::from_millis(200))?;
         }
     }
 

@@ -26,13 +26,14 @@ mod resume;
 mod run;
 mod state;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Result};
 
 use crate::adapters::output::Output;
 use crate::config::{config_error, Env, Ops, Runner};
 use crate::core::session;
+use crate::core::wait::{self, Poll, Waited};
 
 pub use apply::deploy;
 use apply::lint_pending;
@@ -212,23 +213,27 @@ pub fn needs_backup(env: &Env) -> Result<bool> {
 /// Wait (bounded) until the database accepts connections.
 pub fn wait_for_database(env: &Env, out: &Output, limit: Duration) -> Result<()> {
     let (url, _) = split_schema(&env.database_url()?);
-    let start = Instant::now();
-    loop {
-        match crate::adapters::postgres::select_one(&url, Duration::from_secs(3)) {
-            Ok(()) => return Ok(()),
-            Err(e) if start.elapsed() >= limit => {
-                return Err(e).context(format!(
-                    "the database of `{}` did not accept connections within {} s",
-                    env.name,
-                    limit.as_secs()
-                ))
-            }
-            Err(_) => {
-                out.progress("waiting for the database to accept connections...");
-                std::thread::sleep(Duration::from_millis(500));
-                crate::core::interrupt::check()?;
-            }
-        }
+    let waited = wait::until(
+        out,
+        "the database to accept connections",
+        limit,
+        Duration::from_millis(500),
+        || {
+            Ok(
+                match crate::adapters::postgres::select_one(&url, Duration::from_secs(3)) {
+                    Ok(()) => Poll::Ready(()),
+                    Err(e) => Poll::Pending(format!("{e:#}")),
+                },
+            )
+        },
+    )?;
+    match waited {
+        Waited::Ready(()) => Ok(()),
+        Waited::TimedOut(last) => bail!(
+            "the database of `{}` did not accept connections within {} s: {last}",
+            env.name,
+            limit.as_secs()
+        ),
     }
 }
 

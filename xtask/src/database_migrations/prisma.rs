@@ -44,7 +44,7 @@ pub(super) fn prisma_deploy(env: &Env, out: &Output, opts: &DeployOptions) -> Re
         "Apply migrations with Prisma",
         format!("$ {shown}   (Docker Engine API on {})", env.docker_host()),
         move || {
-            let docker = crate::adapters::docker::Docker::connect(&env.docker_host())?;
+            let docker = crate::core::session::docker(env)?;
             let mut stdout = std::io::stderr();
             let outcome = docker.exec(&container, &prisma_command(), &[], None, &mut stdout)?;
             match outcome.exit_code {

@@ -12,6 +12,7 @@ use super::bookkeeping::Db;
 use super::lint::{self, tx_control, Mode, Statement, TxControl};
 use super::progress;
 use super::resume::{in_script_transaction, text};
+use crate::adapters::postgres;
 
 /// SQLSTATEs of a transaction that PostgreSQL refused as a whole, leaving
 /// nothing behind, which statement by statement would not have: 25001
@@ -283,7 +284,7 @@ pub(super) fn cancellable(db: &mut Db, sql: &str) -> Result<(), postgres::Error>
         let watcher = s.spawn(|| {
             while !done.load(Ordering::SeqCst) {
                 if crate::core::interrupt::pending().is_some() {
-                    let _ = token.cancel_query(postgres::NoTls);
+                    postgres::cancel(&token);
                     return;
                 }
                 std::thread::park_timeout(Duration::from_millis(50));

@@ -10,7 +10,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 
 use crate::adapters::clock::Utc;
 use crate::adapters::output::Output;
-use crate::adapters::postgres::describe_url;
+use crate::adapters::postgres::{self, describe_url};
 use crate::config::Env;
 use crate::core::files::write_private;
 use crate::core::steps::Plan;

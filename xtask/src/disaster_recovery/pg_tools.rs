@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::str::FromStr;
+
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -13,7 +13,7 @@ use camino::Utf8PathBuf;
 
 use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
-use crate::adapters::postgres::describe_url;
+use crate::adapters::postgres::{self, describe_url};
 use crate::adapters::process::Command;
 use crate::config::{config_error, BackupSettings, Env, Method};
 
@@ -32,7 +32,6 @@ pub(super) struct Target<'a> {
     pub(super) container: Option<String>,
     pub(super) pg_bin: Option<Utf8PathBuf>,
     pub(super) folder: Utf8PathBuf,
-    pub(super) docker: std::cell::OnceCell<Docker>,
 }
 
 impl<'a> Target<'a> {
@@ -45,19 +44,14 @@ impl<'a> Target<'a> {
             )));
         };
         let url = env.database_url()?;
-        let config = postgres::Config::from_str(&url).map_err(|e| {
+        let config = postgres::parse_url(&url).map_err(|e| {
             config_error(format!(
                 "the database URL of `{}` ({}) is not a valid PostgreSQL URL: {e}",
                 env.name,
                 describe_url(&url)
             ))
         })?;
-        let host = match config.get_hosts().first() {
-            Some(postgres::config::Host::Tcp(h)) => h.clone(),
-            Some(postgres::config::Host::Unix(p)) => p.display().to_string(),
-            None => "localhost".into(),
-        };
-        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let (host, port) = postgres::host_port(&config);
         let user = config.get_user().unwrap_or(&db.user).to_string();
         let password = config
             .get_password()
@@ -99,24 +93,15 @@ impl<'a> Target<'a> {
             container: db.container.clone(),
             pg_bin,
             folder,
-            docker: std::cell::OnceCell::new(),
         })
     }
 
-    pub(super) fn docker(&self) -> Result<&Docker> {
-        if let Some(d) = self.docker.get() {
-            return Ok(d);
-        }
-        let d = Docker::connect(&self.env.docker_host())?;
-        Ok(self.docker.get_or_init(|| d))
+    pub(super) fn docker(&self) -> Result<Docker> {
+        crate::core::session::docker(self.env)
     }
 
     pub(super) fn connect(&self, db: &str) -> Result<postgres::Client> {
-        let mut config = self.config.clone();
-        config.dbname(db);
-        config.connect_timeout(Duration::from_secs(10));
-        config.application_name("mre-ops");
-        config.connect(postgres::NoTls).with_context(|| {
+        postgres::connect_config(&self.config, db, "mre-ops", Duration::from_secs(10)).with_context(|| {
             format!(
                 "cannot connect to database `{db}` at {}:{} as {}: is the database running (`cargo xtask status {}`)?",
                 self.host, self.port, self.user, self.env.name
@@ -366,7 +351,7 @@ pub(super) fn count_rows(
             Ok(row) => {
                 counts.insert(t.clone(), row.get::<_, i64>(0));
             }
-            Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => {}
+            Err(e) if e.code() == Some(&postgres::SqlState::UNDEFINED_TABLE) => {}
             Err(e) => return Err(e).with_context(|| format!("counting the rows of {t}")),
         }
     }

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::adapters::clock::Utc;
 use crate::adapters::output::Output;
+use crate::adapters::postgres;
 use crate::config::{config_error, Ops};
 use crate::core::files::random_hex;
 use crate::core::intent;
@@ -359,10 +360,12 @@ fn interruptible(t: &Target, db: &str, f: impl FnOnce() -> Result<()>) -> Result
         s.spawn(|| {
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
                 if crate::core::interrupt::pending().is_some() {
-                    let mut c = config.clone();
-                    c.dbname(&maintenance);
-                    c.application_name("mre-ops interrupt");
-                    if let Ok(mut client) = c.connect(postgres::NoTls) {
+                    if let Ok(mut client) = postgres::connect_config(
+                        &config,
+                        &maintenance,
+                        "mre-ops interrupt",
+                        Duration::from_secs(5),
+                    ) {
                         let _ = client.execute(
                             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
                             &[&db],

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
-use crate::adapters::docker::Docker;
 use crate::adapters::{clock, http, postgres};
 use crate::config::Env;
 use crate::core::check::{self, Probe};
@@ -232,7 +231,7 @@ type DockerPart = (
 
 fn docker_metrics(env: &Env, window: Duration) -> DockerPart {
     let mut notes = Vec::new();
-    let docker = match Docker::connect(&env.docker_host()) {
+    let docker = match crate::core::session::docker(env) {
         Ok(d) => d,
         Err(e) => {
             notes.push(format!("Docker engine: {e:#}"));

@@ -20,7 +20,7 @@ pub(super) fn checks(ctx: &Ctx) -> Vec<Check> {
     let env = ctx.env;
     let start = Instant::now();
     let host = env.docker_host();
-    let docker = match Docker::connect(&host) {
+    let docker = match crate::core::session::docker(env) {
         Ok(d) => d,
         Err(e) => {
             let why = format!("{e:#}");

@@ -7,7 +7,7 @@
 //! workers). A stop-first service (one writer) is replaced in place.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -16,7 +16,8 @@ use crate::adapters::docker::Docker;
 use crate::adapters::http;
 use crate::adapters::output::Output;
 use crate::config::{Env, Expect, ReleaseSettings, ReleasedService, Strategy};
-use crate::core::{interrupt, session};
+use crate::core::session;
+use crate::core::wait::{self, Poll, Waited};
 
 pub const COLOURS: [&str; 2] = ["blue", "green"];
 
@@ -42,7 +43,7 @@ impl<'a> Stage<'a> {
             env,
             rel,
             compose: session::compose(env)?,
-            docker: Docker::connect(&env.docker_host())?,
+            docker: crate::core::session::docker(env)?,
         })
     }
 
@@ -235,31 +236,21 @@ impl<'a> Stage<'a> {
     /// blue-green service, answers its health path directly.
     pub fn wait_healthy(&self, out: &Output, svc: &str, unit: &str, limit: Duration) -> Result<()> {
         let s = &self.rel.services[svc];
-        let start = Instant::now();
-        loop {
-            interrupt::check()?;
-            let last = match self.probe(svc, s, unit) {
-                Ok(()) => {
-                    out.progress_done();
-                    return Ok(());
-                }
-                Err(why) => why,
-            };
-            if start.elapsed() >= limit {
-                out.progress_done();
-                bail!(
-                    "`{unit}` did not become healthy within {} s: {last}. It is not serving; `cargo xtask logs {unit} --env {}` says why",
-                    limit.as_secs(),
-                    self.env.name
-                );
-            }
-            out.progress(&format!(
-                "waiting for {unit} ({:.0}s): {last}",
-                start.elapsed().as_secs_f64()
-            ));
-            // Docker's first health check runs one interval after the start:
-            // poll often so that the switch follows it closely.
-            std::thread::sleep(Duration::from_millis(100));
+        // Docker's first health check runs one interval after the start:
+        // poll often so that the switch follows it closely.
+        let waited = wait::until(out, unit, limit, Duration::from_millis(100), || {
+            Ok(match self.probe(svc, s, unit) {
+                Ok(()) => Poll::Ready(()),
+                Err(why) => Poll::Pending(why),
+            })
+        })?;
+        match waited {
+            Waited::Ready(()) => Ok(()),
+            Waited::TimedOut(last) => bail!(
+                "`{unit}` did not become healthy within {} s: {last}. It is not serving; `cargo xtask logs {unit} --env {}` says why",
+                limit.as_secs(),
+                self.env.name
+            ),
         }
     }
 

@@ -174,10 +174,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
                 .as_ref()
                 .and_then(|d| d.container.clone());
             if let Some(c) = db {
-                if crate::adapters::docker::Docker::connect(&env.docker_host())?
-                    .container(&c)?
-                    .is_some()
-                {
+                if crate::core::session::docker(&env)?.container(&c)?.is_some() {
                     return Err(config_error(format!(
                         "{} missing from {}, but the database container `{c}` exists and keeps the password it was created \
                          with: put the old value back; nothing was changed",

@@ -150,7 +150,7 @@ pub fn prune_step<'a>(
             if let Some(e) = entries.iter().find(|e| Some(e.id) == s.entry) {
                 kept.push(e.version.clone());
             }
-            let docker = crate::adapters::docker::Docker::connect(&env.docker_host())?;
+            let docker = crate::core::session::docker(env)?;
             let mut removed = Vec::new();
             for e in entries.iter().filter(|e| !kept.contains(&e.version)) {
                 for image in e.images.values() {
@@ -327,7 +327,7 @@ pub fn cutover_steps<'a>(
             "Let the old colour drain",
             format!("{d} s for requests already on the old colour to finish"),
             move || {
-                std::thread::sleep(Duration::from_secs(d));
+                crate::core::wait::sleep(Duration::from_secs(d))?;
                 Ok(())
             },
         );
@@ -379,7 +379,7 @@ fn smoke_until_pass(
             break (checks, n);
         }
         out.progress("smoke tests: a check fails; trying again");
-        std::thread::sleep(Duration::from_secs(2));
+        crate::core::wait::sleep(Duration::from_secs(2))?;
     };
     out.progress_done();
     if n["fail"].as_u64().unwrap_or(0) > 0 {

@@ -15,12 +15,12 @@ use anyhow::{bail, Context, Result};
 use camino::Utf8PathBuf;
 
 use super::plan::RelState;
-use crate::adapters::docker::Docker;
 use crate::adapters::output::Output;
 use crate::adapters::process::Command;
 use crate::config::{config_error, Env, ReleaseSettings, Strategy, SwarmSettings};
 use crate::core::files::write_private;
 use crate::core::steps::Plan;
+use crate::core::wait::{self, Poll, Waited};
 
 pub fn settings(env: &Env) -> Result<&SwarmSettings> {
     env.settings.swarm.as_ref().ok_or_else(|| {
@@ -33,7 +33,7 @@ pub fn settings(env: &Env) -> Result<&SwarmSettings> {
 
 /// Before anything runs: the engine must be a swarm manager.
 pub fn check_manager(env: &Env) -> Result<()> {
-    if Docker::connect(&env.docker_host())?.swarm_manager()? {
+    if crate::core::session::docker(env)?.swarm_manager()? {
         return Ok(());
     }
     Err(config_error(format!(
@@ -51,7 +51,7 @@ pub fn service_name(s: &SwarmSettings, svc: &str) -> String {
 /// The image each released service runs now (empty on a first release).
 pub fn live_images(env: &Env, rel: &ReleaseSettings) -> Result<BTreeMap<String, String>> {
     let s = settings(env)?;
-    let docker = Docker::connect(&env.docker_host())?;
+    let docker = crate::core::session::docker(env)?;
     let running = docker.stack_services(&s.stack)?;
     Ok(rel
         .services
@@ -172,17 +172,33 @@ pub fn remove_stack(env: &Env, out: &Output) -> Result<()> {
     Command::new("docker", ["stack", "rm", s.stack.as_str()])
         .envs(&[("DOCKER_HOST".to_string(), env.docker_host())])
         .run(out)?;
-    let docker = Docker::connect(&env.docker_host())?;
-    let start = Instant::now();
-    while !docker.stack_services(&s.stack)?.is_empty() || docker.stack_containers(&s.stack)? > 0 {
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "stack `{}` is still being removed after 60 s: `docker stack ps {}`",
-                s.stack,
-                s.stack
+    let docker = crate::core::session::docker(env)?;
+    let what = format!("stack `{}` to be removed", s.stack);
+    let waited = wait::until(
+        out,
+        &what,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let (services, containers) = (
+                docker.stack_services(&s.stack)?.len(),
+                docker.stack_containers(&s.stack)?,
             );
-        }
-        std::thread::sleep(Duration::from_millis(500));
+            Ok(if services == 0 && containers == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!(
+                    "{services} service(s), {containers} container(s) left"
+                ))
+            })
+        },
+    )?;
+    if let Waited::TimedOut(last) = waited {
+        bail!(
+            "stack `{}` is still being removed after 60 s ({last}): `docker stack ps {}`",
+            s.stack,
+            s.stack
+        );
     }
     Ok(())
 }
@@ -237,7 +253,7 @@ fn wait_updated(
     timeout: Duration,
 ) -> Result<()> {
     let s = settings(env)?;
-    let docker = Docker::connect(&env.docker_host())?;
+    let docker = crate::core::session::docker(env)?;
     let start = Instant::now();
     let mut pending: Vec<String> = rel
         .services
@@ -300,7 +316,7 @@ fn wait_updated(
             "waiting for the engine's update of {}",
             still.join(", ")
         ));
-        std::thread::sleep(Duration::from_millis(500));
+        wait::sleep(Duration::from_millis(500))?;
         pending = still;
     }
     out.progress_done();
@@ -310,7 +326,7 @@ fn wait_updated(
 /// `REF` → `REF@sha256:...` from the engine that pushed it (pulled first
 /// when it is not here).
 fn pin(env: &Env, reference: &str) -> Result<String> {
-    let docker = Docker::connect(&env.docker_host())?;
+    let docker = crate::core::session::docker(env)?;
     if !docker.image_present(reference)? {
         Command::new("docker", ["pull", "--quiet", reference])
             .envs(&[("DOCKER_HOST".to_string(), env.docker_host())])

@@ -275,7 +275,7 @@ pub(super) fn queries(env: &Env, s: &SmokeSettings) -> Vec<Check> {
             match client.simple_query(sql) {
                 Ok(msgs) => {
                     let first = msgs.iter().find_map(|m| match m {
-                        ::postgres::SimpleQueryMessage::Row(r) => {
+                        postgres::SimpleQueryMessage::Row(r) => {
                             Some(r.get(0).unwrap_or("NULL").to_string())
                         }
                         _ => None,

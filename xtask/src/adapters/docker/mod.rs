@@ -12,8 +12,11 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+/// A client of one engine. Cloning shares the runtime and the connection
+/// pool: a command makes one per engine (`core::session::docker`).
+#[derive(Clone)]
 pub struct Docker {
-    rt: tokio::runtime::Runtime,
+    rt: std::sync::Arc<tokio::runtime::Runtime>,
     client: bollard::Docker,
     /// Where the engine is, for messages.
     pub host: String,
@@ -86,7 +89,7 @@ impl Docker {
             })
             .with_context(|| format!("cannot reach the Docker engine at {host}: {hint}"))?;
         Ok(Docker {
-            rt,
+            rt: std::sync::Arc::new(rt),
             client,
             host: host.to_string(),
         })
