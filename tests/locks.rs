@@ -43,6 +43,24 @@ fn start_deploy(config: &std::path::Path) -> std::process::Child {
     c
 }
 
+/// Until `child` has a child process of its own (a step's command runs).
+fn wait_for_child_process(child: &std::process::Child) {
+    let start = Instant::now();
+    while !Command::new("pgrep")
+        .args(["-P", &child.id().to_string()])
+        .output()
+        .expect("pgrep (procps)")
+        .status
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the deploy never started its pre-build step"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn signal(child: &std::process::Child, sig: &str) {
     let st = Command::new("kill")
         .args([sig, &child.id().to_string()])
@@ -99,7 +117,8 @@ fn sigterm_and_sigint_release_the_lock_with_their_exit_codes() {
         let dir = TempDir::new("lock-signal");
         let config = slow_env(&dir);
         let child = start_deploy(&config);
-        std::thread::sleep(Duration::from_millis(300));
+        // Inside the plan: its pre-build step (`sleep 3`) is running.
+        wait_for_child_process(&child);
         signal(&child, sig);
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -33,6 +33,26 @@ fn assert_no_lap_lost(s: &ReleaseStack) -> i64 {
     n.parse().unwrap()
 }
 
+fn laps(s: &ReleaseStack) -> i64 {
+    s.psql("SELECT count(*) FROM laps")
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Until the ingestion service has written more laps than `than` (it writes
+/// through whichever release is live).
+fn wait_for_laps(s: &ReleaseStack, than: i64) {
+    let start = std::time::Instant::now();
+    while laps(s) <= than {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no new laps after 60 s (still {than})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn tag(s: &ReleaseStack, v: &str) -> String {
     format!("{}-{v}", s.project)
 }
@@ -56,7 +76,7 @@ fn release_cutover_rollback_and_no_lap_lost() {
         "{tags:?}"
     );
     assert_eq!(live_colour(&s), "blue");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_laps(&s, 0);
     let laps_before = assert_no_lap_lost(&s);
     assert!(laps_before > 0);
 
@@ -113,7 +133,7 @@ fn release_cutover_rollback_and_no_lap_lost() {
         &s.container("app-blue"),
     ]);
     assert!(img.trim().ends_with(&v1), "{img}");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_laps(&s, laps_before);
     let laps_after = assert_no_lap_lost(&s);
     assert!(
         laps_after > laps_before,
@@ -225,7 +245,7 @@ fn release_cutover_rollback_and_no_lap_lost() {
     assert_eq!(live_colour(&s), "blue", "never switched");
     let health = s.run(&["health", "rel", "--wait", "30"]);
     assert_eq!(health.code, 0, "{health:?}");
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_laps(&s, laps(&s));
     assert_no_lap_lost(&s);
 
     // A failing migration: nothing switched, the schema unchanged.

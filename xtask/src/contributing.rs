@@ -3,21 +3,19 @@
 //! Docker engine, zizmor), installs or starts what is missing when allowed
 //! to (`--yes`, as root), then runs `cargo test --workspace`.
 
-use std::time::Duration;
-
 use anyhow::{bail, Result};
 
 use crate::adapters::output::Output;
 use crate::adapters::process::Command;
+use crate::core::prerequisites::{engine_answers, is_root, on_path, start_engine};
 use crate::core::steps::Plan;
-use crate::core::wait::{self, Poll, Waited};
 
 /// Run the test suite, after installing what it needs.
 ///
 /// No runbook section: the contributor's entry point, shared with CI
 /// (`.ci/run`). Checks for the Debian packages the tests use (Docker and
 /// Compose, debootstrap, PostgreSQL 15, docker-registry, curl, promtool,
-/// chromium, pipx, iproute2), a running Docker engine and zizmor. Without
+/// chromium, pipx, iproute2, procps), a running Docker engine and zizmor. Without
 /// `--yes` it stops and names the commands that would install them; with
 /// `--yes` (as root) it runs them: `apt-get install`, `service docker start`
 /// (or dockerd), `pipx install zizmor`. Then `cargo test --workspace` with
@@ -41,14 +39,6 @@ struct Need {
     what: &'static str,
     present: fn() -> bool,
     packages: &'static [&'static str],
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/sbin"])
-        .any(|d| std::path::Path::new(d).join(program).is_file())
 }
 
 fn compose_present() -> bool {
@@ -114,20 +104,6 @@ fn zizmor_present() -> bool {
     on_path("zizmor")
         || std::env::var("HOME")
             .is_ok_and(|h| std::path::Path::new(&h).join(".local/bin/zizmor").is_file())
-}
-
-fn engine_answers() -> bool {
-    std::process::Command::new("docker")
-        .arg("info")
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 pub fn test(out: &Output, args: &TestArgs) -> Result<()> {
@@ -215,36 +191,4 @@ pub fn test(out: &Output, args: &TestArgs) -> Result<()> {
         }
     }
     plan.execute(out, args.dry_run)
-}
-
-fn start_engine(out: &Output) -> Result<()> {
-    let service = std::process::Command::new("service")
-        .args(["docker", "start"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !service {
-        let log = std::fs::File::create("/tmp/dockerd.log")?;
-        std::process::Command::new("dockerd")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("could not start dockerd: {e}"))?;
-    }
-    let waited = wait::until(
-        out,
-        "the Docker engine to answer",
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-        || {
-            Ok(if engine_answers() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(String::new())
-            })
-        },
-    )?;
-    if let Waited::TimedOut(_) = waited {
-        bail!("the Docker engine did not start within 60 s: see /tmp/dockerd.log (or `journalctl -u docker`)");
-    }
-    Ok(())
 }

@@ -121,6 +121,16 @@ fn build_base(out: &Output, mirror: &str) -> Result<()> {
     // Plain shell lines, written as xshell commands (interpolated arguments,
     // never a formatted string).
     let sh = Shell::new().context("starting a shell")?;
+    use crate::core::prerequisites;
+    if !prerequisites::on_path("debootstrap") {
+        // Consent comes from `deploy --yes` (this is its pre-build step).
+        prerequisites::require_consent(
+            "debootstrap is not installed (it builds the demo's base image offline; `apt-get install debootstrap`)",
+            false,
+            "cargo xtask deploy development",
+        )?;
+        prerequisites::apt_install(out, &["debootstrap"])?;
+    }
     let debootstrap = std::env::var("PATH")
         .unwrap_or_default()
         .split(':')

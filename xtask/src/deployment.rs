@@ -10,6 +10,7 @@ use anyhow::{bail, Result};
 use crate::adapters::output::Output;
 use crate::adapters::process::Command;
 use crate::config::{config_error, Env, Ops};
+use crate::core::prerequisites;
 use crate::core::steps::Plan;
 use crate::core::{check, session};
 use crate::{database_migrations, health_checks, post_deployment_verification};
@@ -59,7 +60,9 @@ pub struct DeployArgs {
     /// git commit of the checkout, short sha).
     #[arg(long, value_name = "VERSION")]
     pub tag: Option<String>,
-    /// Do not ask for confirmation on a protected environment (CI).
+    /// Do not ask for confirmation on a protected environment (CI). On an
+    /// engine on this machine, also start it when it is stopped and let
+    /// the pre-build step install what it lacks (debootstrap), as root.
     #[arg(long)]
     pub yes: bool,
     /// Protected environments run the Pre-Deployment Checklist first and
@@ -118,7 +121,18 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     let fresh = || session::env(ops, out, &name);
 
     if !args.dry_run {
-        // Fail before changing anything when the engine cannot be reached.
+        // Fail before changing anything when the engine cannot be reached;
+        // a local engine that is installed but stopped is started with
+        // the operator's consent (--yes, as root).
+        let local = env.docker_host() == "unix:///var/run/docker.sock";
+        if local && !prerequisites::engine_answers() && prerequisites::on_path("dockerd") {
+            prerequisites::require_consent(
+                "the Docker engine on this machine is not running",
+                args.yes,
+                &format!("cargo xtask deploy {}", env.name),
+            )?;
+            prerequisites::start_engine(out)?;
+        }
         let docker = crate::core::session::docker(&env)?;
         // A database created with the old password keeps it: a new random
         // one would lock the application out of its own data.
@@ -184,12 +198,23 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
             move || crate::core::secrets::ensure_generated(&mut fresh()?, false).map(drop),
         );
     }
+    let yes = args.yes;
     for argv in env.pre_build() {
         let shown = Command::new(&argv[0], argv[1..].iter().cloned()).dir(&env.dir);
         plan.action(
             format!("Pre-build: {}", argv.join(" ")),
             format!("$ {}", shown.display()),
-            move || shown.envs(&fresh()?.compose_env()).run(out),
+            move || {
+                // With --yes, the step may install what it lacks
+                // (`demo prepare`: debootstrap).
+                let consent = (prerequisites::CONSENT_VAR.to_string(), "1".to_string());
+                let vars: Vec<(String, String)> = fresh()?
+                    .compose_env()
+                    .into_iter()
+                    .chain(yes.then_some(consent))
+                    .collect();
+                shown.envs(&vars).run(out)
+            },
         );
     }
     for (title, words) in [

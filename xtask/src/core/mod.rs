@@ -12,6 +12,7 @@ pub mod intent;
 pub mod interrupt;
 pub mod journal;
 pub mod lock;
+pub mod prerequisites;
 pub mod report;
 pub mod secrets;
 pub mod session;

@@ -202,7 +202,7 @@ pub fn payload(
     alerts: &[(Evaluation, i64)],
     now: i64,
 ) -> serde_json::Value {
-    let list: Vec<serde_json::Value> = alerts
+    let list: Vec<WebhookAlert> = alerts
         .iter()
         .map(|(e, since)| {
             let labels = labels(env, e);
@@ -211,26 +211,33 @@ pub fn payload(
                 let text = serde_json::to_string(&labels).unwrap_or_default();
                 hex::encode(sha2::Sha256::digest(text.as_bytes()))[..16].to_string()
             };
-            serde_json::json!({
-                "status": status,
-                "labels": labels,
-                "annotations": {
-                    "summary": format!("{} on {} ({})", e.alert, e.instance, env.name),
-                    "description": format!(
+            WebhookAlert {
+                status: status.to_string(),
+                labels,
+                annotations: Annotations {
+                    summary: format!("{} on {} ({})", e.alert, e.instance, env.name),
+                    description: format!(
                         "{}: value {:.4} {} threshold {} — {}",
                         e.alert,
                         e.value,
-                        match e.direction { Direction::Above => "above", Direction::Below => "below" },
+                        match e.direction {
+                            Direction::Above => "above",
+                            Direction::Below => "below",
+                        },
                         e.threshold,
                         e.summary
                     ),
-                    "runbook": "Monitoring and Alerting Setup",
+                    runbook: "Monitoring and Alerting Setup".to_string(),
                 },
-                "startsAt": Utc::from_unix(*since).rfc3339(),
-                "endsAt": if status == "resolved" { Utc::from_unix(now).rfc3339() } else { "0001-01-01T00:00:00Z".to_string() },
-                "generatorURL": "",
-                "fingerprint": fingerprint,
-            })
+                starts_at: Utc::from_unix(*since).rfc3339(),
+                ends_at: if status == "resolved" {
+                    Utc::from_unix(now).rfc3339()
+                } else {
+                    "0001-01-01T00:00:00Z".to_string()
+                },
+                generator_url: String::new(),
+                fingerprint,
+            }
         })
         .collect();
     let common: BTreeMap<String, String> = alerts
@@ -245,18 +252,56 @@ pub fn payload(
         .filter(|(k, _)| *k == "alertname" || *k == "env")
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    serde_json::json!({
-        "version": "4",
-        "groupKey": format!("{{}}:{{env=\"{}\"}}", env.name),
-        "truncatedAlerts": 0,
-        "status": status,
-        "receiver": "mre-ops",
-        "groupLabels": group,
-        "commonLabels": common,
-        "commonAnnotations": {},
-        "externalURL": "",
-        "alerts": list,
-    })
+    let payload = Webhook {
+        version: "4".to_string(),
+        group_key: format!("{{}}:{{env=\"{}\"}}", env.name),
+        truncated_alerts: 0,
+        status: status.to_string(),
+        receiver: "mre-ops".to_string(),
+        group_labels: group,
+        common_labels: common,
+        common_annotations: BTreeMap::new(),
+        external_url: String::new(),
+        alerts: list,
+    };
+    serde_json::to_value(payload).expect("a webhook payload serializes")
+}
+
+/// Alertmanager's webhook payload (version 4), as receivers parse it.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Webhook {
+    version: String,
+    group_key: String,
+    truncated_alerts: u32,
+    status: String,
+    receiver: String,
+    group_labels: BTreeMap<String, String>,
+    common_labels: BTreeMap<String, String>,
+    common_annotations: BTreeMap<String, String>,
+    #[serde(rename = "externalURL")]
+    external_url: String,
+    alerts: Vec<WebhookAlert>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebhookAlert {
+    status: String,
+    labels: BTreeMap<String, String>,
+    annotations: Annotations,
+    starts_at: String,
+    ends_at: String,
+    #[serde(rename = "generatorURL")]
+    generator_url: String,
+    fingerprint: String,
+}
+
+#[derive(serde::Serialize)]
+struct Annotations {
+    summary: String,
+    description: String,
+    runbook: String,
 }
 
 fn labels(env: &Env, e: &Evaluation) -> BTreeMap<String, String> {

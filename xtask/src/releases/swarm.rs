@@ -71,7 +71,16 @@ fn override_file(
     s: &SwarmSettings,
     images: &BTreeMap<String, String>,
 ) -> String {
-    let mut services = serde_json::Map::new();
+    let mut services = BTreeMap::new();
+    let placement = |svc: &str| {
+        s.services
+            .get(svc)
+            .filter(|o| !o.constraints.is_empty())
+            .map(|o| Placement {
+                constraints: o.constraints.clone(),
+            })
+    };
+    let replicas = |svc: &str| s.services.get(svc).and_then(|o| o.replicas);
     for (svc, r) in &rel.services {
         let Some(image) = images.get(svc) else {
             continue;
@@ -80,47 +89,99 @@ fn override_file(
             Strategy::BlueGreen => "start-first",
             Strategy::StopFirst => "stop-first",
         };
-        let mut deploy = serde_json::json!({
-            "update_config": { "order": order, "parallelism": 1, "failure_action": "rollback",
-                               "monitor": format!("{}s", s.monitor_secs), "delay": "0s" },
-            "rollback_config": { "order": order, "parallelism": 1, "failure_action": "pause",
-                                 "monitor": format!("{}s", s.monitor_secs) },
-        });
-        if let Some(o) = s.services.get(svc) {
-            if let Some(n) = o.replicas {
-                deploy["replicas"] = n.into();
-            }
-            if !o.constraints.is_empty() {
-                deploy["placement"] = serde_json::json!({ "constraints": o.constraints });
-            }
-        }
+        let monitor = format!("{}s", s.monitor_secs);
         services.insert(
             svc.clone(),
-            serde_json::json!({ "image": image, "deploy": deploy }),
+            OverrideService {
+                image: Some(image.clone()),
+                deploy: Deploy {
+                    replicas: replicas(svc),
+                    placement: placement(svc),
+                    update_config: Some(UpdatePolicy {
+                        order,
+                        parallelism: 1,
+                        failure_action: "rollback",
+                        monitor: monitor.clone(),
+                        delay: Some("0s"),
+                    }),
+                    rollback_config: Some(UpdatePolicy {
+                        order,
+                        parallelism: 1,
+                        failure_action: "pause",
+                        monitor,
+                        delay: None,
+                    }),
+                },
+            },
         );
     }
     // Services not released (the database, the proxy) keep the stack file's
     // image; their replicas and placement may still come from ops.toml.
-    for (svc, o) in &s.services {
+    for svc in s.services.keys() {
         if rel.services.contains_key(svc) {
             continue;
         }
-        let mut deploy = serde_json::Map::new();
-        if let Some(n) = o.replicas {
-            deploy.insert("replicas".into(), n.into());
-        }
-        if !o.constraints.is_empty() {
-            deploy.insert(
-                "placement".into(),
-                serde_json::json!({ "constraints": o.constraints }),
-            );
-        }
-        services.insert(svc.clone(), serde_json::json!({ "deploy": deploy }));
+        services.insert(
+            svc.clone(),
+            OverrideService {
+                image: None,
+                deploy: Deploy {
+                    replicas: replicas(svc),
+                    placement: placement(svc),
+                    update_config: None,
+                    rollback_config: None,
+                },
+            },
+        );
     }
     // JSON is YAML: `docker stack deploy -c` reads it.
-    serde_json::to_string_pretty(&serde_json::json!({ "version": "3.8", "services": services }))
-        .expect("json")
-        + "\n"
+    let file = OverrideFile {
+        version: "3.8",
+        services,
+    };
+    serde_json::to_string_pretty(&file).expect("an override file serializes") + "\n"
+}
+
+/// A Compose file (format 3.8) that `docker stack deploy` merges over the
+/// stack's own files.
+#[derive(serde::Serialize)]
+struct OverrideFile {
+    version: &'static str,
+    services: BTreeMap<String, OverrideService>,
+}
+
+#[derive(serde::Serialize)]
+struct OverrideService {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image: Option<String>,
+    deploy: Deploy,
+}
+
+#[derive(serde::Serialize)]
+struct Deploy {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replicas: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    placement: Option<Placement>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    update_config: Option<UpdatePolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollback_config: Option<UpdatePolicy>,
+}
+
+#[derive(serde::Serialize)]
+struct Placement {
+    constraints: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct UpdatePolicy {
+    order: &'static str,
+    parallelism: u32,
+    failure_action: &'static str,
+    monitor: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delay: Option<&'static str>,
 }
 
 fn override_path(env: &Env) -> Utf8PathBuf {
