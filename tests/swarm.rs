@@ -1,61 +1,75 @@
-//! Production on Docker Swarm (`driver = "swarm"`), on this machine's
-//! engine made a one-node swarm for the test run (and left again after, when
-//! it was not one before): a first release, an update under a loopback load
-//! with no failed request, a release whose health fails rolled back by the
-//! engine with the whole stack kept on one version, `rollback` of the whole
-//! stack, and `status` showing the tasks. Images go through a real registry
-//! (Debian's docker-registry), pinned by digest.
+//! Production on Docker Swarm (`driver = "swarm"`), on a second Docker
+//! engine that the test starts in a network namespace of its own and makes
+//! a one-node swarm (`tests/common/netns.rs`): this machine's engine is
+//! never made a swarm, nor left one, so the published ports of what runs on
+//! it (a developer's demo stack) are untouched. The test checks that its
+//! swarm state is the same after. Then: a first release, an update under a
+//! load with no failed request, a release whose health fails rolled back by
+//! the engine with the whole stack kept on one version, `rollback` of the
+//! whole stack, and `status` showing the tasks. Images are built on this
+//! machine's engine and go through a real registry (Debian's
+//! docker-registry, on loopback, which the namespace reaches at the same
+//! address), pinned by digest; the stack's ports and database are reached
+//! at the namespace's address. Needs root (the namespace); fails, never
+//! skips, when it cannot.
 mod common;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use common::load::Load;
-use common::release::{registry, remove_release_images, SMOKE_USER};
+use common::netns::NsEngine;
+use common::release::{copy_image, registry, remove_release_images, SMOKE_USER};
 use common::*;
 
-/// The engine as a one-node swarm for this process; left on drop when this
-/// process made it one.
-struct Swarm {
-    made: bool,
+/// A second engine in a network namespace, a one-node swarm advertising
+/// the namespace's address, reaching the test registry at its loopback
+/// address. Removed with everything in it on drop.
+fn swarm_engine() -> NsEngine {
+    let mut engine = NsEngine::start("sw");
+    engine.docker(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        &engine.ns_addr().to_string(),
+    ]);
+    let port = registry()
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("the registry is 127.0.0.1:PORT");
+    engine.forward_loopback(port);
+    engine
 }
 
-impl Swarm {
-    fn join() -> Swarm {
-        require_docker();
-        let state = docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"]);
-        if state.trim() == "active" {
-            return Swarm { made: false };
+/// This machine's engine's swarm state (`inactive` unless someone made it
+/// a swarm).
+fn host_swarm_state() -> String {
+    docker(&["info", "--format", "{{.Swarm.LocalNodeState}}"])
+}
+
+/// Run one phase of the test: a failure says which.
+fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
+    let start = std::time::Instant::now();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => {
+            eprintln!("phase `{name}`: {:.1} s", start.elapsed().as_secs_f64());
+            v
         }
-        let out = std::process::Command::new("docker")
-            .args(["swarm", "init", "--advertise-addr", "127.0.0.1"])
-            .output()
-            .expect("docker swarm init");
-        assert!(
-            out.status.success(),
-            "`docker swarm init --advertise-addr 127.0.0.1` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Swarm { made: true }
+        Err(e) => {
+            let why = e
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| e.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("the swarm test failed in phase `{name}`: {why}");
+        }
     }
 }
 
-impl Drop for Swarm {
-    fn drop(&mut self) {
-        if self.made {
-            let _ = std::process::Command::new("docker")
-                .args(["swarm", "leave", "--force"])
-                .output();
-            let _ = std::process::Command::new("docker")
-                .args(["network", "rm", "docker_gwbridge"])
-                .output();
-        }
-    }
-}
-
-/// A stack of the demo under its own name and ports; removed (with its
-/// volume and pulled images) on drop.
-struct Stack {
+/// A stack of the demo under its own name and ports on the namespaced
+/// engine (which goes with everything on it); the release images built
+/// here are removed on drop.
+struct Stack<'a> {
+    engine: &'a NsEngine,
     dir: TempDir,
     config: PathBuf,
     stack: String,
@@ -65,8 +79,8 @@ struct Stack {
     registry: String,
 }
 
-impl Stack {
-    fn new(tag: &str) -> Stack {
+impl<'a> Stack<'a> {
+    fn new(tag: &str, engine: &'a NsEngine) -> Stack<'a> {
         ensure_demo_images();
         let dir = TempDir::new(tag);
         let stack = format!("mre-{tag}-{}", std::process::id());
@@ -80,7 +94,13 @@ impl Stack {
             .status()
             .unwrap();
         assert!(st.success());
+        // The stack's images that no release builds (the database, the
+        // proxy) exist only on this machine's engine: through the registry.
+        for image in ["mre-demo-postgres:15", "mre-demo-proxy:1"] {
+            copy_image(&registry(), &stack, image, &engine.docker_host());
+        }
         let mut s = Stack {
+            engine,
             dir,
             config: PathBuf::new(),
             stack,
@@ -108,12 +128,14 @@ impl Stack {
             self.postgres,
             &self.registry,
         );
+        let (docker_host, addr) = (self.engine.docker_host(), self.engine.ns_addr());
         self.dir.write(
             "ops.toml",
             &format!(
                 r#"
 [environments.sw]
 driver = "swarm"
+docker_host = "{docker_host}"
 env_file = ".env.sw"
 generate_secrets = ["POSTGRES_PASSWORD"]
 [environments.sw.swarm]
@@ -124,9 +146,9 @@ env = {{ MRE_APP_PORT = "{app}", MRE_INGESTION_PORT = "{ingestion}", MRE_POSTGRE
 monitor_secs = 3
 services = {{ mre-app = {{ replicas = 2 }}, mre-postgres = {{ constraints = ["node.role == manager"] }} }}
 [environments.sw.services.mre-app]
-health = {{ url = "http://127.0.0.1:{app}/api/health", expect = "runbook-json" }}
+health = {{ url = "http://{addr}:{app}/api/health", expect = "runbook-json" }}
 [environments.sw.database]
-host = "127.0.0.1"
+host = "{addr}"
 port = {postgres}
 user = "pacetracer"
 name = "pacetracer"
@@ -158,18 +180,20 @@ strategy = "stop-first"
 
     /// The images the app's running tasks use.
     fn app_images(&self) -> Vec<String> {
-        let mut v: Vec<String> = docker(&[
-            "service",
-            "ps",
-            &format!("{}_mre-app", self.stack),
-            "--filter",
-            "desired-state=running",
-            "--format",
-            "{{.Image}}",
-        ])
-        .lines()
-        .map(str::to_string)
-        .collect();
+        let mut v: Vec<String> = self
+            .engine
+            .docker(&[
+                "service",
+                "ps",
+                &format!("{}_mre-app", self.stack),
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Image}}",
+            ])
+            .lines()
+            .map(str::to_string)
+            .collect();
         v.sort();
         v.dedup();
         v
@@ -192,33 +216,18 @@ strategy = "stop-first"
     }
 }
 
-impl Drop for Stack {
+impl Drop for Stack<'_> {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("docker")
-            .args(["stack", "rm", &self.stack])
-            .output();
-        for _ in 0..60 {
-            let left = docker(&[
-                "ps",
-                "-aq",
-                "--filter",
-                &format!("label=com.docker.stack.namespace={}", self.stack),
-            ]);
-            if left.trim().is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        let _ = std::process::Command::new("docker")
-            .args(["volume", "rm", &format!("{}_pgdata", self.stack)])
-            .output();
+        // The stack, its volume and the images pulled there go with the
+        // namespaced engine; the images built and tagged here stay here.
         remove_release_images(&self.registry, &self.stack);
     }
 }
 
-/// Run `f` under a client's load on the proxy: its result, (ok, failed, why).
-fn under_load<T>(port: u16, f: impl FnOnce() -> T) -> (T, usize, usize, Vec<String>) {
-    let load = Load::start(port);
+/// Run `f` under a client's load on the proxy at `host:port`: its result,
+/// (ok, failed, why).
+fn under_load<T>(host: &str, port: u16, f: impl FnOnce() -> T) -> (T, usize, usize, Vec<String>) {
+    let load = Load::start_at(host, port);
     let r = f();
     let (ok, failed, why) = load.finish();
     (r, ok, failed, why)
@@ -226,104 +235,148 @@ fn under_load<T>(port: u16, f: impl FnOnce() -> T) -> (T, usize, usize, Vec<Stri
 
 #[test]
 fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
-    let _swarm = Swarm::join();
-    let mut s = Stack::new("sw");
-
-    // A first release: the whole stack from nothing.
-    let v1 = s.tag("v1");
-    let r = s.run(&["deploy", "sw", "--tag", &v1]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("Smoke tests:"), "{r:?}");
-    let first = s.app_images();
-    assert_eq!(first.len(), 1, "{first:?}");
-    assert!(first[0].contains("@sha256:"), "pinned by digest: {first:?}");
-    let st = s.run(&["status", "sw"]);
-    assert_eq!(st.code, 0, "{st:?}");
-    assert!(
-        st.stdout.contains(&format!("{}_mre-app", s.stack))
-            && st.stdout.contains("2/2 running")
-            && st.stdout.contains("task"),
-        "{st:?}"
+    // Root, ip, nsenter, dockerd, then this machine's engine: each says
+    // what is missing.
+    common::netns::require();
+    require_docker();
+    let host_before = host_swarm_state();
+    let engine = phase(
+        "start a second engine in a network namespace, a one-node swarm",
+        swarm_engine,
     );
-    // The checklist reads the stack's services for its infrastructure items.
-    let p = s.run(&["--json", "preflight", "sw"]);
-    let doc: serde_json::Value =
-        serde_json::from_str(&p.stdout).unwrap_or_else(|_| panic!("{p:?}"));
-    for item in [
-        "Container health checks configured",
-        "Network configuration verified",
-        "Resource limits configured",
-    ] {
-        let c = doc["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == item)
-            .unwrap_or_else(|| panic!("{item} in {doc}"));
-        assert_eq!(c["state"], "PASS", "{c}");
-    }
-    let h = s.run(&["health", "sw"]);
-    assert_eq!(h.code, 0, "{h:?}");
-    assert!(h.stdout.contains("replicas"), "{h:?}");
+    let mut s = phase("prepare the stack (demo images, registry)", || {
+        Stack::new("sw", &engine)
+    });
+    let addr = engine.ns_addr().to_string();
+
+    let first = phase("first release: the whole stack from nothing", || {
+        let v1 = s.tag("v1");
+        let r = s.run(&["deploy", "sw", "--tag", &v1]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(r.stdout.contains("Smoke tests:"), "{r:?}");
+        let first = s.app_images();
+        assert_eq!(first.len(), 1, "{first:?}");
+        assert!(first[0].contains("@sha256:"), "pinned by digest: {first:?}");
+        let st = s.run(&["status", "sw"]);
+        assert_eq!(st.code, 0, "{st:?}");
+        assert!(
+            st.stdout.contains(&format!("{}_mre-app", s.stack))
+                && st.stdout.contains("2/2 running")
+                && st.stdout.contains("task"),
+            "{st:?}"
+        );
+        // The checklist reads the stack's services for its infrastructure items.
+        let p = s.run(&["--json", "preflight", "sw"]);
+        let doc: serde_json::Value =
+            serde_json::from_str(&p.stdout).unwrap_or_else(|_| panic!("{p:?}"));
+        for item in [
+            "Container health checks configured",
+            "Network configuration verified",
+            "Resource limits configured",
+        ] {
+            let c = doc["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == item)
+                .unwrap_or_else(|| panic!("{item} in {doc}"));
+            assert_eq!(c["state"], "PASS", "{c}");
+        }
+        let h = s.run(&["health", "sw"]);
+        assert_eq!(h.code, 0, "{h:?}");
+        assert!(h.stdout.contains("replicas"), "{h:?}");
+        first
+    });
+    let v1 = s.tag("v1");
 
     // A new version under load: the engine's start-first update drops nothing.
-    let ctx = s.context("v2", &v1, "ENV MRE_DEMO_RELEASE=v2");
-    s.config = s.write_config(&ctx);
-    let v2 = s.tag("v2");
-    let (r, ok, failed, why) = under_load(s.app, || s.run(&["deploy", "sw", "--tag", &v2]));
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(ok > 20, "the load ran: {ok}");
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed during the update: {why:?}",
-        ok + failed
-    );
-    let second = s.app_images();
-    assert_eq!(second.len(), 1, "{second:?}");
-    assert_ne!(second, first, "the app runs the new version");
+    let second = phase("update to v2 under load, no failed request", || {
+        let ctx = s.context("v2", &v1, "ENV MRE_DEMO_RELEASE=v2");
+        s.config = s.write_config(&ctx);
+        let v2 = s.tag("v2");
+        let (r, ok, failed, why) =
+            under_load(&addr, s.app, || s.run(&["deploy", "sw", "--tag", &v2]));
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(ok > 20, "the load ran: {ok}");
+        assert_eq!(
+            failed,
+            0,
+            "{failed} of {} requests failed during the update: {why:?}",
+            ok + failed
+        );
+        let second = s.app_images();
+        assert_eq!(second.len(), 1, "{second:?}");
+        assert_ne!(second, first, "the app runs the new version");
+        second
+    });
 
     // A version whose health fails: the engine rolls the app back, mre-ops
     // puts every service back on v2, and nothing failed meanwhile.
-    let bad = s.context("bad", &v1, "ENV MRE_DEMO_HEALTH_FAULT=500");
-    s.config = s.write_config(&bad);
-    let v3 = s.tag("v3");
-    let (r, ok, failed, why) = under_load(s.app, || s.run(&["deploy", "sw", "--tag", &v3]));
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("did not take the new version"), "{r:?}");
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {} requests failed: {why:?}",
-        ok + failed
-    );
-    assert_eq!(s.app_images(), second, "still v2");
-    let l = s.run(&["--json", "releases", "sw"]);
-    let v: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
-    let last = v["entries"].as_array().unwrap().last().unwrap().clone();
-    assert_eq!(last["result"], "rolled-back", "{last}");
+    phase("v3 fails its health: rolled back by the engine", || {
+        let bad = s.context("bad", &v1, "ENV MRE_DEMO_HEALTH_FAULT=500");
+        s.config = s.write_config(&bad);
+        let v3 = s.tag("v3");
+        let (r, ok, failed, why) =
+            under_load(&addr, s.app, || s.run(&["deploy", "sw", "--tag", &v3]));
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("did not take the new version"), "{r:?}");
+        assert_eq!(
+            failed,
+            0,
+            "{failed} of {} requests failed: {why:?}",
+            ok + failed
+        );
+        assert_eq!(s.app_images(), second, "still v2");
+        let l = s.run(&["--json", "releases", "sw"]);
+        let v: serde_json::Value = serde_json::from_str(&l.stdout).unwrap();
+        let last = v["entries"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["result"], "rolled-back", "{last}");
+    });
 
     // `rollback`: the whole stack to the previous release (v1).
-    let r = s.run(&["rollback", "sw"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_eq!(s.app_images(), first, "back on v1");
-    let ingestion = docker(&[
-        "service",
-        "inspect",
-        "--format",
-        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-        &format!("{}_mre-liverc-ingestion-service", s.stack),
-    ]);
-    assert_eq!(
-        ingestion.trim(),
-        first[0],
-        "every released service is on v1"
-    );
+    phase("rollback of the whole stack to v1", || {
+        let r = s.run(&["rollback", "sw"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(s.app_images(), first, "back on v1");
+        let ingestion = engine.docker(&[
+            "service",
+            "inspect",
+            "--format",
+            "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+            &format!("{}_mre-liverc-ingestion-service", s.stack),
+        ]);
+        assert_eq!(
+            ingestion.trim(),
+            first[0],
+            "every released service is on v1"
+        );
+    });
 
     // `down`: the stack goes, the volume stays.
-    let r = s.run(&["down", "sw"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    assert!(docker(&["stack", "ls"])
-        .lines()
-        .all(|l| !l.starts_with(&format!("{} ", s.stack))));
+    phase("down", || {
+        let r = s.run(&["down", "sw"]);
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(engine
+            .docker(&["stack", "ls"])
+            .lines()
+            .all(|l| !l.starts_with(&format!("{} ", s.stack))));
+        assert!(
+            engine
+                .docker(&["volume", "ls", "--format", "{{.Name}}"])
+                .lines()
+                .any(|l| l == format!("{}_pgdata", s.stack)),
+            "the volume stays"
+        );
+    });
+
+    drop(s);
+    phase(
+        "remove the namespaced engine and everything in it",
+        move || drop(engine),
+    );
+    assert_eq!(
+        host_swarm_state(),
+        host_before,
+        "this machine's engine's swarm state changed during the test"
+    );
 }

@@ -1,6 +1,7 @@
 //! A client's load on a stand-in: GET /api/health (or another path, with
-//! the status it must answer) through the proxy in a loop (curl, one
-//! request at a time), counting what failed and why.
+//! the status it must answer) through the proxy (on loopback, or another
+//! address) in a loop (curl, one request at a time), counting what failed
+//! and why.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,9 +20,18 @@ impl Load {
         Load::expecting(port, "/api/health", "200")
     }
 
+    /// GET /api/health on `host:port` (an engine in a namespace).
+    pub fn start_at(host: &str, port: u16) -> Load {
+        Load::expecting_at(host, port, "/api/health", "200")
+    }
+
     /// GET `path` in a loop; any answer but `status` counts as failed.
     pub fn expecting(port: u16, path: &str, status: &str) -> Load {
-        let (path, want) = (path.to_string(), status.to_string());
+        Load::expecting_at("127.0.0.1", port, path, status)
+    }
+
+    pub fn expecting_at(host: &str, port: u16, path: &str, status: &str) -> Load {
+        let (host, path, want) = (host.to_string(), path.to_string(), status.to_string());
         let (stop, ok, failed) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicUsize::new(0)),
@@ -30,7 +40,7 @@ impl Load {
         let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
         let handle = std::thread::spawn(move || {
             let mut why = Vec::new();
-            let url = format!("http://127.0.0.1:{port}{path}");
+            let url = format!("http://{host}:{port}{path}");
             while !s.load(Ordering::SeqCst) {
                 match std::process::Command::new("curl")
                     .args([

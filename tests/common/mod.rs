@@ -6,6 +6,7 @@
 
 pub mod load;
 pub mod migrate;
+pub mod netns;
 pub mod ops;
 pub mod pg;
 pub mod release;

@@ -3,6 +3,13 @@
 //! project, prefix and ports, released through a real registry
 //! (`docker-registry` from Debian, one per test process on a free loopback
 //! port, stopped when the process ends). Torn down with its volumes on drop.
+//!
+//! The registry listens on loopback only: an engine in a network namespace
+//! (`netns::NsEngine`) reaches it at the same `127.0.0.1:PORT` through
+//! `NsEngine::forward_loopback`. (Not on the veth address: the name is the
+//! same for the push from this machine's engine and the pull on the target,
+//! and this machine's engine speaks plain HTTP to 127.0.0.0/8 only, unless
+//! its daemon.json were changed.)
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -247,6 +254,42 @@ impl Drop for ReleaseStack {
         // The release images this stack pulled (its registry's port is unique).
         remove_release_images(&self.registry, &self.project);
     }
+}
+
+/// Copy `image` (`name:tag`, built on this machine's engine, e.g. by `demo
+/// prepare`, and never pushed anywhere) to the engine at `docker_host`
+/// through the registry, under the same name there: tagged
+/// `<registry>/<name>:<project>-<tag>` here (removed again at once, and by
+/// `remove_release_images`), pushed, pulled there and tagged `image`.
+pub fn copy_image(registry: &str, project: &str, image: &str, docker_host: &str) {
+    let (name, tag) = image.split_once(':').unwrap_or((image, "latest"));
+    let via = format!("{registry}/{name}:{project}-{tag}");
+    docker(&["tag", image, &via]);
+    let pushed = Command::new("docker")
+        .args(["push", "--quiet", &via])
+        .output();
+    let _ = Command::new("docker").args(["rmi", &via]).output();
+    let pushed = pushed.expect("running docker push");
+    assert!(
+        pushed.status.success(),
+        "docker push {via} failed: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let there = |args: &[&str]| {
+        let o = Command::new("docker")
+            .env("DOCKER_HOST", docker_host)
+            .args(args)
+            .output()
+            .expect("running docker");
+        assert!(
+            o.status.success(),
+            "docker {args:?} on {docker_host} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    there(&["pull", "--quiet", &via]);
+    there(&["tag", &via, image]);
+    there(&["rmi", &via]);
 }
 
 /// Remove the images tagged `<registry>/<image>:<project>-...` here.
