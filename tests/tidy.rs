@@ -93,19 +93,17 @@ fn layers_import_only_downwards() {
     let root = common::workspace_root();
     let sections = [
         "deployment_architecture",
-        "deployment",
+        "pre_deployment_checklist",
+        "deployment_procedures",
         "database_migrations",
+        "rollback_procedures",
         "health_checks",
         "post_deployment_verification",
-        "rollback_procedures",
-        "disaster_recovery",
-        "releases",
-        "pre_deployment_checklist",
-        "smoke_tests",
         "monitoring_and_alerting",
+        "disaster_recovery",
         "runbook",
-        "swarm_views",
         "demo",
+        "contributing",
     ];
     let mut bad = Vec::new();
     for (dir, forbidden) in [
@@ -348,5 +346,30 @@ fn crates_of_the_outside_world_only_in_adapters() {
         wrong.is_empty(),
         "the bollard and postgres crates belong in xtask/src/adapters/ only:\n{}",
         wrong.join("\n")
+    );
+}
+
+/// The runbook's nine sections are visible in the tree: each is one module
+/// (a file or a folder) under `xtask/src/`, named after it.
+#[test]
+fn the_tree_shows_the_runbook_sections() {
+    let src = common::workspace_root().join("xtask/src");
+    let missing: Vec<&str> = [
+        "deployment_architecture",
+        "pre_deployment_checklist",
+        "deployment_procedures",
+        "database_migrations",
+        "rollback_procedures",
+        "health_checks",
+        "post_deployment_verification",
+        "monitoring_and_alerting",
+        "disaster_recovery",
+    ]
+    .into_iter()
+    .filter(|s| !src.join(format!("{s}.rs")).is_file() && !src.join(s).join("mod.rs").is_file())
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "a runbook section without its module: {missing:?}"
     );
 }

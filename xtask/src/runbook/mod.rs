@@ -8,7 +8,6 @@ mod fixture;
 
 use anyhow::{Context, Result};
 use camino::Utf8PathBuf;
-use clap::CommandFactory;
 
 use crate::adapters::output::Output;
 use crate::config::{config_error, workspace_root, Ops};
@@ -120,12 +119,14 @@ const OTHER: &[Entry] = &[
     cmd(&["runbook"], "ops.toml's path only"),
 ];
 
-pub fn runbook(ops: &Ops, out: &Output, args: &RunbookArgs) -> Result<()> {
+/// `cli` is the command line's definition (`Cli::command()`), passed in so
+/// that this section does not import the command line that names it.
+pub fn runbook(ops: &Ops, out: &Output, args: &RunbookArgs, cli: clap::Command) -> Result<()> {
     let path = args
         .out
         .clone()
         .unwrap_or_else(|| workspace_root().join("docs/RUNBOOK.md"));
-    let text = generate(ops)?;
+    let text = generate(ops, cli)?;
     if args.check {
         let old = std::fs::read_to_string(&path).unwrap_or_default();
         if old == text {
@@ -156,7 +157,7 @@ pub fn runbook(ops: &Ops, out: &Output, args: &RunbookArgs) -> Result<()> {
     Ok(())
 }
 
-fn generate(ops: &Ops) -> Result<String> {
+fn generate(ops: &Ops, cli: clap::Command) -> Result<String> {
     let fx = fixture::Fixture::new(ops)?;
     let compose = crate::adapters::compose::detect(crate::adapters::compose::Flavor::Auto)
         .map(|v| v.join(" "))
@@ -178,7 +179,7 @@ fn generate(ops: &Ops) -> Result<String> {
     }
     // Not built: each command's help then holds its own options only; the
     // global ones are shown once, here.
-    let mut cli = crate::Cli::command().term_width(100).max_term_width(100);
+    let mut cli = cli.term_width(100).max_term_width(100);
     md.push_str("\n## Options of every command\n\n```text\n");
     let globals: Vec<String> = cli
         .get_arguments()

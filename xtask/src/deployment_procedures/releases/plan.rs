@@ -366,13 +366,13 @@ fn smoke_until_pass(
     url: Option<String>,
     when: &str,
 ) -> anyhow::Result<()> {
-    let opts = crate::smoke_tests::SmokeOptions {
+    let opts = crate::post_deployment_verification::smoke_tests::SmokeOptions {
         url,
         ..Default::default()
     };
     let start = Instant::now();
     let (checks, n) = loop {
-        let checks = crate::smoke_tests::run_smoke(env, &opts);
+        let checks = crate::post_deployment_verification::smoke_tests::run_smoke(env, &opts);
         crate::core::interrupt::check()?;
         let n = crate::core::check::counts(&checks);
         if n["fail"].as_u64().unwrap_or(0) == 0 || start.elapsed() >= SMOKE_SETTLE {

@@ -3,6 +3,8 @@
 //! services (runbook: Development Deployment; `docker compose build`,
 //! `up -d`, `ps`, `logs -f`).
 
+pub mod releases;
+
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -81,12 +83,12 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     if env.settings.release.is_some() {
         // Staging and production: versioned images and a cutover without
         // downtime (crate::releases).
-        crate::releases::check_settings(&env)?;
-        return crate::releases::deploy(
+        crate::deployment_procedures::releases::check_settings(&env)?;
+        return crate::deployment_procedures::releases::deploy(
             ops,
             out,
             env,
-            &crate::releases::ReleaseOptions {
+            &crate::deployment_procedures::releases::ReleaseOptions {
                 dry_run: args.dry_run,
                 yes: args.yes,
                 allow_risky: args.allow_risky,

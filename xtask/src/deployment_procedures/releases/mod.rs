@@ -6,9 +6,8 @@
 
 mod cutover;
 mod images;
-mod plan;
-mod rollback;
-mod swarm;
+pub(crate) mod plan;
+pub(crate) mod swarm;
 mod version;
 
 use std::collections::BTreeMap;
@@ -24,7 +23,6 @@ use crate::core::session;
 use crate::core::steps::{Plan, Timing};
 use crate::database_migrations;
 use plan::RelState;
-pub use rollback::rollback;
 pub use swarm::down_steps as swarm_down_steps;
 
 /// What `deploy` passes on.
@@ -50,42 +48,7 @@ pub struct ReleasesArgs {
     pub env: String,
 }
 
-/// Roll the application back to an earlier release.
-///
-/// Roll the application back (runbook: Rollback Procedures, Application
-/// Rollback "Using Container Registry"; Database Rollback with --with-db).
-///
-/// Default: the release before the live one, from the journal. The kept
-/// colour's container is started and the proxy pointed back at it (seconds);
-/// when it is gone, its image is pulled by tag. `--rebuild REV` is the
-/// runbook's "git checkout + rebuild" path: build REV's images, push, cut over.
-/// On a swarm (`driver = "swarm"`), every service of the stack goes back to
-/// that release's images, pinned by digest, in one `docker stack deploy`.
-#[derive(clap::Args, Debug)]
-pub struct RollbackArgs {
-    pub env: String,
-    /// The version to return to (default: the previous release).
-    #[arg(long, value_name = "VERSION", conflicts_with = "rebuild")]
-    pub to: Option<String>,
-    /// Build this git revision's images and release them (the runbook's
-    /// `git checkout [previous-commit]` + rebuild).
-    #[arg(long, value_name = "REV")]
-    pub rebuild: Option<String>,
-    /// Print the steps without running them.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Do not ask for confirmation on a protected environment.
-    #[arg(long)]
-    pub yes: bool,
-    /// Also restore the database (runbook: Database Rollback): `pre-deploy`
-    /// (the backup the live release took before its migrations, named in
-    /// the journal) or a backup's name or path. Restored before the code
-    /// goes back, through `cargo xtask restore`'s guarded steps.
-    #[arg(long, value_name = "BACKUP|pre-deploy")]
-    pub with_db: Option<String>,
-}
-
-fn settings(env: &Env) -> Result<&ReleaseSettings> {
+pub(crate) fn settings(env: &Env) -> Result<&ReleaseSettings> {
     env.settings.release.as_ref().ok_or_else(|| {
         config_error(format!(
             "environment `{}` has no [environments.{}.release] in ops.toml: releases, rollback and the journal need a registry and a proxy (docs/releases.md)",
@@ -94,7 +57,7 @@ fn settings(env: &Env) -> Result<&ReleaseSettings> {
     })
 }
 
-fn confirm(env: &Env, what: &str, yes: bool) -> Result<()> {
+pub(crate) fn confirm(env: &Env, what: &str, yes: bool) -> Result<()> {
     if !env.settings.protected || yes {
         return Ok(());
     }
@@ -110,7 +73,7 @@ fn confirm(env: &Env, what: &str, yes: bool) -> Result<()> {
 
 /// The live colours and the journal, read without changing anything; in a
 /// dry run, what cannot be read is left unknown.
-fn observe(
+pub(crate) fn observe(
     env: &Env,
     rel: &ReleaseSettings,
     dry_run: bool,
@@ -133,7 +96,7 @@ fn observe(
     Ok((live, entries))
 }
 
-fn targets(rel: &ReleaseSettings, version: &str) -> BTreeMap<String, String> {
+pub(crate) fn targets(rel: &ReleaseSettings, version: &str) -> BTreeMap<String, String> {
     rel.services
         .iter()
         .map(|(svc, s)| (svc.clone(), images::reference(rel, &s.image, version)))
@@ -218,7 +181,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
     if !opts.dry_run {
         // The smoke tests after the cutover need their settings: refuse
         // now rather than switch back later.
-        crate::smoke_tests::ready(env)?;
+        crate::post_deployment_verification::smoke_tests::ready(env)?;
         if env.settings.driver == Driver::Swarm {
             swarm::check_manager(env)?;
         }
@@ -339,7 +302,7 @@ fn run(
 
 /// The environment's pre-build commands, run in `root` (ops.toml's folder,
 /// or a checkout of an older commit), then build, push and pull the images.
-fn build_steps<'a>(
+pub(crate) fn build_steps<'a>(
     plan: &mut Plan<'a, RelState>,
     env: &Env,
     rel: &ReleaseSettings,
@@ -361,7 +324,7 @@ fn build_steps<'a>(
 
 /// Close the journal entry, notify, report; the lock goes with the state.
 #[allow(clippy::too_many_arguments)]
-fn finish(
+pub(crate) fn finish(
     env: &Env,
     rel: &ReleaseSettings,
     out: &Output,

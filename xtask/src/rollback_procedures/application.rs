@@ -7,13 +7,50 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 
-use super::plan::{self, RelState};
-use super::{build_steps, confirm, finish, observe, settings, targets, RollbackArgs};
 use crate::adapters::output::Output;
 use crate::config::{config_error, Env, Ops};
 use crate::core::journal;
 use crate::core::session;
 use crate::core::steps::Plan;
+use crate::deployment_procedures::releases::plan::{self, RelState};
+use crate::deployment_procedures::releases::{
+    build_steps, confirm, finish, observe, settings, swarm, targets,
+};
+
+/// Roll the application back to an earlier release.
+///
+/// Roll the application back (runbook: Rollback Procedures, Application
+/// Rollback "Using Container Registry"; Database Rollback with --with-db).
+///
+/// Default: the release before the live one, from the journal. The kept
+/// colour's container is started and the proxy pointed back at it (seconds);
+/// when it is gone, its image is pulled by tag. `--rebuild REV` is the
+/// runbook's "git checkout + rebuild" path: build REV's images, push, cut over.
+/// On a swarm (`driver = "swarm"`), every service of the stack goes back to
+/// that release's images, pinned by digest, in one `docker stack deploy`.
+#[derive(clap::Args, Debug)]
+pub struct RollbackArgs {
+    pub env: String,
+    /// The version to return to (default: the previous release).
+    #[arg(long, value_name = "VERSION", conflicts_with = "rebuild")]
+    pub to: Option<String>,
+    /// Build this git revision's images and release them (the runbook's
+    /// `git checkout [previous-commit]` + rebuild).
+    #[arg(long, value_name = "REV")]
+    pub rebuild: Option<String>,
+    /// Print the steps without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation on a protected environment.
+    #[arg(long)]
+    pub yes: bool,
+    /// Also restore the database (runbook: Database Rollback): `pre-deploy`
+    /// (the backup the live release took before its migrations, named in
+    /// the journal) or a backup's name or path. Restored before the code
+    /// goes back, through `cargo xtask restore`'s guarded steps.
+    #[arg(long, value_name = "BACKUP|pre-deploy")]
+    pub with_db: Option<String>,
+}
 
 pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
@@ -67,7 +104,7 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
     }
     if !args.dry_run {
         if env.settings.driver == crate::config::Driver::Swarm {
-            super::swarm::check_manager(env)?;
+            swarm::check_manager(env)?;
         }
         confirm(env, &format!("Roll back to {version}"), args.yes)?;
     }
@@ -134,7 +171,7 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
     };
     if env.settings.driver == crate::config::Driver::Swarm {
         let (cur, imgs) = (current.clone(), targets.clone());
-        super::swarm::steps(
+        swarm::steps(
             &mut plan,
             env,
             rel,

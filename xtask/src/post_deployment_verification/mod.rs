@@ -2,6 +2,9 @@
 //! them (`status`), and the runbook's "Check Logs" (`logs`), both through
 //! the Docker Engine API.
 
+pub mod smoke_tests;
+pub mod swarm;
+
 use anyhow::{bail, Result};
 
 use crate::adapters::docker::Container;
@@ -62,7 +65,7 @@ struct Row {
 /// missing, not running or unhealthy.
 pub fn show_status(env: &Env, out: &Output) -> Result<()> {
     if env.settings.driver == crate::config::Driver::Swarm {
-        return crate::swarm_views::status(env, out);
+        return self::swarm::status(env, out);
     }
     let docker = crate::core::session::docker(env)?;
     let project = &env.compose()?.project;
@@ -211,7 +214,7 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
 pub fn logs(ops: &Ops, out: &Output, args: &LogsArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
     if env.settings.driver == crate::config::Driver::Swarm {
-        return crate::swarm_views::logs(&env, out, &args.service, args.follow, args.tail);
+        return self::swarm::logs(&env, out, &args.service, args.follow, args.tail);
     }
     let known = env.containers();
     let container = known

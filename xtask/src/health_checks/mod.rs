@@ -3,6 +3,8 @@
 //! container's Docker health (`docker ps` STATUS), and the database
 //! connection test (`SELECT 1`), run concurrently, once or until they pass.
 
+pub mod swarm;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
@@ -84,7 +86,9 @@ pub fn probes(env: &Env) -> Vec<Probe<'_>> {
         }
     }
     if env.settings.driver == crate::config::Driver::Swarm {
-        probes.push(Box::new(move || crate::swarm_views::replica_checks(env)));
+        probes.push(Box::new(move || {
+            crate::health_checks::swarm::replica_checks(env)
+        }));
     } else {
         probes.push(Box::new(move || container_checks(env)));
     }

@@ -4,6 +4,8 @@
 //! anything; `lock status|release` shows and clears the environment's lock;
 //! `down` is the runbook's `docker compose down`.
 
+pub mod application;
+
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -98,7 +100,12 @@ pub fn down(ops: &Ops, out: &Output, args: &DownArgs) -> Result<()> {
         Some(compose) => {
             plan.command("Stop and remove the containers", compose.cmd(&words), out);
         }
-        None => crate::releases::swarm_down_steps(&mut plan, &env, out, args.volumes),
+        None => crate::deployment_procedures::releases::swarm_down_steps(
+            &mut plan,
+            &env,
+            out,
+            args.volumes,
+        ),
     }
     plan.execute(out, args.dry_run)?;
     if !args.dry_run {
