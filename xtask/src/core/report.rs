@@ -76,3 +76,76 @@ impl Report {
         }
     }
 }
+
+/// Columns aligned to their widest cell (colour codes do not count), two
+/// spaces apart, each line indented by two; `right` lists the columns
+/// aligned to the right (numbers, sizes). The last column is not padded.
+pub fn table(rows: &[Vec<String>], right: &[usize]) -> Vec<String> {
+    fn width(cell: &str) -> usize {
+        // Visible characters: ANSI colour sequences (ESC [ ... m) take no room.
+        let mut n = 0;
+        let mut chars = cell.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                n += 1;
+            }
+        }
+        n
+    }
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .filter_map(|r| r.get(i))
+                .map(|c| width(c))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let mut line = String::from(" ");
+            for (i, cell) in row.iter().enumerate() {
+                let pad = " ".repeat(widths[i] - width(cell));
+                line.push(' ');
+                if right.contains(&i) {
+                    line.push_str(&pad);
+                    line.push_str(cell);
+                } else {
+                    line.push_str(cell);
+                    if i + 1 < row.len() {
+                        line.push_str(&pad);
+                    }
+                }
+                if i + 1 < row.len() {
+                    line.push(' ');
+                }
+            }
+            line.trim_end().to_string()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn table_aligns_visible_widths() {
+        let rows = vec![
+            vec!["name".into(), "size".into(), "ok".into()],
+            vec![
+                "a-long-name".into(),
+                "1.2 MB".into(),
+                "\u{1b}[32myes\u{1b}[0m".into(),
+            ],
+        ];
+        let lines = super::table(&rows, &[1]);
+        assert_eq!(lines[0], "  name           size  ok");
+        assert_eq!(lines[1], "  a-long-name  1.2 MB  \u{1b}[32myes\u{1b}[0m");
+    }
+}

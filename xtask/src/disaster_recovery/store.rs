@@ -10,7 +10,7 @@ use camino::Utf8PathBuf;
 use crate::adapters::clock::Utc;
 use crate::adapters::output::{Output, Tone};
 use crate::config::config_error;
-use crate::core::report::Report;
+use crate::core::report::{table, Report};
 
 use super::manifest::{human_age, human_size, load, manifest_path, now_unix, Backup};
 use super::pg_tools::{drop_database, Target};
@@ -217,18 +217,23 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
     );
     if !leftovers.is_empty() {
         report.line(format!("Leftover databases of `{}` on its server (`cargo xtask backup prune {}` drops them by retention):", t.env.name, t.env.name));
-        for l in &leftovers {
-            report.line(format!(
-                "  {:<48} {:<16} {:>10}{}",
-                l.name,
-                l.kind,
-                human_size(l.bytes),
-                if l.sessions > 0 {
-                    format!("  ({} session(s) connected)", l.sessions)
-                } else {
-                    String::new()
-                }
-            ));
+        let rows: Vec<Vec<String>> = leftovers
+            .iter()
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    l.kind.to_string(),
+                    human_size(l.bytes),
+                    if l.sessions > 0 {
+                        format!("({} session(s) connected)", l.sessions)
+                    } else {
+                        String::new()
+                    },
+                ]
+            })
+            .collect();
+        for line in table(&rows, &[2]) {
+            report.line(line);
         }
         report.line("");
     }
@@ -244,34 +249,40 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
         "Backups of `{}` in {} (newest first):",
         t.env.name, t.folder
     ));
-    report.line(format!(
-        "  {:<34} {:>6} {:>10}  {:<10} reason",
-        "name", "age", "size", "verified"
-    ));
+    let mut rows = vec![vec![
+        "name".to_string(),
+        "age".into(),
+        "size".into(),
+        "verified".into(),
+        "reason".into(),
+    ]];
     for b in &backups {
-        match &b.manifest {
+        rows.push(match &b.manifest {
             Some(m) => {
                 let verified = match m.verified() {
                     Some(true) => out.paint(Tone::Good, "yes"),
                     Some(false) => out.paint(Tone::Bad, "FAILED"),
                     None => out.paint(Tone::Warn, "no"),
                 };
-                report.line(format!(
-                    "  {:<34} {:>6} {:>10}  {:<10} {}",
-                    b.name,
+                vec![
+                    b.name.clone(),
                     human_age(now - m.started_unix),
                     human_size(m.size),
                     verified,
-                    m.reason
-                ));
+                    m.reason.clone(),
+                ]
             }
-            None => {
-                report.line(format!(
-                    "  {:<34} {:>6} {:>10}  {:<10} no manifest: not a usable backup",
-                    b.name, "?", "?", "-"
-                ));
-            }
-        }
+            None => vec![
+                b.name.clone(),
+                "?".into(),
+                "?".into(),
+                "-".into(),
+                "no manifest: not a usable backup".into(),
+            ],
+        });
+    }
+    for line in table(&rows, &[1, 2]) {
+        report.line(line);
     }
     report.emit(out);
     Ok(())

@@ -425,6 +425,7 @@ pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
         "Releases of `{}` (newest last; * live, k kept for rollback):",
         env.name
     ));
+    let mut rows = Vec::new();
     for e in &entries {
         let mark = if Some(e.id) == current {
             "*"
@@ -438,17 +439,18 @@ pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
         } else {
             e.result.as_str()
         };
-        r.line(format!(
-            " {mark} #{:<4} {}  {:<11} {:<20} from {:<20} {:<12} {}@{}",
-            e.id,
-            e.started_at,
-            e.action,
-            e.version,
-            e.previous.as_deref().unwrap_or("-"),
-            result,
-            e.who,
-            e.host
-        ));
+        rows.push(vec![
+            format!("{mark} #{}", e.id),
+            e.started_at.clone(),
+            e.action.clone(),
+            e.version.clone(),
+            format!("from {}", e.previous.as_deref().unwrap_or("-")),
+            result.to_string(),
+            format!("{}@{}", e.who, e.host),
+        ]);
+    }
+    for (e, line) in entries.iter().zip(crate::core::report::table(&rows, &[])) {
+        r.line(line);
         if let Some(reason) = e.preflight.as_deref().filter(|p| p.starts_with("skipped")) {
             r.line(format!("          pre-deployment checklist {reason}"));
         }
