@@ -322,3 +322,40 @@ fn the_test_command_dry_run_ends_in_cargo_test() {
     );
     assert!(text.contains("Nothing will be changed"), "{text}");
 }
+
+/// The Engine API on a network port is refused (it is root on that server
+/// for anyone who reaches it), naming `ssh`; a malformed `ssh` and a
+/// non-socket engine behind `ssh` are refused with the field's line.
+#[test]
+fn remote_engines_only_over_ssh() {
+    for (extra, says) in [
+        (
+            "docker_host = \"tcp://10.1.2.3:2375\"",
+            "set `ssh = \"user@10.1.2.3\"` instead",
+        ),
+        ("ssh = \"-oProxyCommand=evil\"", "is not user@host"),
+        (
+            "ssh = \"deploy@staging\"\ndocker_host = \"tcp://127.0.0.1:2375\"",
+            "with `ssh`, docker_host is the engine's socket on the server",
+        ),
+    ] {
+        let text = GOOD.replace(
+            "env_file = \".env.test\"",
+            &format!("env_file = \".env.test\"\n{extra}"),
+        );
+        let (_d, p) = with(&text);
+        let r = xtask(&p, &["health", "development"]);
+        assert_eq!(r.code, 2, "{extra}: {r:?}");
+        assert!(r.stderr.contains(says), "{extra}: {r:?}");
+        assert!(r.stderr.contains("ops.toml:"), "{extra}: {r:?}");
+    }
+    // Loopback stays allowed.
+    let text = GOOD.replace(
+        "env_file = \".env.test\"",
+        "env_file = \".env.test\"\ndocker_host = \"tcp://127.0.0.1:2375\"",
+    );
+    let (_d, p) = with(&text);
+    let r = xtask(&p, &["config", "development"]);
+    assert!(r.stdout.contains("valid"), "{r:?}");
+    assert!(!r.stderr.contains("docker_host"), "{r:?}");
+}

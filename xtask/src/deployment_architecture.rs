@@ -31,7 +31,7 @@ pub fn config(ops: &Ops, out: &Output, args: &ConfigArgs) -> Result<()> {
     let mut docs = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     for name in &names {
-        let env = session::env(ops, out, name)?;
+        let env = session::env_offline(ops, out, name)?;
         let s = &env.settings;
         let secrets: BTreeMap<String, &str> = env
             .secret_names()

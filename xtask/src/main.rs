@@ -22,7 +22,10 @@ use xtask::{
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Output::new(cli.json, cli.quiet, cli.verbose);
-    match run(&cli, &out) {
+    let result = run(&cli, &out);
+    // The SSH connections of `ssh` environments end with the command.
+    core::session::close_tunnels();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let code = if let Some(i) = e.downcast_ref::<Interrupted>() {

@@ -8,3 +8,4 @@ pub mod http;
 pub mod output;
 pub mod postgres;
 pub mod process;
+pub mod ssh;

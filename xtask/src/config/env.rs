@@ -148,8 +148,49 @@ impl Env {
         vars.into_iter().collect()
     }
 
+    /// The engine this process talks to: with `ssh`, the local end of the
+    /// forward of the server's socket (`tunnel_dir()/docker.sock`).
     pub fn docker_host(&self) -> String {
+        if self.ssh().is_some() {
+            return format!("unix://{}/docker.sock", self.tunnel_dir());
+        }
         crate::adapters::docker::resolve_host(self.settings.docker_host.as_deref())
+    }
+
+    /// The server of an environment with `ssh`.
+    pub fn ssh(&self) -> Option<SshTarget> {
+        let mut t = SshTarget::parse(self.settings.ssh.as_deref()?)?;
+        t.config = self.settings.ssh_config.as_ref().map(|c| self.dir.join(c));
+        Some(t)
+    }
+
+    /// Where this process keeps the local ends of an `ssh` environment's
+    /// forwards and the connection's control socket: private to it.
+    pub fn tunnel_dir(&self) -> Utf8PathBuf {
+        Utf8PathBuf::from(format!("/tmp/mre-ops-{}", std::process::id())).join(&self.name)
+    }
+
+    /// The engine's socket on the server (`ssh` environments).
+    pub fn server_docker_socket(&self) -> String {
+        self.settings
+            .docker_host
+            .as_deref()
+            .and_then(|h| h.strip_prefix("unix://"))
+            .unwrap_or("/var/run/docker.sock")
+            .to_string()
+    }
+
+    /// The database's host and port as the server sees them (`ssh`
+    /// environments forward a local socket to it).
+    pub fn server_database_addr(&self) -> Result<(String, u16)> {
+        let url = self.direct_database_url()?;
+        let (_, host, port, _) = split_authority(&url).ok_or_else(|| {
+            config_error(format!(
+                "the database URL of `{}` names no host: with `ssh` it must say where the server reaches the database",
+                self.name
+            ))
+        })?;
+        Ok((host, port))
     }
 
     /// The containers whose Docker health counts, with the service they belong to.
@@ -171,8 +212,30 @@ impl Env {
         list
     }
 
-    /// The connection URL from the host. Errors name the missing variable.
+    /// The connection URL from this machine: with `ssh`, through the local
+    /// socket forwarded to the server's database (`tunnel_dir()`), so the
+    /// database port is never published. Errors name the missing variable.
     pub fn database_url(&self) -> Result<String> {
+        let url = self.direct_database_url()?;
+        if self.ssh().is_none() {
+            return Ok(url);
+        }
+        let (userinfo, _, port, rest) = split_authority(&url).ok_or_else(|| {
+            config_error(format!(
+                "the database URL of `{}` names no host: with `ssh` it must say where the server reaches the database",
+                self.name
+            ))
+        })?;
+        let tunnel = self.tunnel_dir();
+        let dir = percent_encoding::utf8_percent_encode(
+            tunnel.as_str(),
+            percent_encoding::NON_ALPHANUMERIC,
+        );
+        Ok(format!("postgresql://{userinfo}{dir}:{port}{rest}"))
+    }
+
+    /// The connection URL as ops.toml and the env file give it.
+    fn direct_database_url(&self) -> Result<String> {
         let Some(db) = &self.settings.database else {
             return Err(config_error(format!(
                 "environment `{}` has no [database] section in ops.toml",
@@ -244,4 +307,115 @@ fn encode(s: &str) -> String {
         .remove(b'_')
         .remove(b'~');
     utf8_percent_encode(s, KEEP).to_string()
+}
+
+/// `user@host[:port]` of an environment's `ssh`, and its client config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshTarget {
+    /// `user@host` (or `host`), as OpenSSH takes it.
+    pub destination: String,
+    pub port: Option<u16>,
+    /// `ssh -F`, from `ssh_config`.
+    pub config: Option<Utf8PathBuf>,
+}
+
+impl SshTarget {
+    pub fn parse(text: &str) -> Option<SshTarget> {
+        let text = text.trim();
+        let (user, rest) = match text.split_once('@') {
+            Some((u, r)) if !u.is_empty() => (Some(u), r),
+            Some(_) => return None,
+            None => (None, text),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !rest.starts_with('[') || h.ends_with(']') => {
+                (h, Some(p.parse().ok()?))
+            }
+            _ => (rest, None),
+        };
+        let valid = |c: char| c.is_ascii_alphanumeric() || "-._[]:".contains(c);
+        if host.is_empty() || !host.chars().all(valid) || host.starts_with('-') {
+            return None;
+        }
+        let user_ok = user.is_none_or(|u| {
+            u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+                && !u.starts_with('-')
+        });
+        if !user_ok {
+            return None;
+        }
+        Some(SshTarget {
+            destination: match user {
+                Some(u) => format!("{u}@{host}"),
+                None => host.to_string(),
+            },
+            port,
+            config: None,
+        })
+    }
+}
+
+/// A PostgreSQL URL split around its host: (`user:password@` or empty, host,
+/// port (5432 when unset), the path and query after it).
+fn split_authority(url: &str) -> Option<(String, String, u16, String)> {
+    let (_, after) = url.split_once("://")?;
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && !h.ends_with('[') => (h, p.parse().ok()?),
+        _ => (hostport, 5432),
+    };
+    if host.is_empty() || host.contains(',') {
+        return None;
+    }
+    let host = percent_encoding::percent_decode_str(host)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    Some((userinfo, host, port, rest.to_string()))
+}
+
+#[cfg(test)]
+mod ssh_tests {
+    use super::*;
+
+    #[test]
+    fn ssh_targets() {
+        let t = SshTarget::parse("deploy@staging.example.com:2222").unwrap();
+        assert_eq!(
+            (t.destination.as_str(), t.port),
+            ("deploy@staging.example.com", Some(2222))
+        );
+        assert_eq!(SshTarget::parse("root@10.0.0.2").unwrap().port, None);
+        assert_eq!(SshTarget::parse("host").unwrap().destination, "host");
+        for bad in [
+            "",
+            "@host",
+            "user@",
+            "-oProxyCommand=x",
+            "user@-x",
+            "a b@c",
+            "u@h:port",
+        ] {
+            assert!(SshTarget::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn authority_split() {
+        let (u, h, p, r) =
+            split_authority("postgresql://pt:s%40c@localhost:5433/pacetracer?x=1").unwrap();
+        assert_eq!(
+            (u.as_str(), h.as_str(), p, r.as_str()),
+            ("pt:s%40c@", "localhost", 5433, "/pacetracer?x=1")
+        );
+        let (_, h, p, _) = split_authority("postgres://db.internal/x").unwrap();
+        assert_eq!((h.as_str(), p), ("db.internal", 5432));
+        assert!(split_authority("postgresql://a,b/x").is_none());
+    }
 }

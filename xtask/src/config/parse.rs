@@ -224,6 +224,37 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
                     at_value("docker_host", host)
                 )));
             }
+            if env.ssh.is_some() && !host.starts_with("unix:///") {
+                return Err(config_error(format!(
+                    "{}: with `ssh`, docker_host is the engine's socket on the server (unix:///var/run/docker.sock)",
+                    at_value("docker_host", host)
+                )));
+            }
+            if let Some(addr) = host
+                .strip_prefix("tcp://")
+                .or_else(|| host.strip_prefix("http://"))
+            {
+                let h = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                let h = h.trim_start_matches('[').trim_end_matches(']');
+                let loopback = h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback());
+                if !loopback {
+                    return Err(config_error(format!(
+                        "{}: the Docker Engine API on a network port is root on that server for anyone who \
+                         reaches it; set `ssh = \"user@{h}\"` instead (the engine's socket is reached over SSH)",
+                        at_value("docker_host", host)
+                    )));
+                }
+            }
+        }
+        if let Some(target) = &env.ssh {
+            if super::env::SshTarget::parse(target).is_none() {
+                return Err(config_error(format!(
+                    "{}: `{target}` is not user@host or user@host:port",
+                    at_value("ssh", target)
+                )));
+            }
         }
     }
     Ok(())

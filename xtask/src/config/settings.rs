@@ -26,9 +26,18 @@ pub struct EnvironmentSettings {
     /// Destructive commands (restore) ask for confirmation: set for production.
     #[serde(default)]
     pub protected: bool,
-    /// The Docker engine: `unix:///var/run/docker.sock` or `tcp://HOST:PORT`.
-    /// Unset: `DOCKER_HOST`, else the local socket.
+    /// The Docker engine: `unix:///var/run/docker.sock` or `tcp://HOST:PORT`
+    /// (loopback only). Unset: `DOCKER_HOST`, else the local socket. With
+    /// `ssh`, the engine's socket on the server (`unix:///PATH`; default
+    /// /var/run/docker.sock).
     pub docker_host: Option<String>,
+    /// The server, reached with the system's OpenSSH client (`user@host` or
+    /// `user@host:port`): the Docker engine, the database and the services'
+    /// URLs go through one multiplexed connection; nothing else is exposed.
+    pub ssh: Option<String>,
+    /// An OpenSSH client config file for `ssh` (`ssh -F`), relative to
+    /// ops.toml. Unset: ~/.ssh/config.
+    pub ssh_config: Option<String>,
     /// KEY=VALUE file with this environment's secrets (git-ignored), relative
     /// to ops.toml. Variables set in the process environment win over it.
     pub env_file: Option<String>,

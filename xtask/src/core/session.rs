@@ -8,11 +8,12 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::adapters::compose::{Compose, Flavor};
 use crate::adapters::docker::{resolve_host, Docker};
 use crate::adapters::output::{register_secret, Output};
+use crate::adapters::ssh::Master;
 use crate::config::{ComposeCommand, Env, Ops};
 
 static WARNED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
@@ -50,6 +51,15 @@ fn docker_at(host: &str) -> Result<Docker> {
 /// on. Warnings about shell overrides are printed once per process, however
 /// often a step re-reads the environment.
 pub fn env(ops: &Ops, out: &Output, name: &str) -> Result<Env> {
+    let env = env_offline(ops, out, name)?;
+    if env.ssh().is_some() {
+        tunnel(&env, out)?;
+    }
+    Ok(env)
+}
+
+/// The environment without connecting to its server (`config`).
+pub fn env_offline(ops: &Ops, out: &Output, name: &str) -> Result<Env> {
     let env = ops.resolve(name)?;
     protect(&env);
     for key in env.shell_overrides() {
@@ -79,6 +89,126 @@ pub fn env(ops: &Ops, out: &Output, name: &str) -> Result<Env> {
         }
     }
     Ok(env)
+}
+
+/// The open SSH connections of this command, by environment, with the
+/// forwards made on each (local end → server end).
+static TUNNELS: Mutex<Option<HashMap<String, Tunnel>>> = Mutex::new(None);
+
+struct Tunnel {
+    master: Master,
+    forwards: HashMap<String, String>,
+}
+
+/// Connect to an `ssh` environment's server (once per command) and forward
+/// its Docker socket and its database to sockets in `env.tunnel_dir()`, the
+/// addresses `env.docker_host()` and `env.database_url()` name. Closed by
+/// `close_tunnels` when the command ends; the connection dies with mre-ops.
+fn tunnel(env: &Env, out: &Output) -> Result<()> {
+    let target = env.ssh().expect("an ssh environment");
+    let dir = env.tunnel_dir();
+    let mut tunnels = TUNNELS.lock().unwrap();
+    let tunnels = tunnels.get_or_insert_with(HashMap::new);
+    if !tunnels.contains_key(&env.name) {
+        out.detail(&format!("connecting to {} over SSH", target.destination));
+        let master = Master::open(
+            &target.destination,
+            target.port,
+            target.config.as_deref(),
+            &dir,
+            &|| super::interrupt::pending().is_some(),
+        )
+        .with_context(|| {
+            format!(
+                "environment `{}` (ssh = \"{}\" in ops.toml)",
+                env.name,
+                env.settings.ssh.as_deref().unwrap_or("")
+            )
+        })?;
+        tunnels.insert(
+            env.name.clone(),
+            Tunnel {
+                master,
+                forwards: HashMap::new(),
+            },
+        );
+    }
+    let t = tunnels.get_mut(&env.name).expect("inserted above");
+    let mut want = vec![(format!("{dir}/docker.sock"), env.server_docker_socket())];
+    // The database: once its URL is known (a generated password may come
+    // later in a deploy; the steps resolve the environment again).
+    if env.settings.database.is_some() {
+        if let Ok((host, port)) = env.server_database_addr() {
+            want.push((format!("{dir}/.s.PGSQL.{port}"), format!("{host}:{port}")));
+        }
+    }
+    for (local, remote) in want {
+        if t.forwards.get(&local) != Some(&remote) {
+            let _ = std::fs::remove_file(&local);
+            t.master.forward(&local, &remote)?;
+            t.forwards.insert(local, remote);
+        }
+    }
+    Ok(())
+}
+
+/// Where this machine reaches `url` of an `ssh` environment: a URL on the
+/// server's loopback or a private address (a container's) goes through a
+/// local port forwarded over the connection; any other URL (a public one)
+/// is used as it is.
+pub fn reach(env: &Env, url: &str) -> Result<String> {
+    if env.ssh().is_none() {
+        return Ok(url.to_string());
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(url.to_string());
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (hostport, path) = rest.split_at(end);
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with('[') => (h, p.parse::<u16>().ok()),
+        _ => (hostport, None),
+    };
+    let port = port.unwrap_or(if scheme == "https" { 443 } else { 80 });
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let private = bare == "localhost"
+        || match bare.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => {
+                ip.is_loopback() || ip.is_private() || ip.is_link_local()
+            }
+            Ok(std::net::IpAddr::V6(ip)) => ip.is_loopback(),
+            Err(_) => false,
+        };
+    if !private {
+        return Ok(url.to_string());
+    }
+    let remote = format!("{host}:{port}");
+    let mut tunnels = TUNNELS.lock().unwrap();
+    let t = tunnels
+        .as_mut()
+        .and_then(|m| m.get_mut(&env.name))
+        .with_context(|| format!("no SSH connection to `{}` is open", env.name))?;
+    if let Some((local, _)) = t.forwards.iter().find(|(_, r)| **r == remote) {
+        return Ok(format!("{scheme}://{local}{path}"));
+    }
+    let local = format!("127.0.0.1:{}", free_port()?);
+    t.master.forward(&local, &remote)?;
+    t.forwards.insert(local.clone(), remote);
+    Ok(format!("{scheme}://{local}{path}"))
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free local port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Close every SSH connection this command opened, and their sockets.
+pub fn close_tunnels() {
+    let tunnels = TUNNELS.lock().unwrap().take();
+    for (_, t) in tunnels.into_iter().flatten() {
+        t.master.close();
+    }
+    let _ = std::fs::remove_dir_all(format!("/tmp/mre-ops-{}", std::process::id()));
 }
 
 /// Mask every secret value the environment holds (again after a step created

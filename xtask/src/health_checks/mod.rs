@@ -82,7 +82,7 @@ pub fn probes(env: &Env) -> Vec<Probe<'_>> {
     let mut probes: Vec<Probe<'_>> = Vec::new();
     for (svc, settings) in &env.settings.services {
         if let Some(h) = settings.health.as_ref() {
-            probes.push(Box::new(move || vec![http_check(&env.name, svc, h)]));
+            probes.push(Box::new(move || vec![http_check(env, svc, h)]));
         }
     }
     if env.settings.driver == crate::config::Driver::Swarm {
@@ -98,10 +98,10 @@ pub fn probes(env: &Env) -> Vec<Probe<'_>> {
     probes
 }
 
-fn http_check(env: &str, service: &str, h: &HealthSettings) -> Check {
+fn http_check(env: &Env, service: &str, h: &HealthSettings) -> Check {
     let name = format!("{service} {}", path_of(&h.url));
     let start = Instant::now();
-    let logs = format!("`cargo xtask logs {service} --env {env}`");
+    let logs = format!("`cargo xtask logs {service} --env {}`", env.name);
     let fail = |expected: &str, got: String, next: String| {
         Check::fail(
             name.clone(),
@@ -113,13 +113,24 @@ fn http_check(env: &str, service: &str, h: &HealthSettings) -> Check {
             start.elapsed(),
         )
     };
-    let reply = match http::get(&h.url, Duration::from_secs_f64(h.timeout_secs)) {
+    // On an `ssh` environment, through the connection.
+    let url = match crate::core::session::reach(env, &h.url) {
+        Ok(u) => u,
+        Err(e) => {
+            return fail(
+                "an SSH forward to it",
+                format!("{e:#}"),
+                "does `ssh` to the server work?".into(),
+            )
+        }
+    };
+    let reply = match http::get(&url, Duration::from_secs_f64(h.timeout_secs)) {
         Ok(r) => r,
         Err(why) => {
             return fail(
                 "an answer",
                 why,
-                format!("is {service} running? `cargo xtask status {env}`, then {logs}; check the port in ops.toml"),
+                format!("is {service} running? `cargo xtask status {}`, then {logs}; check the port in ops.toml", env.name),
             )
         }
     };

@@ -122,9 +122,12 @@ pub fn measure(env: &Env) -> Sample {
         .services
         .iter()
         .filter_map(|(svc, s)| {
-            s.health
-                .as_ref()
-                .map(|h| (svc.clone(), h.url.clone(), h.timeout_secs))
+            s.health.as_ref().map(|h| {
+                // On an `ssh` environment, through the connection.
+                let url =
+                    crate::core::session::reach(env, &h.url).unwrap_or_else(|_| h.url.clone());
+                (svc.clone(), url, h.timeout_secs)
+            })
         })
         .collect();
     let (probes, health, docker_part, db) = std::thread::scope(|sc| {

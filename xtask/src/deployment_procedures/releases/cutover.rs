@@ -265,7 +265,8 @@ impl<'a> Stage<'a> {
             .container_image_ip(&name)?
             .and_then(|(_, ip, _)| ip)
             .ok_or_else(|| anyhow::anyhow!("`{name}` has no IP address on its network"))?;
-        Ok(format!("http://{ip}:{port}"))
+        // On an `ssh` environment, through the connection.
+        crate::core::session::reach(self.env, &format!("http://{ip}:{port}"))
     }
 
     fn probe(&self, svc: &str, s: &ReleasedService, unit: &str) -> Result<(), String> {
@@ -294,7 +295,8 @@ impl<'a> Stage<'a> {
             .map_err(|e| format!("{e:#}"))?
             .and_then(|(_, ip, _)| ip)
             .ok_or_else(|| "no IP address yet".to_string())?;
-        let url = format!("http://{ip}:{port}{path}");
+        let url = crate::core::session::reach(self.env, &format!("http://{ip}:{port}{path}"))
+            .map_err(|e| format!("{e:#}"))?;
         let reply = http::get(&url, Duration::from_secs(5))?;
         let expect = self
             .env

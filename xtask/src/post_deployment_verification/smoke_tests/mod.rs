@@ -179,6 +179,8 @@ fn base_url(env: &Env, opts: &SmokeOptions) -> Result<String, String> {
         .ok_or_else(|| {
             "no smoke.url, no url or health URL for service mre-app, no --url".to_string()
         })
+        // On an `ssh` environment, through the connection.
+        .and_then(|u| crate::core::session::reach(env, &u).map_err(|e| format!("{e:#}")))
 }
 
 fn timeout(s: &SmokeSettings) -> Duration {
