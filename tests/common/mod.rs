@@ -10,6 +10,7 @@ pub mod netns;
 pub mod ops;
 pub mod pg;
 pub mod release;
+pub mod ssh;
 pub mod stack;
 
 use std::net::TcpListener;

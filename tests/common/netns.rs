@@ -23,8 +23,8 @@
 //! Nothing here is specific to one engine per test: several `NsEngine`s
 //! reach each other's namespace addresses through this machine (once it
 //! forwards between their veths: a FORWARD rule, not added here), and
-//! another process (an sshd for a remote host, ...) can run in `netns()`
-//! with `nsenter --net=PATH`.
+//! another process can run in `netns()` with `nsenter --net=PATH`: an sshd
+//! for a host reached only by SSH is `common::ssh::SshHost`.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
@@ -165,6 +165,14 @@ impl NsEngine {
     /// `/run/netns/NAME`, for `nsenter --net=PATH COMMAND`.
     pub fn netns(&self) -> String {
         format!("/run/netns/{}", self.netns)
+    }
+
+    /// This engine's folder (`/tmp/mre-ns-PID-N`), removed with it. A
+    /// fixture that runs a process in `netns()` keeps its files in a folder
+    /// of its own in here (`common::ssh`): a command line naming this folder
+    /// is what the cleanup kills, so the watchdog stops that process too.
+    pub fn folder(&self) -> &Path {
+        &self.dir
     }
 
     /// `docker ARGS` against this engine: stdout, trimmed; panics with

@@ -15,7 +15,7 @@ use crate::core::steps::Plan;
 /// No runbook section: the contributor's entry point, shared with CI
 /// (`.ci/run`). Checks for the Debian packages the tests use (Docker and
 /// Compose, debootstrap, PostgreSQL 15, docker-registry, curl, promtool,
-/// chromium, pipx, iproute2, procps), a running Docker engine and zizmor. Without
+/// chromium, pipx, iproute2, procps, OpenSSH), a running Docker engine and zizmor. Without
 /// `--yes` it stops and names the commands that would install them; with
 /// `--yes` (as root) it runs them: `apt-get install`, `service docker start`
 /// (or dockerd), `pipx install zizmor`. Then `cargo test --workspace` with
@@ -97,6 +97,15 @@ const NEEDS: &[Need] = &[
         what: "ip and nsenter (namespaced test engines)",
         present: || on_path("ip") && on_path("nsenter"),
         packages: &["iproute2", "util-linux"],
+    },
+    Need {
+        what: "OpenSSH server and client (the SSH-only test server, run in a namespace)",
+        present: || {
+            std::path::Path::new("/usr/sbin/sshd").exists()
+                && on_path("ssh")
+                && on_path("ssh-keygen")
+        },
+        packages: &["openssh-server", "openssh-client"],
     },
 ];
 
