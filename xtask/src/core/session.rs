@@ -110,6 +110,7 @@ fn tunnel(env: &Env, out: &Output) -> Result<()> {
     let mut tunnels = TUNNELS.lock().unwrap();
     let tunnels = tunnels.get_or_insert_with(HashMap::new);
     if !tunnels.contains_key(&env.name) {
+        remove_dead_tunnel_dirs();
         out.detail(&format!("connecting to {} over SSH", target.destination));
         let master = Master::open(
             &target.destination,
@@ -200,6 +201,27 @@ pub fn reach(env: &Env, url: &str) -> Result<String> {
 fn free_port() -> Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free local port")?;
     Ok(l.local_addr()?.port())
+}
+
+/// The socket folders of commands that died without closing their
+/// connections (killed: their connection died with them).
+fn remove_dead_tunnel_dirs() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("mre-ops-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Close every SSH connection this command opened, and their sockets.

@@ -1,0 +1,207 @@
+//! An environment on another machine, reached only over SSH (`ssh =` in
+//! ops.toml): a server made here (a network namespace with its own Docker
+//! engine and sshd, `tests/common/{netns,ssh}.rs`) that listens on nothing
+//! but SSH. Against it: `deploy`, `health`, `status`, `backup create` and
+//! `verify`, Ctrl-C during a deploy (the connection and the lock gone),
+//! `down`, and a changed host key refused.
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::netns::NsEngine;
+use common::release::{copy_image, registry};
+use common::ssh::SshHost;
+use common::*;
+
+/// The ops.toml of environment `remote` on `engine`, through `host`. Its
+/// published ports are bound to the server's loopback only.
+fn remote_ops(
+    dir: &TempDir,
+    engine: &NsEngine,
+    host: &SshHost,
+    project: &str,
+) -> std::path::PathBuf {
+    let compose = workspace_root().join("demo/docker-compose.yml");
+    dir.write(
+        "ops.toml",
+        &format!(
+            r#"
+[environments.remote]
+ssh = "{target}"
+ssh_config = "{config}"
+docker_host = "{docker}"
+env_file = ".env.remote"
+generate_secrets = ["POSTGRES_PASSWORD"]
+[environments.remote.compose]
+files = ["{compose}"]
+project = "{project}"
+env = {{ MRE_CONTAINER_PREFIX = "{project}", MRE_APP_PORT = "127.0.0.1:3001", MRE_INGESTION_PORT = "127.0.0.1:8000", MRE_POSTGRES_PORT = "127.0.0.1:5432" }}
+[environments.remote.services.mre-app]
+container = "{project}-app"
+url = "http://localhost:3001"
+health = {{ url = "http://127.0.0.1:3001/api/health", expect = "runbook-json" }}
+[environments.remote.services.mre-liverc-ingestion-service]
+container = "{project}-liverc-ingestion-service"
+health = {{ url = "http://127.0.0.1:8000/health" }}
+[environments.remote.database]
+container = "{project}-postgres"
+host = "127.0.0.1"
+port = 5432
+user = "pacetracer"
+name = "pacetracer"
+password_env = "POSTGRES_PASSWORD"
+[environments.remote.migrations]
+dir = "{migrations}"
+[environments.remote.backups]
+dir = "backups"
+method = "container"
+"#,
+            target = host.target(),
+            config = host.config_path().display(),
+            docker = engine.docker_host(),
+            compose = compose.display(),
+            migrations = workspace_root().join("prisma/migrations").display(),
+        ),
+    )
+}
+
+/// The SSH connections mre-ops left running (its control sockets live in
+/// /tmp/mre-ops-PID/).
+fn masters_left() -> Vec<String> {
+    let o = Command::new("pgrep")
+        .args(["-af", "ControlPath=/tmp/mre-ops-"])
+        .output()
+        .expect("pgrep (procps)");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// What listens in the server's namespace, loopback excepted.
+fn listening_outside_loopback(engine: &NsEngine) -> Vec<String> {
+    let o = Command::new("nsenter")
+        .arg(format!("--net={}", engine.netns()))
+        .args(["ss", "-Hltn"])
+        .output()
+        .expect("nsenter ss");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .filter(|a| !a.starts_with("127.") && !a.starts_with("[::1]"))
+        .collect()
+}
+
+fn run(config: &Path, args: &[&str]) -> Run {
+    let r = xtask(config, args);
+    assert!(
+        masters_left().is_empty(),
+        "`{}` left its SSH connection: {:?}",
+        args.join(" "),
+        masters_left()
+    );
+    r
+}
+
+#[test]
+fn a_server_reached_only_over_ssh() {
+    ensure_demo_images();
+    let mut engine = NsEngine::start("rm");
+    let port = registry()
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("the registry is 127.0.0.1:PORT");
+    engine.forward_loopback(port);
+    let mut host = SshHost::start(&engine);
+    let project = format!("mre-rm-{}", std::process::id());
+    // The server has only what the stack needs; the app is built there.
+    for image in ["mre-demo-base:bookworm", "mre-demo-postgres:15"] {
+        copy_image(&registry(), &project, image, &engine.docker_host());
+    }
+    let dir = TempDir::new("remote");
+    let config = remote_ops(&dir, &engine, &host, &project);
+
+    // A first deploy: build and start on the server, migrate and check
+    // through the connection.
+    let r = run(&config, &["deploy", "remote"]);
+    assert_eq!(r.code, 0, "deploy over SSH: {r:?}");
+    let ps = engine.docker(&["ps", "--format", "{{.Names}}"]);
+    assert!(ps.contains(&format!("{project}-app")), "{ps}");
+    let open = listening_outside_loopback(&engine);
+    assert!(
+        open.iter().all(|a| a.ends_with(":22")),
+        "the server must publish nothing but SSH: {open:?}"
+    );
+
+    let r = run(&config, &["health", "remote"]);
+    assert_eq!(r.code, 0, "health over SSH: {r:?}");
+    let r = run(&config, &["status", "remote"]);
+    assert_eq!(r.code, 0, "status over SSH: {r:?}");
+    assert!(r.stdout.contains(&format!("{project}-postgres")), "{r:?}");
+
+    // A backup taken on the server (pg_dump in the database container),
+    // streamed back into this machine's backup folder, and verified.
+    let r = run(&config, &["backup", "create", "remote"]);
+    assert_eq!(r.code, 0, "backup over SSH: {r:?}");
+    let r = run(&config, &["backup", "verify", "remote", "latest"]);
+    assert_eq!(r.code, 0, "verify over SSH: {r:?}");
+
+    // Ctrl-C during a deploy: exit 130, its undos done, the connection
+    // closed, the lock released.
+    let child = Command::new(XTASK)
+        .args(["--config", config.to_str().unwrap(), "deploy", "remote"])
+        .env_remove("GITHUB_ACTIONS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting xtask deploy");
+    let start = Instant::now();
+    // Inside its plan: the build or start step's command runs.
+    while !Command::new("pgrep")
+        .args(["-P", &child.id().to_string(), "-f", "compose.* (build|up)"])
+        .status()
+        .expect("pgrep")
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the deploy never ran compose"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        matches!(out.status.code(), Some(130) | Some(0)),
+        "Ctrl-C: {:?} {stderr}",
+        out.status
+    );
+    assert!(
+        masters_left().is_empty(),
+        "Ctrl-C left the SSH connection: {:?}",
+        masters_left()
+    );
+    let r = run(&config, &["lock", "status", "remote"]);
+    assert!(r.stdout.contains("is not locked"), "{r:?}");
+    let r = run(&config, &["health", "remote", "--wait", "60"]);
+    assert_eq!(r.code, 0, "after Ctrl-C: {r:?}");
+
+    let r = run(&config, &["down", "remote", "--volumes", "--yes"]);
+    assert_eq!(r.code, 0, "down over SSH: {r:?}");
+    let ps = engine.docker(&["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!ps.contains(&project), "{ps}");
+
+    // The server's host key changes: refused, with what to do.
+    host.rotate_host_key();
+    let r = run(&config, &["health", "remote"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("has CHANGED"), "{r:?}");
+    assert!(r.stderr.contains("ssh-keygen -R"), "{r:?}");
+}
