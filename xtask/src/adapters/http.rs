@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::{anyhow, Result};
+
 pub struct Reply {
     pub status: u16,
     pub body: String,
@@ -11,8 +13,9 @@ pub struct Reply {
 }
 
 /// GET `url`, giving up after `timeout`. Any status is a reply; only a
-/// failure to get one is an error, described for a human.
-pub fn get(url: &str, timeout: Duration) -> Result<Reply, String> {
+/// failure to get one is an error, described for a human (`{e}` is the
+/// whole sentence).
+pub fn get(url: &str, timeout: Duration) -> Result<Reply> {
     request("GET", url, &[], None, timeout)
 }
 
@@ -24,7 +27,7 @@ pub fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
     timeout: Duration,
-) -> Result<Reply, String> {
+) -> Result<Reply> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
@@ -49,14 +52,14 @@ pub fn request(
         }
         req.call()
     };
-    let mut response = sent.map_err(|e| describe(&e, url, timeout))?;
+    let mut response = sent.map_err(|e| anyhow!(describe(&e, url, timeout)))?;
     let status = response.status().as_u16();
     let body = response
         .body_mut()
         .with_config()
         .limit(1024 * 1024)
         .read_to_string()
-        .map_err(|e| describe(&e, url, timeout))?;
+        .map_err(|e| anyhow!(describe(&e, url, timeout)))?;
     Ok(Reply {
         status,
         body,
@@ -66,7 +69,7 @@ pub fn request(
 
 /// POST a JSON document (webhooks: release notices, alerts). The URL is
 /// never put in the error (webhook URLs carry their token).
-pub fn post_json(url: &str, body: &str, timeout: Duration) -> Result<Reply, String> {
+pub fn post_json(url: &str, body: &str, timeout: Duration) -> Result<Reply> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
@@ -78,7 +81,7 @@ pub fn post_json(url: &str, body: &str, timeout: Duration) -> Result<Reply, Stri
         .post(url)
         .header("content-type", "application/json")
         .send(body)
-        .map_err(|e| describe(&e, "the webhook", timeout))?;
+        .map_err(|e| anyhow!(describe(&e, "the webhook", timeout)))?;
     let status = response.status().as_u16();
     let body = response
         .body_mut()

@@ -124,7 +124,7 @@ fn http_check(env: &Env, service: &str, h: &HealthSettings) -> Check {
             )
         }
     };
-    let reply = match http::get(&url, Duration::from_secs_f64(h.timeout_secs)) {
+    let reply = match http::get(&url, Duration::from_secs_f64(h.timeout_secs)).map_err(|e| e.to_string()) {
         Ok(r) => r,
         Err(why) => {
             return fail(

@@ -297,7 +297,7 @@ impl<'a> Stage<'a> {
             .ok_or_else(|| "no IP address yet".to_string())?;
         let url = crate::core::session::reach(self.env, &format!("http://{ip}:{port}{path}"))
             .map_err(|e| format!("{e:#}"))?;
-        let reply = http::get(&url, Duration::from_secs(5))?;
+        let reply = http::get(&url, Duration::from_secs(5)).map_err(|e| e.to_string())?;
         let expect = self
             .env
             .settings

@@ -43,7 +43,7 @@ pub(super) fn login_and_api(env: &Env, base: &str, s: &SmokeSettings) -> Vec<Che
             }
             (_, true) => vec![],
         };
-        checks.push(match http::request("GET", &url, &headers, None, timeout(s)) {
+        checks.push(match http::request("GET", &url, &headers, None, timeout(s)).map_err(|e| e.to_string()) {
             Err(why) => Check::fail(
                 name,
                 API,
@@ -89,7 +89,7 @@ pub(super) fn boundary(base: &str, s: &SmokeSettings, paths: &[(String, u16)]) -
     for (path, _) in paths.iter().filter(|(p, _)| p.starts_with("/api/")) {
         let url = format!("{base}{path}");
         let public = is_public(s, path);
-        match http::get(&url, timeout(s)) {
+        match http::get(&url, timeout(s)).map_err(|e| e.to_string()) {
             Err(why) => open.push(format!("{path}: {why}")),
             Ok(r) if !public && r.status != 401 => {
                 open.push(format!("{path} answered {} without a session", r.status))
@@ -162,6 +162,7 @@ pub(super) fn login(
             Some(&body),
             timeout(s),
         )
+        .map_err(|e| e.to_string())
     };
     let mut how = "logged in";
     let mut reply = post("/api/v1/auth/login");

@@ -191,7 +191,7 @@ fn health(base: &str, s: &SmokeSettings) -> Check {
     let url = format!("{base}/api/health");
     let start = Instant::now();
     let name = "GET /api/health".to_string();
-    match http::get(&url, timeout(s)) {
+    match http::get(&url, timeout(s)).map_err(|e| e.to_string()) {
         Err(why) => Check::fail(
             name,
             HEALTH,
@@ -238,7 +238,7 @@ fn page(base: &str, s: &SmokeSettings) -> Check {
             start.elapsed(),
         )
     };
-    match http::get(&url, timeout(s)) {
+    match http::get(&url, timeout(s)).map_err(|e| e.to_string()) {
         Err(why) => fail(why),
         Ok(r) if r.status != 200 => fail(format!("status {}", r.status)),
         Ok(r) if !r.body.to_ascii_lowercase().contains("<html") => {
