@@ -37,6 +37,8 @@ generate_secrets = ["POSTGRES_PASSWORD"]
 [environments.remote.compose]
 files = ["{compose}"]
 project = "{project}"
+# Holds the lock a few seconds before the build (the two-operator check).
+pre_build = [["sleep", "4"]]
 env = {{ MRE_CONTAINER_PREFIX = "{project}", MRE_APP_PORT = "127.0.0.1:3001", MRE_INGESTION_PORT = "127.0.0.1:8000", MRE_POSTGRES_PORT = "127.0.0.1:5432" }}
 [environments.remote.services.mre-app]
 container = "{project}-app"
@@ -94,13 +96,14 @@ fn listening_outside_loopback(engine: &NsEngine) -> Vec<String> {
         .collect()
 }
 
+#[track_caller]
 fn run(config: &Path, args: &[&str]) -> Run {
     let r = xtask(config, args);
+    let left = masters_left();
     assert!(
-        masters_left().is_empty(),
-        "`{}` left its SSH connection: {:?}",
-        args.join(" "),
-        masters_left()
+        left.is_empty(),
+        "`{}` left its SSH connection: {left:?}\n{r:?}",
+        args.join(" ")
     );
     r
 }
@@ -158,9 +161,9 @@ fn a_server_reached_only_over_ssh() {
         .spawn()
         .expect("starting xtask deploy");
     let start = Instant::now();
-    // Inside its plan: the build or start step's command runs.
+    // Inside its plan, under the lock: the pre-build step runs.
     while !Command::new("pgrep")
-        .args(["-P", &child.id().to_string(), "-f", "compose.* (build|up)"])
+        .args(["-P", &child.id().to_string(), "-x", "sleep"])
         .status()
         .expect("pgrep")
         .success()
@@ -171,6 +174,28 @@ fn a_server_reached_only_over_ssh() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A second operator (another machine: its own folder, the same
+    // server) is refused by the server's lock, which names the first.
+    let other = TempDir::new("remote-2");
+    std::fs::copy(&config, other.path().join("ops.toml")).unwrap();
+    std::fs::copy(
+        dir.path().join(".env.remote"),
+        other.path().join(".env.remote"),
+    )
+    .unwrap();
+    // (`xtask`, not `run`: the first operator's connection is still open.)
+    let second = xtask(&other.path().join("ops.toml"), &["deploy", "remote"]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second.stderr.contains("locked on its server")
+            && second.stderr.contains(&format!("pid {}", child.id())),
+        "{second:?}"
+    );
+    let status = xtask(
+        &other.path().join("ops.toml"),
+        &["lock", "status", "remote"],
+    );
+    assert!(status.stdout.contains("locked on its server"), "{status:?}");
     let st = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

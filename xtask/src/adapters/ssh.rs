@@ -143,6 +143,30 @@ impl Master {
             .with_context(|| format!("running `{}` on {}", argv.join(" "), self.destination))
     }
 
+    /// Start `sh -c SCRIPT` on the server through the connection, its stdin
+    /// and stdout piped to this process: it lives as long as its stdin
+    /// stays open (a lock held on the server), and its session ends when
+    /// this process dies.
+    pub fn spawn(&self, script: &str) -> Result<Child> {
+        let mut cmd = self.control_cmd();
+        // One argument for the remote shell: the script, quoted once.
+        cmd.arg(&self.destination)
+            .arg(format!("sh -c '{}'", script.replace('\'', "'\\''")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        // SAFETY: async-signal-safe calls only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpgid(0, 0);
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                Ok(())
+            });
+        }
+        cmd.spawn()
+            .with_context(|| format!("starting a command on {} over SSH", self.destination))
+    }
+
     /// Close the connection (and every forward on it).
     pub fn close(mut self) {
         let _ = self

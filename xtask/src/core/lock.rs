@@ -7,7 +7,11 @@
 //! - on this machine: `flock` on `.mre-ops/locks/ENV.lock` beside ops.toml,
 //!   which also covers an environment whose database does not exist yet (a
 //!   first deploy); the file holds the holder's details, so a holder that
-//!   died without releasing is reported as stale.
+//!   died without releasing is reported as stale;
+//! - on the server of an `ssh` environment: `flock` on
+//!   `/var/lock/mre-ops-ENV.lock` held by a session over the SSH connection
+//!   (released when its stdin closes, or when mre-ops dies), so two laptops
+//!   and CI exclude each other before the database runs.
 //!
 //! A command run inside one that holds the lock (in-process, or a child
 //! process through `MRE_OPS_LOCK_HELD`) runs under it instead of deadlocking.
@@ -76,6 +80,8 @@ pub struct EnvLock {
     env: String,
     file: Option<(std::fs::File, Utf8PathBuf)>,
     _db: Option<postgres::Client>,
+    /// The session holding the server's lock (`ssh` environments).
+    server: Option<std::process::Child>,
     nested: bool,
 }
 
@@ -95,6 +101,12 @@ impl Drop for EnvLock {
         if let Some((f, _)) = &mut self.file {
             // Empty file = released cleanly; the flock goes with the fd.
             let _ = f.set_len(0);
+        }
+        if let Some(mut child) = self.server.take() {
+            // EOF: the server's script empties the holder file and exits,
+            // releasing its flock.
+            drop(child.stdin.take());
+            let _ = child.wait();
         }
     }
 }
@@ -215,6 +227,13 @@ pub fn acquire_waiting(
         .and_then(|_| file.sync_all())
         .with_context(|| format!("writing {path}"))?;
 
+    let server = match server_lock(env, &me) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = file.set_len(0);
+            return Err(e);
+        }
+    };
     let db = match target_lock(env, &me, wait.saturating_sub(start.elapsed()), out) {
         Ok(db) => db,
         Err(e) => {
@@ -229,8 +248,67 @@ pub fn acquire_waiting(
         env: env.name.clone(),
         file: Some((file, path)),
         _db: db,
+        server,
         nested: false,
     })
+}
+
+/// The lock on the server of an `ssh` environment: `flock -n` held by a
+/// shell over the connection that writes the holder beside it and waits for
+/// its stdin to close. Refused at once (naming the holder) when another
+/// operator, on any machine, holds it.
+fn server_lock(env: &Env, me: &Holder) -> Result<Option<std::process::Child>> {
+    use std::io::BufRead;
+    let file = format!("/var/lock/mre-ops-{}.lock", env.name);
+    let script = format!(
+        "if [ ! -e {file} ] || [ -w {file} ]; then exec 9>>{file}; else exec 9<{file}; fi; \
+         if ! flock -n 9; then echo HELD; cat {file}.holder 2>/dev/null; exit 75; fi; \
+         IFS= read -r holder; printf '%s\\n' \"$holder\" > {file}.holder; echo LOCKED; \
+         cat >/dev/null; : > {file}.holder"
+    );
+    let Some(mut child) = super::session::on_server(env, &script)? else {
+        return Ok(None);
+    };
+    let mut stdin = child.stdin.take().expect("piped");
+    let holder = serde_json::to_string(me).expect("holder serialises");
+    writeln!(stdin, "{holder}").context("sending the lock holder to the server")?;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut first = String::new();
+    stdout
+        .read_line(&mut first)
+        .context("reading the server's lock answer")?;
+    match first.trim() {
+        "LOCKED" => {
+            child.stdin = Some(stdin);
+            Ok(Some(child))
+        }
+        "HELD" => {
+            let mut rest = String::new();
+            let _ = stdout.read_line(&mut rest);
+            let _ = child.wait();
+            let who = serde_json::from_str::<Holder>(rest.trim())
+                .map(|h| h.describe())
+                .unwrap_or_else(|_| "another mre-ops command".into());
+            bail!(
+                "`{}` is locked on its server by {who}. Wait for it to finish (or pass --lock-wait SECS); \
+                 `cargo xtask lock status {}` shows the holder",
+                env.name,
+                env.name
+            )
+        }
+        _ => {
+            drop(stdin);
+            let out = child.wait_with_output().ok();
+            let err = out
+                .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_string())
+                .unwrap_or_default();
+            bail!(
+                "could not take the lock of `{}` on its server ({file}): {err}. Does the server have `flock` (util-linux) \
+                 and a writable /var/lock?",
+                env.name
+            )
+        }
+    }
 }
 
 /// The command that helps after a holder was killed: `recover` when the
@@ -258,6 +336,7 @@ fn nested(env: &Env) -> EnvLock {
         env: env.name.clone(),
         file: None,
         _db: None,
+        server: None,
         nested: true,
     }
 }
@@ -368,6 +447,26 @@ pub fn status(env: &Env) -> Result<(Option<Holder>, bool, Option<String>)> {
         target_holder(&mut c, key(env))
     });
     Ok((local, stale, target))
+}
+
+/// Who holds the lock on the server of an `ssh` environment, if anyone.
+pub fn server_status(env: &Env) -> Option<String> {
+    let file = format!("/var/lock/mre-ops-{}.lock", env.name);
+    let script = format!(
+        "exec 9<{file} 2>/dev/null || exit 0; if flock -n 9; then exit 0; fi; \
+         echo HELD; cat {file}.holder 2>/dev/null"
+    );
+    let child = super::session::on_server(env, &script).ok()??;
+    let out = child.wait_with_output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    (lines.next()? == "HELD").then(|| {
+        lines
+            .next()
+            .and_then(|l| serde_json::from_str::<Holder>(l).ok())
+            .map(|h| h.describe())
+            .unwrap_or_else(|| "another mre-ops command".into())
+    })
 }
 
 /// `lock release --force`: end the target session holding the lock and

@@ -203,6 +203,20 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// `sh -c SCRIPT` on an `ssh` environment's server (None for an
+/// environment on this machine), stdin and stdout piped.
+pub fn on_server(env: &Env, script: &str) -> Result<Option<std::process::Child>> {
+    if env.ssh().is_none() {
+        return Ok(None);
+    }
+    let tunnels = TUNNELS.lock().unwrap();
+    let t = tunnels
+        .as_ref()
+        .and_then(|m| m.get(&env.name))
+        .with_context(|| format!("no SSH connection to `{}` is open", env.name))?;
+    t.master.spawn(script).map(Some)
+}
+
 /// The socket folders of commands that died without closing their
 /// connections (killed: their connection died with them).
 fn remove_dead_tunnel_dirs() {

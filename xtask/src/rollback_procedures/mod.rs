@@ -229,12 +229,14 @@ pub fn lock_cmd(ops: &Ops, out: &Output, args: &LockArgs) -> Result<()> {
         LockCmd::Status { env } => {
             let env = session::env(ops, out, env)?;
             let (local, stale, target) = lock::status(&env)?;
+            let server = lock::server_status(&env);
             let mut r = Report::new(serde_json::json!({
                 "environment": env.name, "local": local, "stale": stale, "target": target,
-                "file": lock::lock_file(&env).as_str(),
+                "server": server, "file": lock::lock_file(&env).as_str(),
             }));
             match (&local, stale, &target) {
-                (None, _, None) => r.line(format!("`{}` is not locked.", env.name)),
+                (None, _, None) if server.is_none() => r.line(format!("`{}` is not locked.", env.name)),
+                (None, _, None) => r.line(format!("`{}` is not locked on this machine.", env.name)),
                 (Some(h), true, _) => r.line(format!(
                     "`{}`: stale lock record of {} (the holder is gone; the next command takes the lock; `cargo xtask recover {}` undoes what it left)",
                     env.name,
@@ -249,6 +251,9 @@ pub fn lock_cmd(ops: &Ops, out: &Output, args: &LockArgs) -> Result<()> {
                     "`{}` is locked on its database server by {t}",
                     env.name
                 ));
+            }
+            if let Some(s) = &server {
+                r.line(format!("`{}` is locked on its server by {s}", env.name));
             }
             r.emit(out);
             Ok(())
