@@ -1,14 +1,21 @@
 //! The whole demo stack, deployed for real under its own Compose project and
-//! ports (so it runs beside a deployed demo), then checked the way an
-//! operator would: deploy, health, a second deploy that changes nothing,
-//! status, logs, the auth boundary, and a stopped container.
+//! ports (so it runs beside a deployed demo), once for all the tests here
+//! (`stack::Shared`), then checked the way an operator would, one test per
+//! check: deploy, health, a second deploy that changes nothing, status and
+//! logs, the auth boundary, the ingestion service's laps, a lost env file,
+//! and a stopped container.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::stack::Stack;
+use common::stack::{Shared, Stack};
 use common::*;
+
+/// The stack every test here leases; `TESTS` counts them (the last one out
+/// removes the stack: see `Shared`).
+const TESTS: usize = 8;
+static STACK: Shared = Shared::new(TESTS, || Stack::new("e2e", "", ""));
 
 fn http(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -33,13 +40,12 @@ fn http(method: &str, url: &str, body: Option<&str>, token: Option<&str>) -> (u1
     (status, resp.body_mut().read_to_string().unwrap_or_default())
 }
 
+/// Deploy (done once, by the first test): builds, starts, waits for health,
+/// shows the services.
 #[test]
-fn deploy_development_end_to_end() {
-    ensure_demo_images();
-    let s = Stack::new("e2e", "", "");
-
-    // Deploy: builds, starts, waits for health, shows the services.
-    let r = s.run(&["deploy", "e2e"]);
+fn deploy_starts_the_stack_and_keeps_its_password_secret() {
+    let s = STACK.read();
+    let r = s.deploy();
     assert_eq!(r.code, 0, "first deploy failed: {r:?}");
     assert!(
         r.stdout.contains(&format!("{}-app", s.prefix)) && r.stdout.contains("healthy"),
@@ -55,8 +61,12 @@ fn deploy_development_end_to_end() {
     assert_eq!(env_mode.permissions().mode() & 0o777, 0o600);
     // The runbook's network name.
     docker(&["network", "inspect", &format!("{}_mre-network", s.project)]);
+}
 
-    // Health passes, as JSON.
+/// Health passes, as JSON.
+#[test]
+fn health_passes_as_json() {
+    let s = STACK.read();
     let h = s.run(&["--json", "health", "e2e"]);
     assert_eq!(h.code, 0, "{h:?}");
     let v: serde_json::Value = serde_json::from_str(&h.stdout).unwrap();
@@ -66,8 +76,13 @@ fn deploy_development_end_to_end() {
         6,
         "2 HTTP + 3 containers + database: {v}"
     );
+}
 
-    // A second deploy with nothing changed recreates nothing.
+/// A second deploy with nothing changed recreates nothing. A writer: were it
+/// to recreate, the other tests must not be looking.
+#[test]
+fn a_second_deploy_changes_nothing() {
+    let s = STACK.write();
     let before = s.started_at("app");
     let started = Instant::now();
     let r2 = s.run(&["deploy", "e2e"]);
@@ -78,8 +93,12 @@ fn deploy_development_end_to_end() {
         "a no-op deploy restarted mre-app"
     );
     eprintln!("second deploy took {:?}", started.elapsed());
+}
 
-    // Status and logs through the Engine API.
+/// Status and logs through the Engine API.
+#[test]
+fn status_and_logs_name_the_services() {
+    let s = STACK.read();
     let st = s.run(&["status", "e2e"]);
     assert_eq!(st.code, 0, "{st:?}");
     assert!(
@@ -100,8 +119,14 @@ fn deploy_development_end_to_end() {
     let unknown = s.run(&["logs", "nope", "--env", "e2e"]);
     assert_eq!(unknown.code, 2, "{unknown:?}");
     assert!(unknown.stderr.contains("mre-app"), "{unknown:?}");
+}
 
-    // The auth boundary: public endpoints answer, every other /api/* is 401.
+/// The auth boundary: public endpoints answer, every other /api/* is 401.
+/// One test: the login needs the user registered just before, and `/me`
+/// the login's token.
+#[test]
+fn the_auth_boundary_holds_and_a_user_registers_and_logs_in() {
+    let s = STACK.read();
     assert_eq!(
         s.psql("SELECT count(*) FROM _prisma_migrations WHERE finished_at IS NOT NULL"),
         "2",
@@ -146,8 +171,12 @@ fn deploy_development_end_to_end() {
     assert!(body.contains("driver@example.com"));
     let (code, _) = http("GET", &format!("{base}/"), None, None);
     assert_eq!(code, 200);
+}
 
-    // The ingestion service writes laps.
+/// The ingestion service writes laps.
+#[test]
+fn the_ingestion_service_writes_laps() {
+    let s = STACK.read();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let n = s.psql("SELECT count(*) FROM laps");
@@ -157,12 +186,20 @@ fn deploy_development_end_to_end() {
         assert!(Instant::now() < deadline, "no laps written after 20 s");
         std::thread::sleep(Duration::from_millis(500));
     }
+}
 
-    // A lost env file: deploy refuses to generate a new password for a
-    // database that keeps the old one, and changes nothing.
+/// A lost env file: deploy refuses to generate a new password for a
+/// database that keeps the old one, and changes nothing. A writer: the env
+/// file is away meanwhile, and put back on drop, panic or not.
+#[test]
+fn a_lost_env_file_stops_deploy_from_making_a_new_password() {
+    let s = STACK.write();
     let env_file = s.dir.path().join(".env.e2e");
     let kept = s.dir.path().join("env.kept");
     std::fs::rename(&env_file, &kept).unwrap();
+    let _put_back = OnDrop(|| {
+        let _ = std::fs::rename(&kept, &env_file);
+    });
     let lost = s.run(&["deploy", "e2e"]);
     assert_eq!(lost.code, 2, "{lost:?}");
     assert!(
@@ -171,15 +208,23 @@ fn deploy_development_end_to_end() {
         "{lost:?}"
     );
     assert!(!env_file.exists(), "nothing may be written: {lost:?}");
-    std::fs::rename(&kept, &env_file).unwrap();
+}
 
-    // A stopped container: health and status fail and name it.
-    docker(&[
-        "stop",
-        "-t",
-        "1",
-        &format!("{}-liverc-ingestion-service", s.prefix),
-    ]);
+/// A stopped container: health and status fail and name it. A writer; the
+/// container is started again on drop (panic or not) and the stack waited
+/// for until healthy, as the other tests expect it, unless they have all
+/// finished. Named to sort last: libtest starts tests in name order, so this
+/// one usually finishes last and skips the restart (~2.5 s).
+#[test]
+fn when_a_container_stops_health_and_status_fail() {
+    let s = STACK.write();
+    let ingestion = format!("{}-liverc-ingestion-service", s.prefix);
+    docker(&["stop", "-t", "1", &ingestion]);
+    let _restart = OnDrop(|| {
+        if !s.others_done() {
+            s.restart_quietly(&ingestion)
+        }
+    });
     let h = s.run(&["health", "e2e"]);
     assert_eq!(h.code, 1, "{h:?}");
     assert!(

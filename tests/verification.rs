@@ -1,19 +1,58 @@
-//! Preflight, smoke tests and monitoring against a real demo stack: the
+//! Preflight, smoke tests and monitoring against a real demo stack, deployed
+//! once for all the tests here (`stack::Shared`), one test per check: the
 //! checklist names a missing variable and a world-readable env file, the
-//! smoke tests catch an open auth boundary and a broken login (the demo's
-//! MRE_DEMO_AUTH_FAULT), a low threshold fires an alert to a local webhook
-//! and resolves, and the Prometheus textfile passes `promtool check metrics`.
+//! smoke tests pass on the healthy stack and catch an open auth boundary and
+//! a broken login (the demo's MRE_DEMO_AUTH_FAULT), the Prometheus textfile
+//! passes `promtool check metrics`, and a low threshold fires an alert to a
+//! local webhook and resolves.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
-use common::stack::Stack;
+use common::stack::{Shared, Stack};
 use common::*;
+
+/// The stack every test here leases; `TESTS` counts them (the last one out
+/// removes the stack: see `Shared`).
+const TESTS: usize = 6;
+static STACK: Shared = Shared::new(TESTS, verify_stack);
+
+/// The webhook the stack's monitor posts to: its port is in the config.
+static HOOK: LazyLock<Receiver> = LazyLock::new(Receiver::start);
+
+/// The smoke user of the healthy stack.
+const CREDS: [(&str, &str); 2] = [
+    ("MRE_SMOKE_EMAIL", "smoke@example.com"),
+    ("MRE_SMOKE_PASSWORD", "smoke-password-7431"),
+];
+
+fn verify_stack() -> Stack {
+    Stack::new(
+        "verify",
+        "",
+        &format!(
+            r#"
+[environments.e2e.preflight]
+required_env = {{ mre-app = ["MRE_TEST_NEEDED"] }}
+[environments.e2e.smoke]
+endpoints = [{{ path = "/api/v1/events", status = 200 }}, {{ path = "/api/auth/session", status = 200 }}]
+[environments.e2e.monitor]
+interval = "1s"
+probes = 3
+webhook = "http://127.0.0.1:{}/alerts"
+[environments.e2e.monitor.alerts]
+high_error_rate = {{ threshold = 0.0, for = "0s" }}
+health_check_failures = {{ enabled = false }}
+"#,
+            HOOK.port
+        ),
+    )
+}
 
 /// A tiny webhook receiver on a loopback port: every POST body, parsed.
 struct Receiver {
@@ -110,39 +149,20 @@ fn check_by_name<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_jso
         .unwrap_or_else(|| panic!("no check {name:?} in {report:#}"))
 }
 
+/// Preflight: the missing variable and the world-readable env file are
+/// named; resource limits, health checks and the network pass. Then fixed,
+/// the two items pass. One test: the second run is the fix of what the
+/// first found. A writer: the env file is 0644 meanwhile (put back to 0600
+/// on drop, panic or not).
 #[test]
-fn preflight_smoke_and_monitor_on_a_real_stack() {
-    require_promtool();
-    ensure_demo_images();
-    let hook = Receiver::start();
-    let s = Stack::new(
-        "verify",
-        "",
-        &format!(
-            r#"
-[environments.e2e.preflight]
-required_env = {{ mre-app = ["MRE_TEST_NEEDED"] }}
-[environments.e2e.smoke]
-endpoints = [{{ path = "/api/v1/events", status = 200 }}, {{ path = "/api/auth/session", status = 200 }}]
-[environments.e2e.monitor]
-interval = "1s"
-probes = 3
-webhook = "http://127.0.0.1:{}/alerts"
-[environments.e2e.monitor.alerts]
-high_error_rate = {{ threshold = 0.0, for = "0s" }}
-health_check_failures = {{ enabled = false }}
-"#,
-            hook.port
-        ),
-    );
-    let r = s.run(&["deploy", "e2e"]);
-    assert_eq!(r.code, 0, "deploy failed: {r:?}");
+fn preflight_names_a_missing_variable_and_a_readable_env_file() {
+    let s = STACK.write();
     let password = s.password();
-
-    // Preflight: the missing variable and the world-readable env file are
-    // named; resource limits, health checks and the network pass.
     let env_file = s.dir.path().join(".env.e2e");
     use std::os::unix::fs::PermissionsExt;
+    let _put_back = OnDrop(|| {
+        let _ = std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600));
+    });
     std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let p = s.run(&["--json", "preflight", "e2e"]);
     assert_eq!(p.code, 1, "{p:?}");
@@ -198,52 +218,71 @@ health_check_failures = {{ enabled = false }}
         p.stdout.contains("Code Quality Checks") && p.stdout.contains("attested"),
         "{p:?}"
     );
+}
 
-    // Smoke: the healthy stack passes; the password is never printed.
-    let creds = [
-        ("MRE_SMOKE_EMAIL", "smoke@example.com"),
-        ("MRE_SMOKE_PASSWORD", "smoke-password-7431"),
-    ];
-    let ok = xtask_env(&s.config, &["smoke", "e2e"], &creds);
+/// Smoke: the healthy stack passes; the password is never printed. One
+/// test: the first run registers the smoke user, the second finds it.
+#[test]
+fn smoke_passes_on_the_healthy_stack() {
+    let s = STACK.read();
+    let ok = xtask_env(&s.config, &["smoke", "e2e"], &CREDS);
     assert_eq!(ok.code, 0, "{ok:?}");
     assert!(ok.stdout.contains("registered, then logged in"), "{ok:?}");
     assert!(
         !ok.all().contains("smoke-password-7431"),
         "the smoke password leaked: {ok:?}"
     );
-    let again = xtask_env(&s.config, &["--json", "smoke", "e2e"], &creds);
+    let again = xtask_env(&s.config, &["--json", "smoke", "e2e"], &CREDS);
     assert_eq!(again.code, 0, "{again:?}");
     assert!(
         again.stdout.contains("\"logged in as smoke@example.com"),
         "{again:?}"
     );
+}
 
-    // The same app with a fault, on the host against the stack's database.
+/// The app with a fault, on the host against the stack's database, and a
+/// smoke user of its own: the open app registers its user (its login works),
+/// which must not be the healthy test's user, whose first run expects to
+/// register it.
+fn faulty_app(fault: &str, s: &Stack) -> (Child, String) {
     let db = format!(
-        "postgres://pacetracer:{password}@127.0.0.1:{}/pacetracer",
+        "postgres://pacetracer:{}@127.0.0.1:{}/pacetracer",
+        s.password(),
         s.postgres
     );
-    let (_open, port) = start_demo(
+    let (app, port) = start_demo(
         "app",
-        &[("DATABASE_URL", &db), ("MRE_DEMO_AUTH_FAULT", "open")],
+        &[("DATABASE_URL", &db), ("MRE_DEMO_AUTH_FAULT", fault)],
     );
-    let url = format!("http://127.0.0.1:{port}");
-    let open = xtask_env(&s.config, &["smoke", "e2e", "--url", &url], &creds);
+    (app, format!("http://127.0.0.1:{port}"))
+}
+
+const FAULT_CREDS: [(&str, &str); 2] = [
+    ("MRE_SMOKE_EMAIL", "smoke-faults@example.com"),
+    ("MRE_SMOKE_PASSWORD", "smoke-password-7431"),
+];
+
+#[test]
+fn smoke_catches_an_open_auth_boundary() {
+    let s = STACK.read();
+    let (_open, url) = faulty_app("open", &s);
+    let open = xtask_env(&s.config, &["smoke", "e2e", "--url", &url], &FAULT_CREDS);
     assert_eq!(open.code, 1, "{open:?}");
     assert!(
         open.stdout
             .contains("/api/v1/events answered 200 without a session"),
         "{open:?}"
     );
-    let (_broken, port) = start_demo(
-        "app",
-        &[("DATABASE_URL", &db), ("MRE_DEMO_AUTH_FAULT", "login")],
-    );
-    let url = format!("http://127.0.0.1:{port}");
+}
+
+#[test]
+fn smoke_catches_a_broken_login() {
+    let s = STACK.read();
+    let (_broken, url) = faulty_app("login", &s);
     let broken = xtask_env(
         &s.config,
         &["--json", "smoke", "e2e", "--url", &url],
-        &creds,
+        &FAULT_CREDS,
     );
     assert_eq!(broken.code, 1, "{broken:?}");
     let v: serde_json::Value = serde_json::from_str(&broken.stdout).unwrap();
@@ -254,8 +293,13 @@ health_check_failures = {{ enabled = false }}
         "{login:#}"
     );
     assert!(!broken.all().contains("smoke-password-7431"), "{broken:?}");
+}
 
-    // Monitor, one shot: healthy, and the textfile passes promtool.
+/// Monitor, one shot: healthy, and the textfile passes promtool.
+#[test]
+fn monitor_writes_a_textfile_promtool_accepts() {
+    let s = STACK.read();
+    require_promtool();
     let prom = s.dir.path().join("mre.prom");
     let m = s.run(&["monitor", "e2e", "--prometheus", prom.to_str().unwrap()]);
     assert_eq!(m.code, 0, "{m:?}");
@@ -281,10 +325,17 @@ health_check_failures = {{ enabled = false }}
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
+}
 
-    // Watch: the ingestion service goes down, its error rate crosses the
-    // (low) threshold, the webhook gets a firing alert; it comes back, the
-    // alert resolves.
+/// Watch: the ingestion service goes down, its error rate crosses the (low)
+/// threshold, the webhook gets a firing alert; it comes back, the alert
+/// resolves. One test: the resolution follows the firing. A writer: the
+/// service is down meanwhile (started again on drop, panic or not, and the
+/// stack waited for until healthy, unless every other test has finished).
+#[test]
+fn monitor_watch_fires_an_alert_and_resolves_it() {
+    let s = STACK.write();
+    let hook = &*HOOK;
     let first_round = s.dir.path().join("watch.prom");
     let mut watch = Child(
         Command::new(XTASK)
@@ -315,6 +366,11 @@ health_check_failures = {{ enabled = false }}
         std::thread::sleep(Duration::from_millis(100));
     }
     docker(&["stop", "-t", "1", &ingestion]);
+    let _restart = OnDrop(|| {
+        if !s.others_done() {
+            s.restart_quietly(&ingestion)
+        }
+    });
     let firing = hook.wait_for(
         "firing",
         "HighErrorRate",

@@ -222,6 +222,16 @@ pub fn docker(args: &[&str]) -> String {
 /// `docker compose` (v2) or `docker-compose` (v1) `-p PROJECT -f FILE down
 /// -v`: what a stack fixture's drop runs; errors ignored.
 pub fn compose_down(project: &str, file: &Path, env: &[(&str, &str)]) {
+    let mut c = compose_down_command(project, file);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let _ = c.output();
+}
+
+/// The command line of [`compose_down`], not run: also what the guard
+/// process of a shared stack (`stack::Shared`) runs.
+pub fn compose_down_command(project: &str, file: &Path) -> Command {
     let v2 = Command::new("docker")
         .args(["compose", "version"])
         .output()
@@ -235,8 +245,15 @@ pub fn compose_down(project: &str, file: &Path, env: &[(&str, &str)]) {
     c.args(&program[1..])
         .args(["-p", project, "-f", &file.display().to_string()])
         .args(["down", "-v", "--remove-orphans", "-t", "2"]);
-    for (k, v) in env {
-        c.env(k, v);
+    c
+}
+
+/// Runs a closure on drop, panic or not: puts back what a test changed on a
+/// shared fixture. The closure must not panic (it may run while unwinding).
+pub struct OnDrop<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
     }
-    let _ = c.output();
 }
