@@ -230,3 +230,96 @@ fn a_server_reached_only_over_ssh() {
     assert!(r.stderr.contains("has CHANGED"), "{r:?}");
     assert!(r.stderr.contains("ssh-keygen -R"), "{r:?}");
 }
+
+/// A release (`[release]`: images through a registry both sides reach,
+/// blue-green behind the proxy, the journal) to a server reached only over
+/// SSH: a first release, a second one under load through an SSH forward of
+/// the public port with no failed request, and a rollback.
+#[test]
+fn releases_to_a_server_over_ssh() {
+    let mut engine = NsEngine::start("rr");
+    let port = registry()
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("the registry is 127.0.0.1:PORT");
+    engine.forward_loopback(port);
+    let host = SshHost::start(&engine);
+    let s = common::release::ReleaseStack::new("rr");
+    for image in ["mre-demo-postgres:15", "mre-demo-proxy:1"] {
+        copy_image(&registry(), &s.project, image, &engine.docker_host());
+    }
+    // The same stand-in, on the server: ports on its loopback only.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text
+        .replace(
+            "[environments.rel]\n",
+            &format!(
+                "[environments.rel]\nssh = \"{}\"\nssh_config = \"{}\"\ndocker_host = \"{}\"\n",
+                host.target(),
+                host.config_path().display(),
+                engine.docker_host()
+            ),
+        )
+        .replace(
+            &format!("MRE_APP_PORT = \"{}\"", s.app),
+            &format!("MRE_APP_PORT = \"127.0.0.1:{}\"", s.app),
+        )
+        .replace(
+            &format!("MRE_INGESTION_PORT = \"{}\"", s.ingestion),
+            &format!("MRE_INGESTION_PORT = \"127.0.0.1:{}\"", s.ingestion),
+        )
+        .replace(
+            &format!("MRE_POSTGRES_PORT = \"{}\"", s.postgres),
+            &format!("MRE_POSTGRES_PORT = \"127.0.0.1:{}\"", s.postgres),
+        );
+    std::fs::write(&s.config, text).unwrap();
+    let tag = |v: &str| format!("{}-{v}", s.project);
+
+    let r = s.run(&["deploy", "rel", "--tag", &tag("v1")]);
+    assert_eq!(r.code, 0, "first release over SSH: {r:?}");
+    assert!(masters_left().is_empty(), "{:?}", masters_left());
+    let ps = engine.docker(&["ps", "--format", "{{.Names}}"]);
+    assert!(ps.contains(&format!("{}-app-blue", s.prefix)), "{ps}");
+    let open = listening_outside_loopback(&engine);
+    assert!(open.iter().all(|a| a.ends_with(":22")), "{open:?}");
+
+    // Users reach the proxy through an SSH forward of its port.
+    let local = free_port();
+    let mut forward = host
+        .ssh()
+        .args([
+            "-N",
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-L",
+            &format!("127.0.0.1:{local}:127.0.0.1:{}", s.app),
+            &host.target(),
+        ])
+        .spawn()
+        .expect("ssh -L");
+    wait_for_port(local, 20);
+    let load = common::load::Load::start(local);
+    let r = s.run(&["deploy", "rel", "--tag", &tag("v2")]);
+    let (ok, failed, why) = load.finish();
+    let _ = forward.kill();
+    let _ = forward.wait();
+    assert_eq!(r.code, 0, "second release over SSH: {r:?}");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the release: {why:?}",
+        ok + failed
+    );
+    assert!(ok > 50, "only {ok} requests answered");
+    let ps = engine.docker(&["ps", "--format", "{{.Names}}"]);
+    assert!(ps.contains(&format!("{}-app-green", s.prefix)), "{ps}");
+
+    let r = s.run(&["rollback", "rel"]);
+    assert_eq!(r.code, 0, "rollback over SSH: {r:?}");
+    let r = s.run(&["releases", "rel"]);
+    assert!(
+        r.stdout.contains(&tag("v1")) && r.stdout.contains("rollback"),
+        "{r:?}"
+    );
+    assert!(masters_left().is_empty(), "{:?}", masters_left());
+}

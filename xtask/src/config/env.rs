@@ -183,6 +183,12 @@ impl Env {
     /// The database's host and port as the server sees them (`ssh`
     /// environments forward a local socket to it).
     pub fn server_database_addr(&self) -> Result<(String, u16)> {
+        // Known before the password is (a first deploy generates it later).
+        if let Some(db) = &self.settings.database {
+            if db.url_env.as_ref().and_then(|k| self.var(k)).is_none() {
+                return Ok((db.host.clone(), db.port));
+            }
+        }
         let url = self.direct_database_url()?;
         let (_, host, port, _) = split_authority(&url).ok_or_else(|| {
             config_error(format!(

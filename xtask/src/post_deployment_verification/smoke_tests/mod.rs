@@ -38,7 +38,7 @@ pub struct SmokeArgs {
     /// Environment from ops.toml.
     pub env: String,
     /// Test this base URL instead of smoke.url (e.g. a new release before
-    /// traffic moves to it).
+    /// traffic moves to it). On an `ssh` environment, as the server sees it.
     #[arg(long, value_name = "URL")]
     pub url: Option<String>,
     /// Also load the page in headless Chromium (`apt-get install chromium`)
