@@ -87,7 +87,8 @@ pub fn config(ops: &Ops, out: &Output, args: &ConfigArgs) -> Result<()> {
             "environment": name,
             "description": s.description,
             "protected": s.protected,
-            "docker_host": env.docker_host(),
+            "ssh": env.settings.ssh,
+            "docker_host": if env.ssh().is_some() { env.server_docker_socket() } else { env.docker_host() },
             "env_file": env.env_file.as_ref().map(|p| p.to_string()),
             "secrets": secrets,
             "compose": {

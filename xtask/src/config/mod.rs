@@ -99,12 +99,30 @@ impl Ops {
             Some(p) if p.exists() => parse::read_env_file(p)?,
             _ => Default::default(),
         };
-        Ok(Env::new(
+        let mut env = Env::new(
             name,
             self.dir.clone(),
             settings.clone(),
             env_file,
             file_vars,
-        ))
+        );
+        // Values CI gives through variables (`ssh_env`, `registry_env`),
+        // checked as if ops.toml said them.
+        if let Some(target) = settings.ssh_env.as_ref().and_then(|k| env.var(k)) {
+            if env::SshTarget::parse(&target).is_none() {
+                return Err(config_error(format!(
+                    "${} (environments.{name}.ssh_env) is `{target}`, not user@host or user@host:port",
+                    settings.ssh_env.as_deref().unwrap_or("")
+                )));
+            }
+            env.settings.ssh = Some(target);
+        }
+        let registry = (settings.release.as_ref())
+            .and_then(|r| r.registry_env.as_ref())
+            .and_then(|k| env.var(k));
+        if let (Some(rel), Some(registry)) = (env.settings.release.as_mut(), registry) {
+            rel.registry = registry;
+        }
+        Ok(env)
     }
 }

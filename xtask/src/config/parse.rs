@@ -224,7 +224,7 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
                     at_value("docker_host", host)
                 )));
             }
-            if env.ssh.is_some() && !host.starts_with("unix:///") {
+            if (env.ssh.is_some() || env.ssh_env.is_some()) && !host.starts_with("unix:///") {
                 return Err(config_error(format!(
                     "{}: with `ssh`, docker_host is the engine's socket on the server (unix:///var/run/docker.sock)",
                     at_value("docker_host", host)

@@ -12,6 +12,9 @@ pub struct ReleaseSettings {
     /// The registry images are pushed to and the target pulls from:
     /// `HOST:PORT` (`127.0.0.1:5000`), optionally with a path prefix.
     pub registry: String,
+    /// A variable that, when set, names the registry instead (CI: one both
+    /// the runner and the server reach, e.g. ghcr.io/OWNER).
+    pub registry_env: Option<String>,
     /// Variables (process environment or env file) holding the registry's
     /// user and password, when it needs a login. Never printed.
     pub registry_user_env: Option<String>,

@@ -35,6 +35,10 @@ pub struct EnvironmentSettings {
     /// `user@host:port`): the Docker engine, the database and the services'
     /// URLs go through one multiplexed connection; nothing else is exposed.
     pub ssh: Option<String>,
+    /// A variable (process environment or env file) that, when set, gives
+    /// `ssh`: CI sets it from a secret, while the same environment runs on
+    /// this machine where it is unset.
+    pub ssh_env: Option<String>,
     /// An OpenSSH client config file for `ssh` (`ssh -F`), relative to
     /// ops.toml. Unset: ~/.ssh/config.
     pub ssh_config: Option<String>,

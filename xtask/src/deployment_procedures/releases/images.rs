@@ -24,9 +24,11 @@ pub fn commands(
     version: &str,
 ) -> Vec<(String, Command)> {
     let mut steps = Vec::new();
-    if let (Some(u), Some(p)) = (&rel.registry_user_env, &rel.registry_password_env) {
-        let user = env.var(u).unwrap_or_default();
-        let password = env.var(p).unwrap_or_default();
+    // A login when both variables are set (CI's secrets); a registry on
+    // this machine needs none.
+    let login = (rel.registry_user_env.as_ref().and_then(|u| env.var(u)))
+        .zip(rel.registry_password_env.as_ref().and_then(|p| env.var(p)));
+    if let Some((user, password)) = login {
         steps.push((
             format!("Log in to {}", rel.registry),
             Command::new(
