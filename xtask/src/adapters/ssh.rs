@@ -58,16 +58,7 @@ impl Master {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: async-signal-safe calls only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                // Its own process group: the terminal's Ctrl-C is for mre-ops.
-                libc::setpgid(0, 0);
-                // Gone with mre-ops, however it ends.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        detach_from_terminal(&mut cmd);
         let mut child = cmd.spawn().context(
             "could not start `ssh`: install the OpenSSH client (apt-get install openssh-client)",
         )?;
@@ -155,14 +146,7 @@ impl Master {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: async-signal-safe calls only, between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setpgid(0, 0);
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
+        detach_from_terminal(&mut cmd);
         cmd.spawn()
             .with_context(|| format!("starting a command on {} over SSH", self.destination))
     }
@@ -184,6 +168,20 @@ impl Master {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An `ssh` that outlives nothing: in its own process group (the
+/// terminal's Ctrl-C is for mre-ops, which still needs the connection for
+/// its undo steps), and sent SIGTERM when mre-ops dies, however it ends.
+fn detach_from_terminal(cmd: &mut Command) {
+    // SAFETY: async-signal-safe calls only, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setpgid(0, 0);
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
     }
 }
 
