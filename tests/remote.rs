@@ -150,6 +150,22 @@ fn a_server_reached_only_over_ssh() {
     assert_eq!(r.code, 0, "backup over SSH: {r:?}");
     let r = run(&config, &["backup", "verify", "remote", "latest"]);
     assert_eq!(r.code, 0, "verify over SSH: {r:?}");
+    // And back: the verified backup restored into the server's database
+    // (a safety backup first, the swap guarded as on this machine).
+    let r = run(&config, &["restore", "remote", "latest", "--yes"]);
+    assert_eq!(r.code, 0, "restore over SSH: {r:?}");
+    let r = run(&config, &["health", "remote", "--wait", "60"]);
+    assert_eq!(r.code, 0, "after the restore: {r:?}");
+    // The app's logs, read through the connection.
+    let r = run(
+        &config,
+        &["logs", "mre-app", "--env", "remote", "--tail", "5"],
+    );
+    assert_eq!(r.code, 0, "logs over SSH: {r:?}");
+    assert!(
+        !r.stdout.trim().is_empty() || !r.stderr.trim().is_empty(),
+        "{r:?}"
+    );
 
     // Ctrl-C during a deploy: exit 130, its undos done, the connection
     // closed, the lock released.
