@@ -412,24 +412,18 @@ impl AlertSettings {
     }
 }
 
-/// `90`, `90s`, `5m`, `2h`, `1d`, `500ms` as a duration; None otherwise.
+/// `90` (seconds), or a duration as jiff reads one (`90s`, `5m`, `2h`,
+/// `1d`, `500ms`, `1h 30m`, `5 minutes`; a day is 24 hours); None otherwise.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let factor = match unit.trim() {
-        "ms" => 0.001,
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        _ => return None,
-    };
-    let secs = n * factor;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    if let Ok(secs) = t.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
+    }
+    let span: jiff::Span = t.parse().ok()?;
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .ok()?;
+    Duration::try_from(d).ok()
 }
 
 #[cfg(test)]
@@ -442,7 +436,11 @@ mod tests {
         assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
         assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
         assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("5 minutes"), None);
+        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("1h 30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("5 minutes"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("-5m"), None);
+        assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration(""), None);
     }
 
