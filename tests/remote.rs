@@ -69,15 +69,17 @@ method = "container"
     )
 }
 
-/// The SSH connections mre-ops left running (its control sockets live in
-/// /tmp/mre-ops-PID/).
-fn masters_left() -> Vec<String> {
+/// The SSH connections mre-ops left running to `host` (its control sockets
+/// live in /tmp/mre-ops-PID/; the other test's server has its own config).
+fn masters_left(host: &SshHost) -> Vec<String> {
+    let config = host.config_path().display().to_string();
     let o = Command::new("pgrep")
         .args(["-af", "ControlPath=/tmp/mre-ops-"])
         .output()
         .expect("pgrep (procps)");
     String::from_utf8_lossy(&o.stdout)
         .lines()
+        .filter(|l| l.contains(&config))
         .map(str::to_string)
         .collect()
 }
@@ -97,9 +99,9 @@ fn listening_outside_loopback(engine: &NsEngine) -> Vec<String> {
 }
 
 #[track_caller]
-fn run(config: &Path, args: &[&str]) -> Run {
+fn run(host: &SshHost, config: &Path, args: &[&str]) -> Run {
     let r = xtask(config, args);
-    let left = masters_left();
+    let left = masters_left(host);
     assert!(
         left.is_empty(),
         "`{}` left its SSH connection: {left:?}\n{r:?}",
@@ -128,7 +130,7 @@ fn a_server_reached_only_over_ssh() {
 
     // A first deploy: build and start on the server, migrate and check
     // through the connection.
-    let r = run(&config, &["deploy", "remote"]);
+    let r = run(&host, &config, &["deploy", "remote"]);
     assert_eq!(r.code, 0, "deploy over SSH: {r:?}");
     let ps = engine.docker(&["ps", "--format", "{{.Names}}"]);
     assert!(ps.contains(&format!("{project}-app")), "{ps}");
@@ -138,26 +140,27 @@ fn a_server_reached_only_over_ssh() {
         "the server must publish nothing but SSH: {open:?}"
     );
 
-    let r = run(&config, &["health", "remote"]);
+    let r = run(&host, &config, &["health", "remote"]);
     assert_eq!(r.code, 0, "health over SSH: {r:?}");
-    let r = run(&config, &["status", "remote"]);
+    let r = run(&host, &config, &["status", "remote"]);
     assert_eq!(r.code, 0, "status over SSH: {r:?}");
     assert!(r.stdout.contains(&format!("{project}-postgres")), "{r:?}");
 
     // A backup taken on the server (pg_dump in the database container),
     // streamed back into this machine's backup folder, and verified.
-    let r = run(&config, &["backup", "create", "remote"]);
+    let r = run(&host, &config, &["backup", "create", "remote"]);
     assert_eq!(r.code, 0, "backup over SSH: {r:?}");
-    let r = run(&config, &["backup", "verify", "remote", "latest"]);
+    let r = run(&host, &config, &["backup", "verify", "remote", "latest"]);
     assert_eq!(r.code, 0, "verify over SSH: {r:?}");
     // And back: the verified backup restored into the server's database
     // (a safety backup first, the swap guarded as on this machine).
-    let r = run(&config, &["restore", "remote", "latest", "--yes"]);
+    let r = run(&host, &config, &["restore", "remote", "latest", "--yes"]);
     assert_eq!(r.code, 0, "restore over SSH: {r:?}");
-    let r = run(&config, &["health", "remote", "--wait", "60"]);
+    let r = run(&host, &config, &["health", "remote", "--wait", "60"]);
     assert_eq!(r.code, 0, "after the restore: {r:?}");
     // The app's logs, read through the connection.
     let r = run(
+        &host,
         &config,
         &["logs", "mre-app", "--env", "remote", "--tail", "5"],
     );
@@ -225,23 +228,23 @@ fn a_server_reached_only_over_ssh() {
         out.status
     );
     assert!(
-        masters_left().is_empty(),
+        masters_left(&host).is_empty(),
         "Ctrl-C left the SSH connection: {:?}",
-        masters_left()
+        masters_left(&host)
     );
-    let r = run(&config, &["lock", "status", "remote"]);
+    let r = run(&host, &config, &["lock", "status", "remote"]);
     assert!(r.stdout.contains("is not locked"), "{r:?}");
-    let r = run(&config, &["health", "remote", "--wait", "60"]);
+    let r = run(&host, &config, &["health", "remote", "--wait", "60"]);
     assert_eq!(r.code, 0, "after Ctrl-C: {r:?}");
 
-    let r = run(&config, &["down", "remote", "--volumes", "--yes"]);
+    let r = run(&host, &config, &["down", "remote", "--volumes", "--yes"]);
     assert_eq!(r.code, 0, "down over SSH: {r:?}");
     let ps = engine.docker(&["ps", "-a", "--format", "{{.Names}}"]);
     assert!(!ps.contains(&project), "{ps}");
 
     // The server's host key changes: refused, with what to do.
     host.rotate_host_key();
-    let r = run(&config, &["health", "remote"]);
+    let r = run(&host, &config, &["health", "remote"]);
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("has CHANGED"), "{r:?}");
     assert!(r.stderr.contains("ssh-keygen -R"), "{r:?}");
@@ -293,7 +296,7 @@ fn releases_to_a_server_over_ssh() {
 
     let r = s.run(&["deploy", "rel", "--tag", &tag("v1")]);
     assert_eq!(r.code, 0, "first release over SSH: {r:?}");
-    assert!(masters_left().is_empty(), "{:?}", masters_left());
+    assert!(masters_left(&host).is_empty(), "{:?}", masters_left(&host));
     let ps = engine.docker(&["ps", "--format", "{{.Names}}"]);
     assert!(ps.contains(&format!("{}-app-blue", s.prefix)), "{ps}");
     let open = listening_outside_loopback(&engine);
@@ -337,5 +340,5 @@ fn releases_to_a_server_over_ssh() {
         r.stdout.contains(&tag("v1")) && r.stdout.contains("rollback"),
         "{r:?}"
     );
-    assert!(masters_left().is_empty(), "{:?}", masters_left());
+    assert!(masters_left(&host).is_empty(), "{:?}", masters_left(&host));
 }
