@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::netns::NsEngine;
-use common::release::{copy_image, registry};
+use common::release::{copy_image, registry, remove_release_images, tls_registry};
 use common::ssh::SshHost;
 use common::*;
 
@@ -253,7 +253,9 @@ fn a_server_reached_only_over_ssh() {
 /// A release (`[release]`: images through a registry both sides reach,
 /// blue-green behind the proxy, the journal) to a server reached only over
 /// SSH: a first release, a second one under load through an SSH forward of
-/// the public port with no failed request, and a rollback.
+/// the public port with no failed request, and a rollback. The registry is
+/// one production would run: TLS (a CA both engines trust) and a login,
+/// whose password goes to `docker login` on stdin and is never printed.
 #[test]
 fn releases_to_a_server_over_ssh() {
     let mut engine = NsEngine::start("rr");
@@ -262,8 +264,44 @@ fn releases_to_a_server_over_ssh() {
         .and_then(|(_, p)| p.parse().ok())
         .expect("the registry is 127.0.0.1:PORT");
     engine.forward_loopback(port);
+    let tls = tls_registry();
+    let tls_port = tls
+        .address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap();
+    engine.forward_loopback(tls_port);
     let host = SshHost::start(&engine);
     let s = common::release::ReleaseStack::new("rr");
+    // The images this test tags for the TLS registry, removed however it ends.
+    let _images = OnDrop({
+        let (address, project) = (tls.address.clone(), s.project.clone());
+        move || remove_release_images(&address, &project)
+    });
+    // Anonymous access is refused.
+    let anonymous = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{}/v2/", tls.address))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&anonymous.stdout), "401");
+    // The login goes to a Docker config of this test's own.
+    let docker_config = TempDir::new("rr-docker-config");
+    let vars = [
+        common::release::SMOKE_USER[0],
+        common::release::SMOKE_USER[1],
+        ("MRE_REG_USER", tls.user),
+        ("MRE_REG_PASSWORD", tls.password),
+        ("DOCKER_CONFIG", docker_config.path().to_str().unwrap()),
+    ];
+    let xt = |args: &[&str]| {
+        let r = xtask_env(&s.config, args, &vars);
+        assert!(
+            !r.stdout.contains(tls.password) && !r.stderr.contains(tls.password),
+            "the registry password was printed: {r:?}"
+        );
+        r
+    };
     for image in ["mre-demo-postgres:15", "mre-demo-proxy:1"] {
         copy_image(&registry(), &s.project, image, &engine.docker_host());
     }
@@ -277,6 +315,13 @@ fn releases_to_a_server_over_ssh() {
                 host.target(),
                 host.config_path().display(),
                 engine.docker_host()
+            ),
+        )
+        .replace(
+            &format!("registry = \"{}\"", registry()),
+            &format!(
+                "registry = \"{}\"\nregistry_user_env = \"MRE_REG_USER\"\nregistry_password_env = \"MRE_REG_PASSWORD\"",
+                tls.address
             ),
         )
         .replace(
@@ -294,8 +339,15 @@ fn releases_to_a_server_over_ssh() {
     std::fs::write(&s.config, text).unwrap();
     let tag = |v: &str| format!("{}-{v}", s.project);
 
-    let r = s.run(&["deploy", "rel", "--tag", &tag("v1")]);
+    let r = xt(&["deploy", "rel", "--tag", &tag("v1")]);
     assert_eq!(r.code, 0, "first release over SSH: {r:?}");
+    let logged_in =
+        std::fs::read_to_string(docker_config.path().join("config.json")).unwrap_or_default();
+    assert!(
+        logged_in.contains(&tls.address),
+        "no `docker login` to {}: {logged_in}",
+        tls.address
+    );
     assert!(masters_left(&host).is_empty(), "{:?}", masters_left(&host));
     let ps = engine.docker(&["ps", "--format", "{{.Names}}"]);
     assert!(ps.contains(&format!("{}-app-blue", s.prefix)), "{ps}");
@@ -318,7 +370,7 @@ fn releases_to_a_server_over_ssh() {
         .expect("ssh -L");
     wait_for_port(local, 20);
     let load = common::load::Load::start(local);
-    let r = s.run(&["deploy", "rel", "--tag", &tag("v2")]);
+    let r = xt(&["deploy", "rel", "--tag", &tag("v2")]);
     let (ok, failed, why) = load.finish();
     let _ = forward.kill();
     let _ = forward.wait();
@@ -333,9 +385,9 @@ fn releases_to_a_server_over_ssh() {
     let ps = engine.docker(&["ps", "--format", "{{.Names}}"]);
     assert!(ps.contains(&format!("{}-app-green", s.prefix)), "{ps}");
 
-    let r = s.run(&["rollback", "rel"]);
+    let r = xt(&["rollback", "rel"]);
     assert_eq!(r.code, 0, "rollback over SSH: {r:?}");
-    let r = s.run(&["releases", "rel"]);
+    let r = xt(&["releases", "rel"]);
     assert!(
         r.stdout.contains(&tag("v1")) && r.stdout.contains("rollback"),
         "{r:?}"

@@ -303,3 +303,101 @@ pub fn remove_release_images(registry: &str, project: &str) {
         let _ = Command::new("docker").arg("rmi").args(&mine).output();
     }
 }
+
+/// A registry as production would run one: TLS with a certificate from a
+/// CA made for this test process, and a login (htpasswd, bcrypt). The
+/// engines here trust that CA for this address only, through
+/// `/etc/docker/certs.d/127.0.0.1:PORT/ca.crt` (both engines of a test read
+/// it: the namespaced one shares this filesystem); the file, the folder
+/// and the registry go when the test process does.
+pub struct TlsRegistry {
+    pub address: String,
+    pub user: &'static str,
+    pub password: &'static str,
+}
+
+pub fn tls_registry() -> &'static TlsRegistry {
+    static REGISTRY: OnceLock<TlsRegistry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let bin = "/usr/bin/docker-registry";
+        assert!(
+            std::path::Path::new(bin).exists(),
+            "these tests need a container registry: `apt-get install docker-registry`"
+        );
+        let port = free_port();
+        let address = format!("127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(format!("mre-tls-registry-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let run = |args: &[&str]| {
+            let o = Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(&dir)
+                .output()
+                .unwrap_or_else(|e| panic!("{}: {e} (apt-get install openssl python3)", args[0]));
+            assert!(
+                o.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            o.stdout
+        };
+        // A CA, and the registry's certificate for 127.0.0.1 signed by it.
+        run(&["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=mre-ops test CA", "-keyout", "ca.key", "-out", "ca.crt"]);
+        run(&["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+            "-keyout", "server.key", "-out", "server.csr"]);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.crt"]);
+        let (user, password) = ("mre-release", "a-registry-password-for-tests");
+        let hash = run(&[
+            "/usr/bin/python3",
+            "-c",
+            "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+            password,
+        ]);
+        std::fs::write(
+            dir.join("htpasswd"),
+            format!("{user}:{}", String::from_utf8_lossy(&hash).trim()),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("config.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\n  delete:\n    enabled: true\n\
+                 auth:\n  htpasswd:\n    realm: mre-ops\n    path: {d}/htpasswd\n\
+                 http:\n  addr: {address}\n  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let certs = std::path::PathBuf::from(format!("/etc/docker/certs.d/{address}"));
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::copy(dir.join("ca.crt"), certs.join("ca.crt")).unwrap();
+        // A watchdog: the registry, its folder and the engines' trust in its
+        // CA go when this process does.
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .args([
+                "-c",
+                "\"$1\" serve \"$2\" >/dev/null 2>&1 & r=$!; while kill -0 \"$3\" 2>/dev/null; do sleep 1; done; kill $r; rm -rf \"$4\" \"$5\"; rmdir \"$(dirname \"$5\")\" 2>/dev/null",
+                "sh",
+                bin,
+                &dir.join("config.yml").display().to_string(),
+                &std::process::id().to_string(),
+                &dir.display().to_string(),
+                &certs.display().to_string(),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting docker-registry");
+        wait_for_port(port, 20);
+        TlsRegistry {
+            address,
+            user,
+            password,
+        }
+    })
+}
