@@ -15,7 +15,7 @@ use crate::core::steps::Plan;
 /// No runbook section: the contributor's entry point, shared with CI
 /// (`.ci/run`). Checks for the Debian packages the tests use (Docker and
 /// Compose, debootstrap, PostgreSQL 15, docker-registry, curl, promtool,
-/// chromium, pipx, iproute2, procps, OpenSSH), a running Docker engine and zizmor. Without
+/// chromium, pipx, iproute2, procps, OpenSSH, openssl, python3), a running Docker engine and zizmor. Without
 /// `--yes` it stops and names the commands that would install them; with
 /// `--yes` (as root) it runs them: `apt-get install`, `service docker start`
 /// (or dockerd), `pipx install zizmor`. Then `cargo test --workspace` with
@@ -92,6 +92,16 @@ const NEEDS: &[Need] = &[
         what: "chromium (smoke --browser)",
         present: || on_path("chromium"),
         packages: &["chromium"],
+    },
+    Need {
+        what: "pgrep (the tests find a command's child processes)",
+        present: || on_path("pgrep"),
+        packages: &["procps"],
+    },
+    Need {
+        what: "openssl and python3 (the tests' TLS registry: a CA, a bcrypt login)",
+        present: || on_path("openssl") && std::path::Path::new("/usr/bin/python3").exists(),
+        packages: &["openssl", "python3"],
     },
     Need {
         what: "ip and nsenter (namespaced test engines)",
