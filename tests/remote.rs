@@ -147,9 +147,14 @@ fn a_server_reached_only_over_ssh() {
     assert!(r.stdout.contains(&format!("{project}-postgres")), "{r:?}");
 
     // A backup taken on the server (pg_dump in the database container),
-    // streamed back into this machine's backup folder, and verified.
-    let r = run(&host, &config, &["backup", "create", "remote"]);
+    // streamed back into this machine's backup folder, checksummed on both
+    // ends, and verified.
+    let r = run(&host, &config, &["-v", "backup", "create", "remote"]);
     assert_eq!(r.code, 0, "backup over SSH: {r:?}");
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("the same in the container and here"),
+        "{r:?}"
+    );
     let r = run(&host, &config, &["backup", "verify", "remote", "latest"]);
     assert_eq!(r.code, 0, "verify over SSH: {r:?}");
     // And back: the verified backup restored into the server's database

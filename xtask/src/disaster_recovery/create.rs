@@ -115,13 +115,24 @@ impl<'a> Target<'a> {
                 let tables = &st.tables;
                 let (dumped, counts) = std::thread::scope(|s| {
                     let counter = s.spawn(|| count_rows(&mut client, tables));
-                    let dumped = self.run(&tool, None, &mut sink);
+                    let dumped = self.run_hashed(&tool, &mut sink);
                     (dumped, counter.join().expect("row count thread"))
                 });
                 let _ = client.batch_execute("COMMIT");
-                dumped.with_context(|| format!("dumping database `{}`", self.database))?;
+                let server_sha = dumped.with_context(|| format!("dumping database `{}`", self.database))?;
                 st.counts = counts.context("counting rows in the dump's snapshot")?;
                 let (file, sha, size) = sink.finish();
+                // Checksummed on both ends: what pg_dump wrote in the
+                // container is what arrived here (over SSH, too).
+                if let Some(server) = server_sha {
+                    if server != sha {
+                        bail!(
+                            "the dump was damaged on its way here: SHA-256 {server} in the container, {sha} here; nothing was kept. \
+                             Run `cargo xtask backup create` again"
+                        );
+                    }
+                    out.detail(&format!("SHA-256 {sha}, the same in the container and here"));
+                }
                 if size < 5 {
                     bail!("pg_dump wrote {size} bytes: not an archive");
                 }

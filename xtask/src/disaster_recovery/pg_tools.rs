@@ -228,6 +228,50 @@ impl<'a> Target<'a> {
         }
     }
 
+    /// Run a dump in the database container with its SHA-256 also taken
+    /// there, as the bytes leave pg_dump (a FIFO and `tee`, POSIX sh and
+    /// coreutils or busybox): what arrives here can be compared with what
+    /// left the server. Returns the server's hash (None for `method =
+    /// "host"`, where pg_dump writes into this process directly).
+    pub(super) fn run_hashed(&self, tool: &Tool, stdout: &mut dyn Write) -> Result<Option<String>> {
+        let Tool::Container(argv) = tool else {
+            self.run(tool, None, stdout)?;
+            return Ok(None);
+        };
+        const SCRIPT: &str = "d=$(mktemp -d) && mkfifo \"$d/p\" || exit 70; \
+            sha256sum < \"$d/p\" > \"$d/sum\" & h=$!; \
+            { \"$@\"; echo $? > \"$d/rc\"; } | tee \"$d/p\"; wait $h; \
+            rc=$(cat \"$d/rc\"); echo \"mre-ops-sha256 $(cut -d' ' -f1 \"$d/sum\")\" >&2; rm -rf \"$d\"; exit \"$rc\"";
+        let container = self.container.as_deref().expect("checked in Target::new");
+        let mut wrapped = vec!["sh", "-c", SCRIPT, "sh"];
+        wrapped.extend(argv.iter().map(String::as_str));
+        let env: Vec<String> = self
+            .password
+            .iter()
+            .map(|p| format!("PGPASSWORD={p}"))
+            .collect();
+        let outcome = self
+            .docker()?
+            .exec(container, &wrapped, &env, None, stdout)?;
+        let mut hash = None;
+        let mut rest = Vec::new();
+        for line in outcome.stderr.lines() {
+            match line.strip_prefix("mre-ops-sha256 ") {
+                Some(h) if h.len() == 64 => hash = Some(h.to_string()),
+                _ => rest.push(line),
+            }
+        }
+        if outcome.exit_code != 0 {
+            bail!(
+                "`{}` in container {container} failed (exit code {}): {}",
+                argv[0],
+                outcome.exit_code,
+                why_failed(outcome.exit_code, rest.join("\n").trim())
+            );
+        }
+        Ok(hash)
+    }
+
     pub(super) fn read_tool(&self, tool: &Tool) -> Result<String> {
         let mut buf = Vec::new();
         self.run(tool, None, &mut buf)?;
