@@ -175,6 +175,46 @@ fn a_server_reached_only_over_ssh() {
         "{r:?}"
     );
 
+    // `logs -f` streams through the connection until Ctrl-C, which leaves
+    // no connection behind.
+    let mut follow = Command::new(XTASK)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "logs",
+            "mre-app",
+            "--env",
+            "remote",
+            "-f",
+        ])
+        .env_remove("GITHUB_ACTIONS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting xtask logs -f");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follow.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(!first.trim().is_empty(), "logs -f printed nothing");
+    let st = Command::new("kill")
+        .args(["-INT", &follow.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let _ = follow.wait();
+    let start = Instant::now();
+    while !masters_left(&host).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "Ctrl-C on logs -f left the SSH connection: {:?}",
+            masters_left(&host)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     // Ctrl-C during a deploy: exit 130, its undos done, the connection
     // closed, the lock released.
     let child = Command::new(XTASK)
