@@ -142,6 +142,11 @@ fn a_server_reached_only_over_ssh() {
 
     let r = run(&host, &config, &["health", "remote"]);
     assert_eq!(r.code, 0, "health over SSH: {r:?}");
+    // One round of monitoring: probes through the forwards, container stats
+    // and database connections through the connection.
+    let r = run(&host, &config, &["monitor", "remote"]);
+    assert_eq!(r.code, 0, "monitor over SSH: {r:?}");
+    assert!(r.stdout.contains("p95"), "{r:?}");
     let r = run(&host, &config, &["status", "remote"]);
     assert_eq!(r.code, 0, "status over SSH: {r:?}");
     assert!(r.stdout.contains(&format!("{project}-postgres")), "{r:?}");
