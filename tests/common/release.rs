@@ -40,28 +40,41 @@ pub fn registry() -> String {
                 ),
             )
             .unwrap();
-            // A watchdog: the registry and its folder go when this process
-            // does (it is never waited for: it outlives every test).
-            #[allow(clippy::zombie_processes)]
-            Command::new("sh")
-                .args([
-                    "-c",
-                    "\"$1\" serve \"$2\" >/dev/null 2>&1 & r=$!; while kill -0 \"$3\" 2>/dev/null; do sleep 1; done; kill $r; rm -rf \"$4\"",
-                    "sh",
-                    bin,
-                    &config.display().to_string(),
-                    &std::process::id().to_string(),
-                    &dir.display().to_string(),
-                ])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("starting docker-registry");
+            serve_registry(bin, &config, &dir, None);
             wait_for_port(port, 20);
             format!("127.0.0.1:{port}")
         })
         .clone()
+}
+
+/// `docker-registry serve CONFIG` under a watchdog: the registry, `dir` and
+/// `also` (a folder, and its parent when that is left empty) go when this
+/// process does. Never waited for: it outlives every test.
+fn serve_registry(
+    bin: &str,
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    also: Option<&std::path::Path>,
+) {
+    let also = also.map(|a| a.display().to_string()).unwrap_or_default();
+    #[allow(clippy::zombie_processes)]
+    Command::new("sh")
+        .args([
+            "-c",
+            "\"$1\" serve \"$2\" >/dev/null 2>&1 & r=$!; while kill -0 \"$3\" 2>/dev/null; do sleep 1; done; kill $r; \
+             rm -rf \"$4\"; if [ -n \"$5\" ]; then rm -rf \"$5\"; rmdir \"$(dirname \"$5\")\" 2>/dev/null; fi",
+            "sh",
+            bin,
+            &config.display().to_string(),
+            &std::process::id().to_string(),
+            &dir.display().to_string(),
+            &also,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting docker-registry");
 }
 
 /// The smoke user a release's smoke tests log in as (registered on first use).
@@ -374,25 +387,8 @@ pub fn tls_registry() -> &'static TlsRegistry {
         let certs = std::path::PathBuf::from(format!("/etc/docker/certs.d/{address}"));
         std::fs::create_dir_all(&certs).unwrap();
         std::fs::copy(dir.join("ca.crt"), certs.join("ca.crt")).unwrap();
-        // A watchdog: the registry, its folder and the engines' trust in its
-        // CA go when this process does.
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .args([
-                "-c",
-                "\"$1\" serve \"$2\" >/dev/null 2>&1 & r=$!; while kill -0 \"$3\" 2>/dev/null; do sleep 1; done; kill $r; rm -rf \"$4\" \"$5\"; rmdir \"$(dirname \"$5\")\" 2>/dev/null",
-                "sh",
-                bin,
-                &dir.join("config.yml").display().to_string(),
-                &std::process::id().to_string(),
-                &dir.display().to_string(),
-                &certs.display().to_string(),
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("starting docker-registry");
+        // The engines' trust in its CA goes with it.
+        serve_registry(bin, &dir.join("config.yml"), &dir, Some(&certs));
         wait_for_port(port, 20);
         TlsRegistry {
             address,
