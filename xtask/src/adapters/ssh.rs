@@ -226,13 +226,20 @@ fn explain(
     err: &str,
 ) -> String {
     let host = dest.rsplit('@').next().unwrap_or(dest);
-    let keyscan = match port {
-        Some(p) => format!("ssh-keyscan -p {p} {host}"),
-        None => format!("ssh-keyscan {host}"),
+    // known_hosts names a host on another port as [host]:port.
+    let (keyscan, name) = match port {
+        Some(p) => (
+            format!("ssh-keyscan -p {p} {host}"),
+            format!("'[{host}]:{p}'"),
+        ),
+        None => (format!("ssh-keyscan {host}"), host.to_string()),
     };
-    let known = match config {
-        Some(c) => format!("the known_hosts file {c} names"),
-        None => "~/.ssh/known_hosts".to_string(),
+    let (known, where_) = match config {
+        Some(c) => (
+            "KNOWN_HOSTS".to_string(),
+            format!(" (KNOWN_HOSTS: the UserKnownHostsFile that {c} names)"),
+        ),
+        None => ("~/.ssh/known_hosts".to_string(), String::new()),
     };
     let err = err.trim();
     if err.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
@@ -241,14 +248,14 @@ fn explain(
         format!(
             "the host key of {host} has CHANGED since it was recorded: someone may be intercepting the connection, \
              or the server was reinstalled. Check the new key's fingerprint with the server's owner; only then \
-             replace it: `ssh-keygen -R {host}` and `{keyscan} >> {known}`"
+             replace it: `ssh-keygen -R {name} -f {known}` and `{keyscan} >> {known}`{where_}"
         )
     } else if err.contains("Host key verification failed")
         || err.contains("No ") && err.contains("host key is known")
     {
         format!(
             "the host key of {host} is not known: check its fingerprint with the server's owner, then add it: \
-             `{keyscan} >> {known}` (mre-ops never accepts an unknown key)"
+             `{keyscan} >> {known}`{where_} (mre-ops never accepts an unknown key)"
         )
     } else if err.contains("Permission denied") {
         format!(

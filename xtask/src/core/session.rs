@@ -119,9 +119,14 @@ fn tunnel(env: &Env, out: &Output) -> Result<()> {
             &dir,
             &|| super::interrupt::pending().is_some(),
         )
+        .map_err(|e| match super::interrupt::pending() {
+            // Ctrl-C while connecting: exit 130/143 like any interrupted step.
+            Some(sig) => anyhow::Error::new(super::interrupt::Interrupted(sig)),
+            None => e,
+        })
         .with_context(|| {
             format!(
-                "environment `{}` (ssh = \"{}\" in ops.toml)",
+                "environment `{}` (ssh = \"{}\")",
                 env.name,
                 env.settings.ssh.as_deref().unwrap_or("")
             )
