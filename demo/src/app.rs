@@ -6,7 +6,18 @@ use crate::http::{error_response, serve, Request, Response};
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
 
-const SESSION_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// How long a login lasts: `MRE_DEMO_SESSION_HOURS` (default 24). A release
+/// that changes it is how the tests ship code a migration's CHECK depends on.
+fn session_lifetime() -> Result<Duration, String> {
+    let v = std::env::var("MRE_DEMO_SESSION_HOURS").unwrap_or_default();
+    let hours: u64 = match v.trim() {
+        "" => 24,
+        h => h
+            .parse()
+            .map_err(|_| format!("MRE_DEMO_SESSION_HOURS {h:?} is not a number of hours"))?,
+    };
+    Ok(Duration::from_secs(hours * 3600))
+}
 
 /// Health endpoint fault injection (`MRE_DEMO_HEALTH_FAULT`), for testing deploy tooling.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -69,6 +80,7 @@ struct App {
     db: Db,
     fault: Fault,
     auth_fault: AuthFault,
+    session_lifetime: Duration,
 }
 
 pub fn run(port: u16, url: String) -> Result<(), String> {
@@ -78,6 +90,7 @@ pub fn run(port: u16, url: String) -> Result<(), String> {
         db: Db::new(db::config(&url)?),
         fault,
         auth_fault,
+        session_lifetime: session_lifetime()?,
     };
     crate::log(&format!(
         "mre-demo app listening on 0.0.0.0:{port} (database {}, health fault {fault:?}, auth fault {auth_fault:?})",
@@ -270,7 +283,7 @@ impl App {
             Err(e) => return db_err(e),
         };
         let (token, token_hash) = auth::new_token();
-        let expires = SystemTime::now() + SESSION_LIFETIME;
+        let expires = SystemTime::now() + self.session_lifetime;
         let session_id = auth::new_id();
         let res = self.db.run(|c| {
             c.execute(

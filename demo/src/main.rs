@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const USAGE: &str = "usage: mre-demo <app|ingestion>
 
   app        HTTP API on 0.0.0.0:$PORT (default 3001); env DATABASE_URL, MRE_DEMO_HEALTH_FAULT,
-             MRE_DEMO_AUTH_FAULT (none|open|login)
+             MRE_DEMO_AUTH_FAULT (none|open|login), MRE_DEMO_SESSION_HOURS (24)
   ingestion  lap writer + /health on 0.0.0.0:$PORT (default 8000); env DATABASE_URL, MRE_INGEST_RATE";
 
 /// A subcommand: runs with (port, DATABASE_URL).

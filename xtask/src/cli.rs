@@ -72,6 +72,7 @@ pub enum Cmd {
     Backup(disaster_recovery::BackupArgs),
     Restore(disaster_recovery::RestoreArgs),
     Drill(disaster_recovery::DrillArgs),
+    Rehearse(deployment_procedures::releases::RehearseArgs),
     Releases(deployment_procedures::releases::ReleasesArgs),
     Rollback(rollback_procedures::application::RollbackArgs),
     Recover(rollback_procedures::RecoverArgs),

@@ -19,6 +19,9 @@ pub struct Env {
     pub settings: EnvironmentSettings,
     pub env_file: Option<Utf8PathBuf>,
     file_vars: BTreeMap<String, String>,
+    /// Another database of the same server instead of the configured one
+    /// (a release rehearsal's copy): see `on_database`.
+    database_name: Option<String>,
 }
 
 impl Env {
@@ -35,6 +38,17 @@ impl Env {
             settings,
             env_file,
             file_vars,
+            database_name: None,
+        }
+    }
+
+    /// The same environment, connected to database `name` of the same
+    /// server (same user, password, host, parameters): a rehearsal runs
+    /// migrations, checks and smoke tests on a copy this way.
+    pub fn on_database(&self, name: &str) -> Env {
+        Env {
+            database_name: Some(name.to_string()),
+            ..self.clone()
         }
     }
 
@@ -249,7 +263,10 @@ impl Env {
             )));
         };
         if let Some(url) = db.url_env.as_ref().and_then(|k| self.var(k)) {
-            return Ok(url);
+            return Ok(match &self.database_name {
+                Some(name) => with_database_name(&url, name),
+                None => url,
+            });
         }
         let Some(key) = &db.password_env else {
             return Err(config_error(format!(
@@ -277,7 +294,7 @@ impl Env {
             encode(&password),
             db.host,
             db.port,
-            encode(&db.name)
+            encode(self.database_name.as_ref().unwrap_or(&db.name))
         ))
     }
 
@@ -364,6 +381,17 @@ impl SshTarget {
 
 /// A PostgreSQL URL split around its host: (`user:password@` or empty, host,
 /// port (5432 when unset), the path and query after it).
+/// `url` with its database (the path) replaced by `name`; the query stays.
+pub fn with_database_name(url: &str, name: &str) -> String {
+    let Some((scheme, after)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    let query = rest.find('?').map(|i| &rest[i..]).unwrap_or("");
+    format!("{scheme}://{authority}/{}{query}", encode(name))
+}
+
 fn split_authority(url: &str) -> Option<(String, String, u16, String)> {
     let (_, after) = url.split_once("://")?;
     let end = after.find(['/', '?']).unwrap_or(after.len());
@@ -389,6 +417,18 @@ fn split_authority(url: &str) -> Option<(String, String, u16, String)> {
 #[cfg(test)]
 mod ssh_tests {
     use super::*;
+
+    #[test]
+    fn database_name_replaced() {
+        assert_eq!(
+            with_database_name("postgresql://u:p@h:5432/pacetracer?schema=public", "copy_1"),
+            "postgresql://u:p@h:5432/copy_1?schema=public"
+        );
+        assert_eq!(
+            with_database_name("postgres://u@h", "c"),
+            "postgres://u@h/c"
+        );
+    }
 
     #[test]
     fn ssh_targets() {

@@ -23,6 +23,11 @@ pub struct MigrationSettings {
     /// Whether an unaccepted lint finding blocks `deploy`. Default: `block`,
     /// except in the environment named `development` (`warn`).
     pub lint: Option<LintMode>,
+    /// Integrity checks a release rehearsal runs on the copy before and
+    /// after the migrations: each a `SELECT` returning one boolean, which
+    /// must be true (`SELECT count(*) = 0 FROM laps WHERE driver = ''`).
+    #[serde(default)]
+    pub checks: Vec<String>,
 }
 
 impl Default for MigrationSettings {
@@ -33,6 +38,7 @@ impl Default for MigrationSettings {
             container: None,
             lock_wait_secs: default_lock_wait(),
             lint: None,
+            checks: Vec::new(),
         }
     }
 }

@@ -19,7 +19,7 @@ use std::fmt;
 use anyhow::Result;
 use camino::{Utf8Path, Utf8PathBuf};
 
-pub use env::Env;
+pub use env::{with_database_name, Env};
 pub use migrations::*;
 pub use release::*;
 pub use settings::*;

@@ -41,6 +41,23 @@ pub struct ReleaseSettings {
     /// How each released service is switched, by Compose service name
     /// (without the colour suffix).
     pub services: BTreeMap<String, ReleasedService>,
+    /// Rehearse each release with pending migrations on a copy of the data
+    /// first (deploy's "Rehearse" step): migrations timed with their locks,
+    /// integrity, the new release and the live one (the rollback proof)
+    /// started against the migrated copy.
+    #[serde(default = "default_true")]
+    pub rehearse: bool,
+    /// The variable holding the application's database URL in its
+    /// container: a rehearsal points it at the copy.
+    #[serde(default = "default_database_url_var")]
+    pub database_url_var: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_database_url_var() -> String {
+    "DATABASE_URL".into()
 }
 
 fn default_keep() -> usize {

@@ -30,7 +30,10 @@ const DDL: &str = "CREATE TABLE IF NOT EXISTS mre_ops_releases (
     steps       jsonb NOT NULL DEFAULT '[]',
     backup      text
 );
-ALTER TABLE mre_ops_releases ADD COLUMN IF NOT EXISTS preflight text";
+ALTER TABLE mre_ops_releases ADD COLUMN IF NOT EXISTS preflight text;
+ALTER TABLE mre_ops_releases ADD COLUMN IF NOT EXISTS schema text;
+ALTER TABLE mre_ops_releases ADD COLUMN IF NOT EXISTS migrations jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE mre_ops_releases ADD COLUMN IF NOT EXISTS rehearsal jsonb";
 
 #[derive(Serialize, Clone, Debug)]
 pub struct Entry {
@@ -52,6 +55,58 @@ pub struct Entry {
     /// The pre-deployment checklist's outcome (`passed: …`), or
     /// `skipped: REASON` when the operator skipped it.
     pub preflight: Option<String>,
+    /// The schema the database was on when this run ended (the
+    /// fingerprint of its applied migrations), for a successful one.
+    pub schema: Option<String>,
+    /// The migrations this run applied: `[{name, checksum}]`.
+    pub migrations: serde_json::Value,
+    /// The rehearsal's result: timings, locks, integrity, and `proofs`:
+    /// `[{version, schema, ok, why}]`, each release started on the
+    /// migrated copy.
+    pub rehearsal: Option<serde_json::Value>,
+}
+
+/// Whether a release is known to run on a schema.
+#[derive(Debug, PartialEq)]
+pub enum Proof {
+    /// It ran there (released on it), or a rehearsal proved it: how.
+    Proven(String),
+    /// A rehearsal started it on that schema and it failed: why.
+    Fails(String),
+    /// Nothing known.
+    Unknown,
+}
+
+/// What the journal knows of `version` running on `schema`, newest first.
+pub fn proof(entries: &[Entry], version: &str, schema: &str) -> Proof {
+    for e in entries.iter().rev() {
+        if e.version == version && e.result == "success" && e.schema.as_deref() == Some(schema) {
+            return Proof::Proven(format!("it ran on this schema (journal #{})", e.id));
+        }
+        let proofs = e
+            .rehearsal
+            .as_ref()
+            .and_then(|r| r["proofs"].as_array().cloned())
+            .unwrap_or_default();
+        for p in proofs {
+            if p["version"] == version && p["schema"] == schema {
+                return if p["ok"] == true {
+                    Proof::Proven(format!(
+                        "the rehearsal of {} started it on this schema and it passed (journal #{})",
+                        e.version, e.id
+                    ))
+                } else {
+                    Proof::Fails(format!(
+                        "the rehearsal of {} started it on this schema and it failed (journal #{}): {}",
+                        e.version,
+                        e.id,
+                        p["why"].as_str().unwrap_or("?")
+                    ))
+                };
+            }
+        }
+    }
+    Proof::Unknown
 }
 
 pub struct Journal {
@@ -109,7 +164,7 @@ impl Journal {
                 "SELECT id, action, version, previous, images::text, who, host, \
                         to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
                         to_char(finished_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
-                        result, detail, steps::text, backup, preflight \
+                        result, detail, steps::text, backup, preflight, schema, migrations::text, rehearsal::text \
                  FROM mre_ops_releases WHERE environment = $1 ORDER BY id",
                 &[&self.env],
             )
@@ -146,6 +201,12 @@ impl Journal {
                     steps: json(env, id, "steps", r.get::<_, &str>(11))?,
                     backup: r.get(12),
                     preflight: r.get(13),
+                    schema: r.get(14),
+                    migrations: json(env, id, "migrations", r.get::<_, &str>(15))?,
+                    rehearsal: r
+                        .get::<_, Option<&str>>(16)
+                        .map(|t| json(env, id, "rehearsal", t))
+                        .transpose()?,
                 })
             })
             .collect()
@@ -189,6 +250,29 @@ impl Journal {
                 &[&id, &result, &detail, &steps, &backup],
             )
             .context("completing the release journal entry")?;
+        Ok(())
+    }
+}
+
+impl Journal {
+    /// What a run learnt about the schema: where it left it, the
+    /// migrations it applied, its rehearsal.
+    pub fn record_schema(
+        &mut self,
+        id: i64,
+        schema: Option<&str>,
+        migrations: &serde_json::Value,
+        rehearsal: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        let migrations = migrations.to_string();
+        let rehearsal = rehearsal.map(|r| r.to_string());
+        self.client
+            .execute(
+                "UPDATE mre_ops_releases SET schema = $2, migrations = $3::text::jsonb, \
+                 rehearsal = $4::text::jsonb WHERE id = $1",
+                &[&id, &schema, &migrations, &rehearsal],
+            )
+            .context("recording the schema in the release journal")?;
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ mod prisma;
 mod progress;
 mod resume;
 mod run;
+mod schema;
 mod state;
 
 use std::time::Duration;
@@ -40,6 +41,7 @@ use apply::lint_pending;
 use authoring::{new, resolve, review};
 pub use bookkeeping::split_schema;
 use bookkeeping::Db;
+pub use schema::{fingerprint, pending, run_times, Pending};
 use state::{read_state, status};
 
 /// Apply, inspect, create, review and resolve Prisma migrations.

@@ -76,6 +76,15 @@ pub struct DeployArgs {
     /// review completed and approved), `docs=URL`. Repeatable.
     #[arg(long, value_name = "ITEM=URL")]
     pub attest: Vec<String>,
+    /// Releases with pending migrations are rehearsed on a verified copy of
+    /// the data first; skip that, saying why (written to the journal).
+    #[arg(long, value_name = "REASON")]
+    pub skip_rehearsal: Option<String>,
+    /// Go on when the rehearsal shows the live release failing on the new
+    /// schema (no rollback path), saying why (written to the journal;
+    /// `rollback` then needs --with-db pre-deploy or --force).
+    #[arg(long, value_name = "REASON")]
+    pub no_rollback_path: Option<String>,
 }
 
 pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
@@ -95,6 +104,10 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
                 version: args.tag.as_deref(),
                 skip_preflight: args.skip_preflight.as_deref(),
                 attest: &args.attest,
+                waivers: crate::deployment_procedures::releases::Waivers {
+                    skip: args.skip_rehearsal.as_deref(),
+                    no_rollback_path: args.no_rollback_path.as_deref(),
+                },
             },
         );
     }

@@ -21,7 +21,7 @@ mod restore;
 mod store;
 mod verify;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::adapters::output::Output;
 use crate::adapters::postgres::describe_url;
@@ -235,14 +235,43 @@ pub fn verify_backup(
     backup: &str,
     dry_run: bool,
 ) -> Result<()> {
+    verify(env, out, backup, dry_run, false).map(drop)
+}
+
+/// `verify_backup`, keeping the restored copy (a scratch database on the
+/// environment's server) for a release rehearsal: its name. The caller
+/// drops it with `drop_copy`; on a failure nothing is kept.
+pub fn verify_backup_keeping_copy(
+    env: &crate::config::Env,
+    out: &Output,
+    backup: &str,
+) -> Result<String> {
+    verify(env, out, backup, false, true)?
+        .ok_or_else(|| anyhow::anyhow!("the verification kept no copy"))
+}
+
+/// Drop a copy `verify_backup_keeping_copy` kept.
+pub fn drop_copy(env: &crate::config::Env, name: &str) -> Result<()> {
+    let t = Target::new(env, None)?;
+    pg_tools::drop_database(&t, name)
+}
+
+fn verify(
+    env: &crate::config::Env,
+    out: &Output,
+    backup: &str,
+    dry_run: bool,
+    keep: bool,
+) -> Result<Option<String>> {
     let t = Target::new(env, None)?;
     let b = t.resolve(backup)?;
     b.manifest()?;
     if dry_run {
-        t.rehearsal_plan(&b).print(out);
-        return Ok(());
+        t.rehearsal_plan(&b, keep).print(out);
+        return Ok(None);
     }
-    let r = t.rehearse(&b, out);
+    let r = t.rehearse(&b, out, keep);
+
     let detail = r
         .failed
         .clone()
@@ -261,7 +290,12 @@ pub fn verify_backup(
             b.name
         );
     }
-    t.record(&b, r.failed.is_none(), r.seconds(), &detail)?;
+    if let Err(e) = t.record(&b, r.failed.is_none(), r.seconds(), &detail) {
+        if let Some(copy) = &r.kept {
+            let _ = pg_tools::drop_database(&t, copy);
+        }
+        return Err(e);
+    }
     let mut doc = Report::new(serde_json::json!({
         "environment": env.name, "backup": b.name, "path": b.path.as_str(),
         "ok": r.failed.is_none(), "seconds": r.seconds(),
@@ -274,10 +308,41 @@ pub fn verify_backup(
     match r.failed {
         None => {
             out.line(&format!("Verified {} ({:.1}s)", b.path, r.seconds()));
-            Ok(())
+            Ok(r.kept)
         }
         Some(why) => bail!("backup {} FAILED verification: {why}", b.path),
     }
+}
+
+/// Rows per table (`schema.table`) of `database` on the environment's
+/// server (its own database when None), counted in one snapshot.
+pub fn table_counts(
+    env: &crate::config::Env,
+    database: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, i64>> {
+    let t = Target::new(env, None)?;
+    let mut client = t.connect(database.unwrap_or(&t.database))?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .context("starting a snapshot to count rows in")?;
+    let tables = pg_tools::list_tables(&mut client)?;
+    pg_tools::count_rows(&mut client, &tables)
+}
+
+/// A backup's row counts per table and when it was taken (RFC 3339, and
+/// seconds ago), from its manifest.
+pub fn backup_counts(
+    env: &crate::config::Env,
+    backup: &str,
+) -> Result<(std::collections::BTreeMap<String, i64>, String, i64)> {
+    let t = Target::new(env, None)?;
+    let b = t.resolve(backup)?;
+    let m = b.manifest()?;
+    Ok((
+        m.tables.clone(),
+        m.started_at.clone(),
+        now_unix() - m.started_unix,
+    ))
 }
 
 /// The age in seconds of the environment's newest backup whose last

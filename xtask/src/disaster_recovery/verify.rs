@@ -149,7 +149,14 @@ impl<'a> Target<'a> {
     /// restore into it, row counts, drop. `--dry-run` prints it; `rehearse`
     /// runs it. The scratch database's drop is also the undo of its creation,
     /// so a failing step never leaves it.
-    pub(super) fn rehearsal_plan<'p>(&'p self, backup: &'p Backup) -> Plan<'p, Rehearsal> {
+    ///
+    /// With `keep`, the last step keeps the restored copy instead (a release
+    /// rehearsal goes on with it); a failing step still drops it.
+    pub(super) fn rehearsal_plan<'p>(
+        &'p self,
+        backup: &'p Backup,
+        keep: bool,
+    ) -> Plan<'p, Rehearsal> {
         let mut plan: Plan<Rehearsal> = Plan::new(format!(
             "rehearse the recovery of {} on `{}` (nothing live is touched)",
             backup.name, self.env.name
@@ -207,6 +214,17 @@ impl<'a> Target<'a> {
                 Ok(())
             },
         );
+        if keep {
+            plan.step(
+                "Keep the restored copy for the release rehearsal",
+                "the scratch database stays until the rehearsal drops it (also when a step fails)",
+                move |st: &mut Rehearsal| {
+                    st.kept = st.scratch.take();
+                    Ok(())
+                },
+            );
+            return plan;
+        }
         plan.step(
             "Drop the scratch database",
             "DROP DATABASE ... WITH (FORCE)   (also when a step fails)",
@@ -222,9 +240,11 @@ impl<'a> Target<'a> {
     }
 
     /// Run the rehearsal; each step timed, with what it found.
-    pub(super) fn rehearse(&self, backup: &Backup, out: &Output) -> Rehearsal {
+    pub(super) fn rehearse(&self, backup: &Backup, out: &Output, keep: bool) -> Rehearsal {
         let mut st = Rehearsal::default();
-        let (result, timings) = self.rehearsal_plan(backup).execute_timed(out, &mut st);
+        let (result, timings) = self
+            .rehearsal_plan(backup, keep)
+            .execute_timed(out, &mut st);
         let details = std::mem::take(&mut st.details);
         st.steps = timings
             .into_iter()
@@ -261,6 +281,8 @@ pub(super) struct Rehearsal {
     details: Vec<String>,
     scratch: Option<String>,
     creating_scratch: bool,
+    /// The restored copy, kept (`keep`): the caller drops it.
+    pub(super) kept: Option<String>,
 }
 
 impl Rehearsal {
@@ -302,7 +324,7 @@ pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
     let t = Target::new(&env, None)?;
     if args.dry_run {
         let backup = t.resolve(&args.backup)?;
-        t.rehearsal_plan(&backup).print(out);
+        t.rehearsal_plan(&backup, false).print(out);
         if !out.json {
             out.line(&format!(
                 "  then: write the report to {}/drill-TIMESTAMP.md",
@@ -317,7 +339,7 @@ pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
     let backup = t.resolve(&args.backup)?;
     let find_secs = find.elapsed().as_secs_f64();
     let m = backup.manifest()?.clone();
-    let mut r = t.rehearse(&backup, out);
+    let mut r = t.rehearse(&backup, out, false);
     r.steps.insert(
         0,
         (

@@ -50,6 +50,11 @@ pub struct RollbackArgs {
     /// goes back, through `cargo xtask restore`'s guarded steps.
     #[arg(long, value_name = "BACKUP|pre-deploy")]
     pub with_db: Option<String>,
+    /// Roll the code back even when the journal cannot show that the
+    /// release runs on the schema the database has now (no release or
+    /// rehearsal ran it there, or a rehearsal saw it fail).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
@@ -105,6 +110,9 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
     if !args.dry_run {
         if env.settings.driver == crate::config::Driver::Swarm {
             swarm::check_manager(env)?;
+        }
+        if args.with_db.is_none() {
+            check_schema(env, out, &entries, &version, args.force)?;
         }
         confirm(env, &format!("Roll back to {version}"), args.yes)?;
     }
@@ -222,6 +230,71 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
         state,
         result,
         timings,
+    )
+}
+
+/// Code only goes back to a release proven on the schema the database has
+/// now: released on it, or started on it by a rehearsal that passed. Else
+/// refuse, naming the data `--with-db pre-deploy` would lose.
+fn check_schema(
+    env: &Env,
+    out: &Output,
+    entries: &[journal::Entry],
+    version: &str,
+    force: bool,
+) -> Result<()> {
+    let Some(schema) = crate::database_migrations::fingerprint(env)? else {
+        return Ok(());
+    };
+    let why = match journal::proof(entries, version, &schema) {
+        journal::Proof::Proven(how) => {
+            out.line(&format!(
+                "{version} is proven on the current schema {schema}: {how}."
+            ));
+            return Ok(());
+        }
+        journal::Proof::Fails(why) => why,
+        journal::Proof::Unknown => format!(
+            "no release or rehearsal ran {version} on the schema the database has now ({schema})"
+        ),
+    };
+    if force {
+        out.warn(&format!("rolling back to {version} with --force: {why}"));
+        return Ok(());
+    }
+    Err(config_error(format!(
+        "{version} is not proven to run on the current schema of `{}`: {why}. Nothing was changed. Options:\n\
+         - `--with-db pre-deploy`: restore the backup taken before the live release's migrations too{}\n\
+         - `--force`: roll the code back anyway onto the newer schema",
+        env.name,
+        at_stake(env, entries)
+    )))
+}
+
+/// What `--with-db pre-deploy` would lose: rows written since that backup
+/// per table, and its age.
+fn at_stake(env: &Env, entries: &[journal::Entry]) -> String {
+    let Some(backup) = journal::current(entries).and_then(|e| e.backup.clone()) else {
+        return " (the live release took no backup: name one, `cargo xtask backup list`)".into();
+    };
+    let Ok((then, taken, age)) = crate::disaster_recovery::backup_counts(env, &backup) else {
+        return format!(" ({backup})");
+    };
+    let now = crate::disaster_recovery::table_counts(env, None).unwrap_or_default();
+    let mut lost: Vec<String> = now
+        .iter()
+        .filter_map(|(t, n)| {
+            let before = then.get(t).copied().unwrap_or(0);
+            (*n != before).then(|| format!("{t} {:+}", n - before))
+        })
+        .collect();
+    if lost.is_empty() {
+        lost.push("no table's row count changed".into());
+    }
+    format!(
+        "; it was taken {taken} ({} min ago), and restoring it loses what was written since: {}",
+        age / 60,
+        lost.join(", ")
     )
 }
 

@@ -86,7 +86,7 @@ const SECTIONS: &[(&str, &[Subsection])] = &[
         ("Production Deployment", &[plan(&["deploy"], &["deploy", "production", "--tag", "VERSION", "--dry-run"], "protected, preflight, backups, release, compose, services, database, migrations, smoke"), plan(&["deploy"], &["deploy", "swarm", "--tag", "VERSION", "--dry-run"], "driver, swarm, release, services, database, migrations, smoke (docs/swarm.md)")]),
     ]),
     ("Database Migration Procedures", &[
-        ("Migration Workflow", &[cmd(&["migrate", "new"], "migrations"), cmd(&["migrate", "review"], "migrations"), cmd(&["migrate", "deploy"], "database, migrations, backups, protected"), cmd(&["migrate", "status"], "database, migrations")]),
+        ("Migration Workflow", &[plan(&["rehearse"], &["rehearse", "production", "--tag", "VERSION", "--dry-run"], "release, backups, migrations.checks, database"), cmd(&["migrate", "new"], "migrations"), cmd(&["migrate", "review"], "migrations"), cmd(&["migrate", "deploy"], "database, migrations, backups, protected"), cmd(&["migrate", "status"], "database, migrations")]),
         ("Migration Best Practices", &[cmd(&["migrate", "review"], "migrations.lint")]),
         ("Migration Rollback", &[cmd(&["migrate", "resolve"], "database, migrations"), cmd(&["restore"], "database, backups")]),
     ]),

@@ -485,6 +485,8 @@ impl Docker {
 }
 
 mod inspect;
+mod scratch;
 mod swarm;
 pub use inspect::Spec;
+pub use scratch::RunSpec;
 pub use swarm::Service as SwarmService;

@@ -7,6 +7,7 @@
 mod cutover;
 mod images;
 pub(crate) mod plan;
+mod rehearsal;
 pub(crate) mod swarm;
 mod version;
 
@@ -36,7 +37,10 @@ pub struct ReleaseOptions<'a> {
     pub skip_preflight: Option<&'a str>,
     /// `--attest review=URL` for the checklist.
     pub attest: &'a [String],
+    /// `--skip-rehearsal` and `--no-rollback-path`, with their reasons.
+    pub waivers: rehearsal::Waivers<'a>,
 }
+pub use rehearsal::Waivers;
 
 /// Show an environment's release journal.
 ///
@@ -193,6 +197,8 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
     let v: &str = &version.name;
 
     let mut plan: Plan<RelState> = Plan::new(format!("release {v} to {}", env.name));
+    let rehearsing =
+        rel.rehearse && opts.waivers.skip.is_none() && env.settings.driver != Driver::Swarm;
     if env.settings.protected {
         let (skip, attest) = (opts.skip_preflight, opts.attest);
         plan.step(
@@ -218,13 +224,27 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
                 s.backup = Some(path.to_string());
                 // "Create database backup" means one that restores: verify it
                 // (a full restore into a scratch database) before going on.
+                // A release with migrations to rehearse keeps that copy.
                 let quiet = Output::new(false, true, out.verbose);
-                crate::disaster_recovery::verify_backup(env, &quiet, path.as_str(), false)
+                let keep = rehearsing && !database_migrations::pending(env)?.is_empty();
+                let verified = if keep {
+                    crate::disaster_recovery::verify_backup_keeping_copy(env, &quiet, path.as_str()).map(Some)
+                } else {
+                    crate::disaster_recovery::verify_backup(env, &quiet, path.as_str(), false).map(|()| None)
+                };
+                s.copy = verified
                     .map_err(|e| e.context(format!("the pre-release backup {path} did not verify: nothing was released")))?;
-                out.line(&format!("Backup {path} verified (restored into a scratch database, row counts match)."));
+                out.line(&format!(
+                    "Backup {path} verified (restored into a scratch database, row counts match){}.",
+                    if keep { "; the copy is kept for the rehearsal" } else { "" }
+                ));
                 Ok(())
             },
-        );
+        )
+        .undo("drop the copy kept for the rehearsal", move |s: &mut RelState| match s.copy.take() {
+            Some(c) => crate::disaster_recovery::drop_copy(env, &c),
+            None => Ok(()),
+        });
     }
     build_steps(&mut plan, env, rel, out, &ops.dir, v, "Pre-build");
     if env.settings.driver == Driver::Swarm {
@@ -251,13 +271,34 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
             targets.clone(),
         );
         let allow_risky = opts.allow_risky;
-        plan.action(
+        let live_release = journal::current(&entries).map(|e| rehearsal::Candidate {
+            role: "live",
+            version: e.version.clone(),
+            images: e.images.clone(),
+        });
+        let new_release = rehearsal::Candidate {
+            role: "new",
+            version: v.to_string(),
+            images: targets.clone(),
+        };
+        rehearsal::step(
+            &mut plan,
+            env,
+            rel,
+            out,
+            new_release,
+            live_release,
+            allow_risky,
+            opts.waivers,
+        );
+        plan.step(
             "Lint and apply pending migrations",
             format!(
                 "cargo xtask migrate deploy {} before the new code takes traffic (the lint blocks risky statements outside development)",
                 env.name
             ),
-            move || {
+            move |s: &mut RelState| {
+                s.applied = database_migrations::pending(env)?;
                 let o = database_migrations::DeployOptions { dry_run: false, allow_risky, backup: false, report: false };
                 database_migrations::deploy(env, out, &o)
             },
@@ -355,6 +396,13 @@ pub(crate) fn finish(
         ) {
             out.warn(&format!("the journal entry could not be completed: {e:#}"));
         }
+        // The schema the database is on now, what this run applied, what
+        // its rehearsal proved: what `rollback` reads.
+        let schema = database_migrations::fingerprint(env).ok().flatten();
+        let applied = serde_json::to_value(&state.applied).expect("migrations serialise");
+        if let Err(e) = j.record_schema(id, schema.as_deref(), &applied, state.rehearsal.as_ref()) {
+            out.warn(&format!("the journal could not record the schema: {e:#}"));
+        }
     }
     drop(state.lock.take());
     let text = match outcome {
@@ -412,14 +460,127 @@ fn notify(env: &Env, rel: &ReleaseSettings, out: &Output, text: &str, ok: bool) 
     }
 }
 
+/// Rehearse a release on a copy of the data, changing nothing live.
+///
+/// Rehearse a release on a copy of the data (runbook: Database Migration
+/// Procedures, "Test migrations on staging first"; Application Rollback):
+/// build and push its images, back the database up and verify the backup
+/// by restoring it into a scratch database, apply the pending migrations to
+/// that copy (timed, with the locks each holds), check that no row is lost
+/// and `[migrations] checks` hold, then start the new release and the live
+/// one against the migrated copy (no published port) and run the health
+/// check and smoke tests on each: the proof that `rollback` will work.
+/// Everything it started is removed afterwards. `deploy` runs the same
+/// rehearsal as a step.
+#[derive(clap::Args, Debug)]
+pub struct RehearseArgs {
+    pub env: String,
+    /// The version to rehearse (default: the git commit of the checkout).
+    #[arg(long, value_name = "VERSION")]
+    pub tag: Option<String>,
+    /// Print the steps without running them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn rehearse(ops: &Ops, out: &Output, args: &RehearseArgs) -> Result<()> {
+    let env = session::env(ops, out, &args.env)?;
+    let env = &env;
+    let rel = settings(env)?;
+    if env.settings.driver == Driver::Swarm {
+        return Err(config_error(format!(
+            "`{}` runs on a swarm: rehearsals run on Compose environments only so far",
+            env.name
+        )));
+    }
+    if env.settings.backups.is_none() {
+        return Err(config_error(format!(
+            "a rehearsal runs on a verified backup of `{}`, which has no [environments.{}.backups] in ops.toml (docs/ops-toml.md)",
+            env.name, env.name
+        )));
+    }
+    let version = match args.tag.as_deref() {
+        Some(v) if version::valid_tag(v) => v.to_string(),
+        Some(v) => {
+            return Err(config_error(format!(
+                "--tag `{v}` is not a valid image tag"
+            )))
+        }
+        None => version::of_checkout(&ops.dir)?.name,
+    };
+    let (_, entries) = observe(env, rel, args.dry_run)?;
+    let v: &str = &version;
+    let mut plan: Plan<RelState> = Plan::new(format!("rehearse {v} on a copy of `{}`", env.name));
+    build_steps(&mut plan, env, rel, out, &ops.dir, v, "Pre-build");
+    let live = journal::current(&entries).map(|e| rehearsal::Candidate {
+        role: "live",
+        version: e.version.clone(),
+        images: e.images.clone(),
+    });
+    let new = rehearsal::Candidate {
+        role: "new",
+        version: v.to_string(),
+        images: targets(rel, v),
+    };
+    rehearsal::step(
+        &mut plan,
+        env,
+        rel,
+        out,
+        new,
+        live,
+        false,
+        Waivers::default(),
+    );
+    if args.dry_run {
+        plan.print(out);
+        return Ok(());
+    }
+    let mut state = RelState::default();
+    let (result, timings) = plan.execute_timed(out, &mut state);
+    let mut r = Report::new(serde_json::json!({
+        "environment": env.name, "version": v, "ok": result.is_ok(),
+        "rehearsal": state.rehearsal, "steps": timings,
+    }));
+    r.line(format!(
+        "Rehearsal of {v} on a copy of `{}`: {}",
+        env.name,
+        if result.is_ok() { "passed" } else { "FAILED" }
+    ));
+    r.emit(out);
+    result
+}
+
 pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
     let rel = settings(&env)?;
     let entries = journal::Journal::open(&env)?.entries()?;
     let current = journal::current(&entries).map(|e| e.id);
     let kept = journal::kept(&entries, rel.keep);
+    // Whether `rollback` may return to each kept release: proven on the
+    // schema the database has now (by a release or a rehearsal).
+    let schema = database_migrations::fingerprint(&env).ok().flatten();
+    let safe = |e: &journal::Entry| -> &'static str {
+        if Some(e.id) == current {
+            return "live";
+        }
+        if e.result != "success" || !kept.contains(&e.version) {
+            return "";
+        }
+        match schema
+            .as_deref()
+            .map(|s| journal::proof(&entries, &e.version, s))
+        {
+            None => "?",
+            Some(journal::Proof::Proven(_)) => "yes",
+            Some(journal::Proof::Fails(_)) => "NO",
+            Some(journal::Proof::Unknown) => "unproven",
+        }
+    };
+    let rollback_safe: BTreeMap<i64, &str> = entries.iter().map(|e| (e.id, safe(e))).collect();
     let mut r = Report::new(serde_json::json!({
         "environment": env.name, "current": current, "kept": kept, "entries": entries,
+        "schema": schema, "rollback_safe": rollback_safe,
     }));
     r.line(format!(
         "Releases of `{}` (newest last; * live, k kept for rollback):",
@@ -446,6 +607,10 @@ pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
             e.version.clone(),
             format!("from {}", e.previous.as_deref().unwrap_or("-")),
             result.to_string(),
+            match rollback_safe[&e.id] {
+                "" | "live" => String::new(),
+                v => format!("rollback-safe: {v}"),
+            },
             format!("{}@{}", e.who, e.host),
         ]);
     }

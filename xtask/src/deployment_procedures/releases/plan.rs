@@ -38,6 +38,13 @@ pub struct RelState {
     /// before (empty on a first release), for the undo.
     pub pinned: BTreeMap<String, String>,
     pub swarm_previous: BTreeMap<String, String>,
+    /// The verified copy of the data a rehearsal runs on (a scratch
+    /// database, dropped by the rehearsal or the undo).
+    pub copy: Option<String>,
+    /// The migrations this run applied (for the journal).
+    pub applied: Vec<crate::database_migrations::Pending>,
+    /// The rehearsal's findings (for the journal).
+    pub rehearsal: Option<serde_json::Value>,
 }
 
 /// Take the lock, start what is not released (the database, the proxy)
@@ -360,7 +367,7 @@ const SMOKE_SERVICE: &str = "mre-app";
 /// The smoke tests, against `url` (else smoke.url, through the proxy), run
 /// again while one fails for at most SMOKE_SETTLE; an error if they still do.
 /// `when` (" before X takes traffic", or empty) goes into what is printed.
-fn smoke_until_pass(
+pub(crate) fn smoke_until_pass(
     env: &Env,
     out: &Output,
     url: Option<String>,
