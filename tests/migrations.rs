@@ -822,3 +822,52 @@ fn migrations_need_no_compose_section() {
         "{r:?}"
     );
 }
+
+/// "Monitor migration progress": a migration kept waiting by another
+/// session's lock says, while it waits, how long and who holds it (pid,
+/// application, since when, its query); with `--json`, as events.
+#[test]
+fn a_waiting_migration_names_the_session_blocking_it() {
+    let s = Setup::new("");
+    s.migration("20250101000000_events", "CREATE TABLE events (x int);\n");
+    let r = s.run(&["migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Another session holds the table for 7 s; the next migration waits.
+    let _holder = common::migrate::psql_background(
+        &s.pg,
+        "SET application_name = 'report-job'; BEGIN; LOCK TABLE events IN ACCESS SHARE MODE; SELECT pg_sleep(7); COMMIT;",
+    );
+    common::migrate::wait_for_value(
+        &s.pg,
+        "the other session to hold its lock",
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = 'report-job' AND query LIKE '%pg_sleep%'",
+        "t",
+        10,
+    );
+    s.migration(
+        "20250102000000_events_notes",
+        "ALTER TABLE events ADD COLUMN notes text;\n",
+    );
+    let r = s.run(&["--json", "migrate", "deploy"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let event = r
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| {
+            e["event"] == "migration_progress" && !e["blocked_by"].as_array().unwrap().is_empty()
+        })
+        .unwrap_or_else(|| panic!("no progress event naming the blocker: {r:?}"));
+    assert_eq!(event["migration"], "20250102000000_events_notes", "{event}");
+    assert_eq!(
+        event["blocked_by"][0]["application"], "report-job",
+        "{event}"
+    );
+    assert!(
+        event["blocked_by"][0]["query"]
+            .as_str()
+            .unwrap()
+            .contains("LOCK TABLE events"),
+        "{event}"
+    );
+}

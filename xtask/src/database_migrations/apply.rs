@@ -324,7 +324,12 @@ pub(super) fn apply_one(
         id: &id,
     };
     let start = Instant::now();
+    let watch = match db.pid() {
+        Ok(pid) => Some(super::watch::watch(out, &db.url, pid, &l.name)),
+        Err(_) => None,
+    };
     let outcome = run_new(db, &sql, mode, &row, &checksum, &l.name);
+    drop(watch);
     conclude(env, out, db, l, &sql, &row, outcome, start)
 }
 

@@ -80,6 +80,9 @@ pub(super) struct Db {
     pub(super) client: postgres::Client,
     pub(super) schema: String,
     pub(super) target: String,
+    /// The connection URL (without `?schema=`), for a second session.
+    pub(super) url: String,
+    pid: Option<i32>,
 }
 
 impl Db {
@@ -90,9 +93,25 @@ impl Db {
             client,
             schema,
             target: describe_url(&url),
+            url,
+            pid: None,
         };
         db.session_settings()?;
         Ok(db)
+    }
+
+    /// This session's server process, as `pg_stat_activity` names it.
+    pub(super) fn pid(&mut self) -> Result<i32> {
+        if let Some(pid) = self.pid {
+            return Ok(pid);
+        }
+        let pid = self
+            .client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .context("asking the server for this session's pid")?
+            .get(0);
+        self.pid = Some(pid);
+        Ok(pid)
     }
 
     pub(super) fn table_exists(&mut self) -> Result<bool> {

@@ -26,6 +26,7 @@ mod resume;
 mod run;
 mod schema;
 mod state;
+mod watch;
 
 use std::time::Duration;
 
