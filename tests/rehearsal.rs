@@ -178,15 +178,38 @@ fn rehearsal_proves_rollback_before_production_changes() {
     );
     assert!(live_image(&s).ends_with(&v2), "nothing changed");
 
-    // A compatible release (a nullable column): rehearsed, the rollback to
-    // v2 proven, and `rollback` goes.
+    // A compatible release (a nullable column), whose migration holds
+    // `events` exclusively for over a second: outside the migration window
+    // it is refused after the rehearsal, before production changes; with
+    // --now it goes, the rollback to v2 proven, and `rollback` goes.
     add_migration(
         &s,
         "20991231000001_event_notes",
-        "ALTER TABLE \"events\" ADD COLUMN \"notes\" TEXT;\n",
+        "ALTER TABLE \"events\" ADD COLUMN \"notes\" TEXT;\nSELECT pg_sleep(1.5);\n",
     );
+    let hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / 3600
+        % 24;
+    let window = format!("{:02}:00-{:02}:00 UTC", (hour + 2) % 24, (hour + 3) % 24);
+    let toml = std::fs::read_to_string(&s.config).unwrap().replace(
+        "dir = \"migrations\"\n",
+        &format!("dir = \"migrations\"\nwindow = \"{window}\"\nmax_lock_secs = 0.5\n"),
+    );
+    std::fs::write(&s.config, toml).unwrap();
     let v3 = tag(&s, "v3");
     let r = s.run(&["deploy", "rel", "--tag", &v3]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("outside the migration window")
+            && r.stderr.contains("ACCESS EXCLUSIVE on events")
+            && r.stderr.contains("--now"),
+        "{r:?}"
+    );
+    assert!(live_image(&s).ends_with(&v2), "nothing changed");
+    let r = s.run(&["deploy", "rel", "--tag", &v3, "--now"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stdout.contains("rollback proven on the new schema"),

@@ -61,9 +61,44 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     s.parse::<Timestamp>().ok().map(|t| t.as_second())
 }
 
+/// The wall-clock time now in time zone `zone` (an IANA name from the
+/// system's zoneinfo, `UTC`, or a fixed offset `+01:00`), as minutes since
+/// midnight, with its `HH:MM` for messages.
+pub fn minutes_now_in(zone: &str) -> Result<(u32, String), String> {
+    let tz = if zone.eq_ignore_ascii_case("utc") {
+        TimeZone::UTC
+    } else if zone.starts_with(['+', '-']) {
+        let bad = || format!("`{zone}` is not an offset like +01:00");
+        let (h, m) = zone[1..].split_once(':').ok_or_else(bad)?;
+        let (h, m): (i32, i32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
+        let sign = if zone.starts_with('-') { -1 } else { 1 };
+        let offset = jiff::tz::Offset::from_seconds(sign * (h * 3600 + m * 60))
+            .map_err(|e| format!("{}: {e}", bad()))?;
+        TimeZone::fixed(offset)
+    } else {
+        TimeZone::get(zone).map_err(|e| {
+            format!("time zone `{zone}` is not in this machine's /usr/share/zoneinfo (install tzdata): {e}")
+        })?
+    };
+    let now = Timestamp::now().to_zoned(tz);
+    let (h, m) = (now.hour() as u32, now.minute() as u32);
+    Ok((h * 60 + m, format!("{h:02}:{m:02}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wall_clock_in_a_zone() {
+        let (utc, hhmm) = minutes_now_in("UTC").unwrap();
+        assert!(utc < 24 * 60 && hhmm.len() == 5);
+        let (plus, _) = minutes_now_in("+01:30").unwrap();
+        assert_eq!(plus, (utc + 90) % (24 * 60));
+        assert!(minutes_now_in("Europe/Berlin").is_ok(), "tzdata installed");
+        assert!(minutes_now_in("Mars/Olympus").is_err());
+        assert!(minutes_now_in("+1").is_err());
+    }
 
     #[test]
     fn round_trips() {

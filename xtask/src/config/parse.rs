@@ -164,6 +164,20 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
             }
             (super::Driver::Compose, None) => {}
         }
+        if let Some(w) = &env.migrations.window {
+            if let Err(why) = super::migrations::Window::parse(w) {
+                return Err(config_error(format!(
+                    "{}: {why}",
+                    at_value("migrations.window", w)
+                )));
+            }
+        }
+        if env.migrations.max_lock_secs.is_nan() || env.migrations.max_lock_secs < 0.0 {
+            return Err(config_error(format!(
+                "{}: must be a number of seconds, 0 or more",
+                at("migrations.max_lock_secs")
+            )));
+        }
         if env.compose.as_ref().is_some_and(|c| c.files.is_empty()) {
             return Err(config_error(format!(
                 "{}: needs at least one Compose file",

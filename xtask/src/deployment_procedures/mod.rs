@@ -85,6 +85,10 @@ pub struct DeployArgs {
     /// `rollback` then needs --with-db pre-deploy or --force).
     #[arg(long, value_name = "REASON")]
     pub no_rollback_path: Option<String>,
+    /// Run migrations that the rehearsal saw holding a table exclusively
+    /// for longer than `migrations.max_lock_secs` outside `migrations.window`.
+    #[arg(long)]
+    pub now: bool,
 }
 
 pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
@@ -107,6 +111,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
                 waivers: crate::deployment_procedures::releases::Waivers {
                     skip: args.skip_rehearsal.as_deref(),
                     no_rollback_path: args.no_rollback_path.as_deref(),
+                    now: args.now,
                 },
             },
         );

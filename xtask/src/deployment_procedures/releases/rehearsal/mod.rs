@@ -20,8 +20,9 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::plan::RelState;
+use crate::adapters::clock;
 use crate::adapters::output::Output;
-use crate::config::{Env, ReleaseSettings};
+use crate::config::{config_error, Env, ReleaseSettings, Window};
 use crate::core::steps::Plan;
 use crate::database_migrations::{self, Pending};
 pub use containers::remove_leftovers;
@@ -136,6 +137,9 @@ pub struct Waivers<'a> {
     /// `--no-rollback-path REASON`: go on when the live release fails on
     /// the migrated copy (recorded; `rollback` then needs `--with-db`).
     pub no_rollback_path: Option<&'a str>,
+    /// `--now`: migrate outside `[migrations] window` even when the
+    /// rehearsal shows a long exclusive lock.
+    pub now: bool,
 }
 
 /// Deploy's "Rehearse the release on a copy of the data" step (Compose).
@@ -291,6 +295,7 @@ fn run_step(
                 ),
             }
         }
+        window_gate(env, out, &f, waivers.now)?;
         out.line(&format!(
             "Rehearsal passed in {:.1} s: {} migration(s) on the copy, no row lost{}",
             f.seconds,
@@ -306,4 +311,66 @@ fn run_step(
     doc["ok"] = serde_json::json!(verdict.is_ok());
     s.rehearsal = Some(doc);
     verdict
+}
+
+/// "Run migrations during low-traffic periods": a migration the rehearsal
+/// saw holding a table exclusively for longer than `max_lock_secs` runs
+/// only inside `[migrations] window`, unless `--now`.
+fn window_gate(env: &Env, out: &Output, f: &Findings, now: bool) -> Result<()> {
+    let m = &env.settings.migrations;
+    let long: Vec<String> = f
+        .migrations
+        .iter()
+        .flat_map(|r| {
+            r.locks
+                .iter()
+                .filter(|l| {
+                    (l.mode == "ACCESS EXCLUSIVE" || l.mode == "EXCLUSIVE")
+                        && l.seconds > m.max_lock_secs
+                })
+                .map(move |l| {
+                    format!(
+                        "{} held {} on {} for {:.1} s",
+                        r.name, l.mode, l.table, l.seconds
+                    )
+                })
+        })
+        .collect();
+    if long.is_empty() {
+        return Ok(());
+    }
+    let field = format!("environments.{}.migrations.window", env.name);
+    let Some(text) = &m.window else {
+        out.warn(&format!(
+            "on the copy, {} (max_lock_secs {}): on production that blocks every query on the table meanwhile. \
+             Set {field} to run such migrations only in a low-traffic period",
+            long.join("; "),
+            m.max_lock_secs
+        ));
+        return Ok(());
+    };
+    let w = Window::parse(text).map_err(|why| config_error(format!("{field}: {why}")))?;
+    let (minute, hhmm) =
+        clock::minutes_now_in(&w.zone).map_err(|why| config_error(format!("{field}: {why}")))?;
+    if w.contains(minute) {
+        out.line(&format!(
+            "Inside the migration window {text} (now {hhmm}): {}",
+            long.join("; ")
+        ));
+        return Ok(());
+    }
+    if now {
+        out.warn(&format!(
+            "outside the migration window {text} (now {hhmm}), with --now: {}",
+            long.join("; ")
+        ));
+        return Ok(());
+    }
+    bail!(
+        "outside the migration window {text} (now {hhmm} there): on the copy, {} (more than max_lock_secs {}), \
+         which on production blocks every query on the table meanwhile. Production was not touched; deploy inside \
+         the window, or pass --now",
+        long.join("; "),
+        m.max_lock_secs
+    )
 }
