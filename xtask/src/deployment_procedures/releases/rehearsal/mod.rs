@@ -10,6 +10,7 @@
 //! started is removed afterwards, also on a failure and Ctrl-C; after a
 //! kill -9, the next rehearsal removes what is left.
 
+mod command;
 mod containers;
 mod copy;
 
@@ -25,6 +26,7 @@ use crate::adapters::output::Output;
 use crate::config::{config_error, Env, ReleaseSettings, Window};
 use crate::core::steps::Plan;
 use crate::database_migrations::{self, Pending};
+pub use command::{command as rehearse_command, RehearseArgs};
 pub use containers::remove_leftovers;
 use containers::start_on_copy;
 use copy::migrate_copy;
