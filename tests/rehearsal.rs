@@ -176,6 +176,14 @@ fn rehearsal_proves_rollback_before_production_changes() {
             && r.stderr.contains("--force"),
         "{r:?}"
     );
+    // The data `--with-db pre-deploy` would lose: the laps ingested since
+    // the backup the rehearsal took before v2's migrations.
+    assert!(
+        r.stderr
+            .contains("restoring it loses what was written since")
+            && r.stderr.contains("public.laps +"),
+        "{r:?}"
+    );
     assert!(live_image(&s).ends_with(&v2), "nothing changed");
 
     // A compatible release (a nullable column), whose migration holds

@@ -235,6 +235,9 @@ fn run_step(
                 out,
                 &format!("rehearsal of {}", new.version),
             )?;
+            // A backup taken just before the migrations: the release's
+            // pre-deploy backup (`rollback --with-db pre-deploy`).
+            s.backup = Some(path.to_string());
             let quiet = Output::new(false, true, out.verbose);
             made =
                 crate::disaster_recovery::verify_backup_keeping_copy(env, &quiet, path.as_str())?;
