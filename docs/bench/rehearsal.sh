@@ -26,6 +26,7 @@ cleanup() {
   (cd "$WORK" && "$X" --config "$WORK/ops.toml" down bench --volumes --yes >/dev/null 2>&1) || true
   docker ps -aq --filter "name=$P-" | xargs -r docker rm -f >/dev/null 2>&1 || true
   docker volume ls -q | grep "^$P" | xargs -r docker volume rm >/dev/null 2>&1 || true
+  docker images --format '{{.Repository}}:{{.Tag}}' | grep -F ":$P-" | xargs -r docker rmi -f >/dev/null 2>&1 || true
   [ -n "${REGPID:-}" ] && kill "$REGPID" 2>/dev/null || true
   rm -rf "$WORK"
 }
