@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod load;
 pub mod migrate;
 pub mod netns;

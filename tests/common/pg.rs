@@ -3,7 +3,8 @@
 //! Real PostgreSQL, no container needed; fails (never skips) with the way
 //! to get it when the binaries are missing.
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::{free_port, TempDir};
@@ -42,6 +43,17 @@ impl Pg {
     /// A running server with superuser and database `pacetracer` (password
     /// `PASSWORD`, scram-sha-256 over TCP).
     pub fn start() -> Pg {
+        Pg::start_with(None)
+    }
+
+    /// A server that takes TCP connections over TLS only (`ssl = on`, its
+    /// certificate and key given; pg_hba `hostssl`, no `host` line): a
+    /// plain-text connection is refused ("no encryption").
+    pub fn start_tls(cert: &Path, key: &Path) -> Pg {
+        Pg::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> Pg {
         let dir = TempDir::new("pg");
         let _ = Command::new("chown")
             .args(["-R", "postgres:postgres", &dir.path().display().to_string()])
@@ -68,6 +80,23 @@ impl Pg {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        let mut options = String::new();
+        if let Some((cert, key)) = tls {
+            for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+                let to = data.join(to);
+                std::fs::copy(from, &to).unwrap();
+                std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+                let _ = Command::new("chown")
+                    .args(["postgres", &to.display().to_string()])
+                    .status();
+            }
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .unwrap();
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let port = free_port();
         let log = dir.path().join("log");
         let out = as_postgres("pg_ctl")
@@ -83,7 +112,7 @@ impl Pg {
                 "-o",
             ])
             .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{options}",
                 dir.path().display()
             ))
             .output()

@@ -55,6 +55,8 @@ pub fn config(ops: &Ops, out: &Output, args: &ConfigArgs) -> Result<()> {
                 "url": env.database_url().map(|u| crate::adapters::postgres::describe_url(&u))
                     .unwrap_or_else(|e| format!("unresolved: {e}")),
                 "user": d.user, "name": d.name,
+                "sslmode": d.sslmode,
+                "sslrootcert": env.database_sslrootcert().map(|p| p.to_string()),
             })
         });
         // What would stop a command half-way, found now.

@@ -235,10 +235,13 @@ impl Env {
     /// The connection URL from this machine: with `ssh`, through the local
     /// socket forwarded to the server's database (`tunnel_dir()`), so the
     /// database port is never published. Errors name the missing variable.
+    /// With `sslmode` (a database reached over a network directly), libpq's
+    /// `sslmode` and `sslrootcert` (an absolute path) are added to its query,
+    /// unless a URL from `url_env` sets them itself.
     pub fn database_url(&self) -> Result<String> {
         let url = self.direct_database_url()?;
         if self.ssh().is_none() {
-            return Ok(url);
+            return Ok(self.with_tls_params(url));
         }
         let (userinfo, _, port, rest) = split_authority(&url).ok_or_else(|| {
             config_error(format!(
@@ -252,6 +255,31 @@ impl Env {
             percent_encoding::NON_ALPHANUMERIC,
         );
         Ok(format!("postgresql://{userinfo}{dir}:{port}{rest}"))
+    }
+
+    /// The CA file of `database.sslrootcert`, relative to ops.toml's folder.
+    pub fn database_sslrootcert(&self) -> Option<Utf8PathBuf> {
+        let db = self.settings.database.as_ref()?;
+        db.sslrootcert.as_ref().map(|p| self.dir.join(p))
+    }
+
+    fn with_tls_params(&self, url: String) -> String {
+        let Some(mode) = self.settings.database.as_ref().and_then(|d| d.sslmode) else {
+            return url;
+        };
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        if query
+            .split('&')
+            .any(|kv| kv.starts_with("sslmode=") || kv.starts_with("sslrootcert="))
+        {
+            return url;
+        }
+        let mut params = format!("sslmode={}", mode.as_str());
+        if let Some(ca) = self.database_sslrootcert() {
+            params.push_str(&format!("&sslrootcert={}", encode(ca.as_str())));
+        }
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}{params}")
     }
 
     /// The connection URL as ops.toml and the env file give it.

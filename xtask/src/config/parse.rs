@@ -217,6 +217,7 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
                     at("database")
                 )));
             }
+            validate_tls(db, env.ssh.is_some(), &at)?;
         }
         if let Some(b) = &env.backups {
             if b.keep_min == 0 {
@@ -270,6 +271,41 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
                 )));
             }
         }
+    }
+    Ok(())
+}
+
+/// `sslmode` and `sslrootcert`: a CA file exactly when the certificate is
+/// checked, and no TLS settings where the SSH connection carries the database.
+fn validate_tls(
+    db: &super::DatabaseSettings,
+    ssh: bool,
+    at: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    use super::SslMode;
+    match (db.sslmode, &db.sslrootcert) {
+        (Some(SslMode::VerifyFull), None) => {
+            return Err(config_error(format!(
+                "{}: sslmode = \"verify-full\" checks the server's certificate against a CA file: \
+                 set sslrootcert = \"path/to/ca.pem\" (your provider's CA bundle, relative to ops.toml)",
+                at("database.sslmode")
+            )))
+        }
+        (mode, Some(_)) if mode != Some(SslMode::VerifyFull) => {
+            return Err(config_error(format!(
+                "{}: the CA file is used with sslmode = \"verify-full\" only (with \"require\" the certificate \
+                 is not checked): set sslmode = \"verify-full\", or remove sslrootcert",
+                at("database.sslrootcert")
+            )))
+        }
+        _ => {}
+    }
+    if ssh && db.sslmode.is_some_and(|m| m != SslMode::Disable) {
+        return Err(config_error(format!(
+            "{}: with `ssh` the database is reached through the SSH connection (already encrypted), \
+             where TLS does not apply: remove sslmode (TLS is for a database reached directly over a network)",
+            at("database.sslmode")
+        )));
     }
     Ok(())
 }

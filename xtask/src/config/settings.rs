@@ -166,6 +166,39 @@ pub struct DatabaseSettings {
     pub password_env: Option<String>,
     /// The variable holding a whole connection URL; wins when present.
     pub url_env: Option<String>,
+    /// TLS to a database reached over a network (a managed one). Unset:
+    /// none, as before (`disable`).
+    pub sslmode: Option<SslMode>,
+    /// The CA file the server's certificate must chain to (`verify-full`),
+    /// relative to ops.toml.
+    pub sslrootcert: Option<String>,
+}
+
+/// libpq's `sslmode` values mre-ops supports (`verify-ca` is not one: a
+/// certificate is checked with its host name or not at all).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plain text.
+    Disable,
+    /// TLS when the server offers it, no certificate check (libpq's default).
+    Prefer,
+    /// TLS or no connection; the certificate is not checked (as libpq).
+    Require,
+    /// TLS, the certificate chained to `sslrootcert` and valid for the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The value as libpq spells it (`PGSSLMODE`, `?sslmode=`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 fn default_db_host() -> String {

@@ -62,6 +62,13 @@ pub fn env(ops: &Ops, out: &Output, name: &str) -> Result<Env> {
 pub fn env_offline(ops: &Ops, out: &Output, name: &str) -> Result<Env> {
     let env = ops.resolve(name)?;
     protect(&env);
+    if let Some(ca) = env.database_sslrootcert() {
+        // A refused certificate names the setting to look at.
+        crate::adapters::postgres::name_ca(
+            ca.as_std_path(),
+            &format!("environments.{}.database.sslrootcert", env.name),
+        );
+    }
     for key in env.shell_overrides() {
         if WARNED
             .lock()

@@ -83,18 +83,22 @@ pub(super) struct Db {
     /// The connection URL (without `?schema=`), for a second session.
     pub(super) url: String,
     pid: Option<i32>,
+    /// How the connection is encrypted (a cancel request goes the same way).
+    pub(super) tls: postgres::Tls,
 }
 
 impl Db {
     pub(super) fn open(env: &Env) -> Result<Db> {
         let (url, schema) = split_schema(&env.database_url()?);
         let client = connect(&url, Duration::from_secs(10))?;
+        let tls = postgres::parse_url(&url)?.tls;
         let mut db = Db {
             client,
             schema,
             target: describe_url(&url),
             url,
             pid: None,
+            tls,
         };
         db.session_settings()?;
         Ok(db)

@@ -278,13 +278,13 @@ fn alone(db: &mut Db, mark: &str, stmt: &str, count: &str) -> Result<(), postgre
 /// watcher sends PostgreSQL's cancel request (what psql sends on Ctrl-C),
 /// and the statement fails with 57014 (`conclude` says what that left).
 pub(super) fn cancellable(db: &mut Db, sql: &str) -> Result<(), postgres::Error> {
-    let token = db.client.cancel_token();
+    let (token, tls) = (db.client.cancel_token(), db.tls.clone());
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         let watcher = s.spawn(|| {
             while !done.load(Ordering::SeqCst) {
                 if crate::core::interrupt::pending().is_some() {
-                    postgres::cancel(&token);
+                    postgres::cancel(&token, &tls);
                     return;
                 }
                 std::thread::park_timeout(Duration::from_millis(50));

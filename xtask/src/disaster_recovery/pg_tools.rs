@@ -22,7 +22,7 @@ pub(super) struct Target<'a> {
     pub(super) settings: BackupSettings,
     pub(super) method: Method,
     /// From the host: for the snapshot, row counts and scratch databases.
-    pub(super) config: postgres::Config,
+    pub(super) config: postgres::Settings,
     pub(super) url: String,
     pub(super) host: String,
     pub(super) port: u16,
@@ -51,12 +51,13 @@ impl<'a> Target<'a> {
                 describe_url(&url)
             ))
         })?;
-        let (host, port) = postgres::host_port(&config);
-        let user = config.get_user().unwrap_or(&db.user).to_string();
+        let (host, port) = postgres::host_port(&config.config);
+        let user = config.config.get_user().unwrap_or(&db.user).to_string();
         let password = config
+            .config
             .get_password()
             .map(|p| String::from_utf8_lossy(p).into_owned());
-        let database = config.get_dbname().unwrap_or(&db.name).to_string();
+        let database = config.config.get_dbname().unwrap_or(&db.name).to_string();
         let method = method
             .or(settings.method)
             .unwrap_or(if db.container.is_some() {
@@ -101,12 +102,22 @@ impl<'a> Target<'a> {
     }
 
     pub(super) fn connect(&self, db: &str) -> Result<postgres::Client> {
-        postgres::connect_config(&self.config, db, "mre-ops", Duration::from_secs(10)).with_context(|| {
-            format!(
-                "cannot connect to database `{db}` at {}:{} as {}: is the database running (`cargo xtask status {}`)?",
-                self.host, self.port, self.user, self.env.name
-            )
-        })
+        postgres::connect_config(&self.config, db, "mre-ops", Duration::from_secs(10)).map_err(
+            |e| {
+                let why = if postgres::is_tls_refusal(&e) {
+                    " over TLS".to_string()
+                } else {
+                    format!(
+                        ": is the database running (`cargo xtask status {}`)?",
+                        self.env.name
+                    )
+                };
+                e.context(format!(
+                    "cannot connect to database `{db}` at {}:{} as {}{why}",
+                    self.host, self.port, self.user
+                ))
+            },
+        )
     }
 
     pub(super) fn program(&self, tool: &str) -> String {
@@ -138,10 +149,13 @@ impl<'a> Target<'a> {
                     "-d".into(),
                     db.into(),
                 ]);
+                // The same TLS as this process's connections (PGSSLMODE,
+                // PGSSLROOTCERT).
                 let env: Vec<(String, String)> = self
                     .password
                     .iter()
                     .map(|p| ("PGPASSWORD".to_string(), p.clone()))
+                    .chain(self.config.tls.libpq_env())
                     .collect();
                 Tool::Host(Command::new(&self.program(tool), args).envs(&env))
             }
