@@ -86,6 +86,8 @@ pub struct NsEngine {
     dockerd: Option<std::process::Child>,
     watchdog: Option<std::process::Child>,
     forwards: Vec<Forward>,
+    /// More dockerd arguments (`start_with`).
+    extra: Vec<String>,
 }
 
 impl NsEngine {
@@ -93,6 +95,13 @@ impl NsEngine {
     /// it answers. Panics with what went wrong (the end of dockerd's log
     /// when it does not answer); what was made until then is removed.
     pub fn start(tag: &str) -> NsEngine {
+        NsEngine::start_with(tag, &|_| Vec::new())
+    }
+
+    /// `start`, with more dockerd arguments made from the namespace's
+    /// address (a TCP listener with TLS: `--tlsverify`, a certificate for
+    /// that address, `-H tcp://ADDR:2376`).
+    pub fn start_with(tag: &str, extra: &dyn Fn(Ipv4Addr) -> Vec<String>) -> NsEngine {
         require();
         let pid = std::process::id();
         let (index, veth) = claim_subnet();
@@ -107,6 +116,7 @@ impl NsEngine {
             dockerd: None,
             watchdog: None,
             forwards: Vec::new(),
+            extra: Vec::new(),
         };
         // From here on, a panic drops `e`, which removes what was made.
         e.watchdog = Some(
@@ -141,6 +151,7 @@ impl NsEngine {
             "via",
             &e.host.to_string(),
         ]);
+        e.extra = extra(e.ns);
         e.start_dockerd();
         e
     }
@@ -269,6 +280,7 @@ impl NsEngine {
             .args(["-H", &self.docker_host()])
             .args(["--config-file", &path("c.json")])
             .args(["--bridge", "none", "--iptables=false"])
+            .args(&self.extra)
             // When a system containerd is shared, this engine's containers
             // stay apart from the other engine's.
             .args(["--containerd-namespace", &self.netns])

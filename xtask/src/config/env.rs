@@ -171,6 +171,26 @@ impl Env {
         crate::adapters::docker::resolve_host(self.settings.docker_host.as_deref())
     }
 
+    /// Docker's `DOCKER_CERT_PATH` folder of a `tcp://` engine with TLS.
+    pub fn docker_cert_path(&self) -> Option<Utf8PathBuf> {
+        self.settings
+            .docker_cert_path
+            .as_ref()
+            .map(|p| self.dir.join(p))
+    }
+
+    /// The variables that point the `docker` CLI (compose, stack, pull) at
+    /// this environment's engine: `DOCKER_HOST`, and for an engine with TLS
+    /// `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`.
+    pub fn docker_cli_env(&self) -> Vec<(String, String)> {
+        let mut vars = vec![("DOCKER_HOST".to_string(), self.docker_host())];
+        if let Some(certs) = self.docker_cert_path() {
+            vars.push(("DOCKER_TLS_VERIFY".into(), "1".into()));
+            vars.push(("DOCKER_CERT_PATH".into(), certs.to_string()));
+        }
+        vars
+    }
+
     /// The server of an environment with `ssh`.
     pub fn ssh(&self) -> Option<SshTarget> {
         let mut t = SshTarget::parse(self.settings.ssh.as_deref()?)?;

@@ -254,14 +254,29 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
                 let loopback = h == "localhost"
                     || h.parse::<std::net::IpAddr>()
                         .is_ok_and(|ip| ip.is_loopback());
-                if !loopback {
+                if !loopback && env.docker_cert_path.is_none() {
                     return Err(config_error(format!(
                         "{}: the Docker Engine API on a network port is root on that server for anyone who \
-                         reaches it; set `ssh = \"user@{h}\"` instead (the engine's socket is reached over SSH)",
+                         reaches it; set `ssh = \"user@{h}\"` instead (the engine's socket is reached over SSH), \
+                         or, for an engine with TLS client certificates (`dockerd --tlsverify`), \
+                         docker_cert_path = \"FOLDER\" (ca.pem, cert.pem, key.pem)",
                         at_value("docker_host", host)
                     )));
                 }
             }
+        }
+        if env.docker_cert_path.is_some()
+            && (env.ssh.is_some()
+                || !env
+                    .docker_host
+                    .as_deref()
+                    .is_some_and(|h| h.starts_with("tcp://")))
+        {
+            return Err(config_error(format!(
+                "{}: client certificates are for an engine at docker_host = \"tcp://HOST:2376\" \
+                 (not a socket, not with `ssh`)",
+                at("docker_cert_path")
+            )));
         }
         if let Some(target) = &env.ssh {
             if super::env::SshTarget::parse(target).is_none() {

@@ -27,10 +27,15 @@ pub struct EnvironmentSettings {
     #[serde(default)]
     pub protected: bool,
     /// The Docker engine: `unix:///var/run/docker.sock` or `tcp://HOST:PORT`
-    /// (loopback only). Unset: `DOCKER_HOST`, else the local socket. With
-    /// `ssh`, the engine's socket on the server (`unix:///PATH`; default
-    /// /var/run/docker.sock).
+    /// (loopback only, unless `docker_cert_path` is set). Unset:
+    /// `DOCKER_HOST`, else the local socket. With `ssh`, the engine's socket
+    /// on the server (`unix:///PATH`; default /var/run/docker.sock).
     pub docker_host: Option<String>,
+    /// Docker's `DOCKER_CERT_PATH` for a `tcp://` engine with TLS
+    /// (`dockerd --tlsverify`): a folder, relative to ops.toml, with
+    /// `ca.pem` (the engine's CA), `cert.pem` and `key.pem` (this client's
+    /// certificate and key).
+    pub docker_cert_path: Option<String>,
     /// The server, reached with the system's OpenSSH client (`user@host` or
     /// `user@host:port`): the Docker engine, the database and the services'
     /// URLs go through one multiplexed connection; nothing else is exposed.

@@ -24,21 +24,23 @@ static ENGINES: Mutex<Option<HashMap<String, Docker>>> = Mutex::new(None);
 /// The environment's Docker engine: the one client (one runtime, one
 /// connection pool) this command uses for it, whichever step asks.
 pub fn docker(env: &Env) -> Result<Docker> {
-    docker_at(&env.docker_host())
+    let certs = env.docker_cert_path();
+    docker_at(&env.docker_host(), certs.as_ref().map(|c| c.as_std_path()))
 }
 
 /// The engine at `host` (`None`: DOCKER_HOST, else the local socket), for
 /// commands that have no environment (`demo prepare`).
 pub fn docker_at_default() -> Result<Docker> {
-    docker_at(&resolve_host(None))
+    docker_at(&resolve_host(None), None)
 }
 
-fn docker_at(host: &str) -> Result<Docker> {
+/// `certs`: Docker's `DOCKER_CERT_PATH` folder for a `tcp://` engine with TLS.
+fn docker_at(host: &str, certs: Option<&std::path::Path>) -> Result<Docker> {
     if let Some(d) = ENGINES.lock().unwrap().as_ref().and_then(|m| m.get(host)) {
         return Ok(d.clone());
     }
     // Connected outside the lock: a slow engine does not hold up the others.
-    let d = Docker::connect(host)?;
+    let d = Docker::connect(host, certs)?;
     let mut engines = ENGINES.lock().unwrap();
     Ok(engines
         .get_or_insert_with(HashMap::new)
@@ -288,7 +290,7 @@ pub fn compose(env: &Env) -> Result<Compose> {
         env.compose_files(),
         settings.project.clone(),
         // Compose talks to the same engine as the Engine API calls.
-        [("DOCKER_HOST".to_string(), env.docker_host())]
+        env.docker_cli_env()
             .into_iter()
             .chain(env.compose_env())
             .collect(),

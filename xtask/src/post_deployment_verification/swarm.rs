@@ -122,7 +122,7 @@ pub fn logs(
         args.push("--follow".into());
     }
     args.push(found.name.clone());
-    let cmd = Command::new("docker", args).envs(&[("DOCKER_HOST".to_string(), env.docker_host())]);
+    let cmd = Command::new("docker", args).envs(&env.docker_cli_env());
     out.detail(&format!("$ {}", cmd.display()));
     let (code, stderr) = cmd.stream(None, &mut std::io::stdout().lock())?;
     if !stderr.is_empty() {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +21,8 @@ pub struct Docker {
     client: bollard::Docker,
     /// Where the engine is, for messages.
     pub host: String,
+    /// Docker's `DOCKER_CERT_PATH` folder of an engine reached with TLS.
+    certs: Option<PathBuf>,
 }
 
 /// What `docker inspect` says about one container, reduced to what the
@@ -40,6 +43,48 @@ pub struct Container {
     pub exit_code: Option<i64>,
 }
 
+/// A TLS handshake with the engine that failed on a certificate, as the
+/// operator can act on it (rustls's error is deep in hyper's chain).
+fn tls_refusal(e: &anyhow::Error, host: &str, dir: &Path) -> Option<String> {
+    let text = e
+        .chain()
+        .map(|c| format!("{c} {c:?}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let show = format!(
+        "`openssl s_client -connect {} -showcerts` shows the engine's certificate",
+        host.trim_start_matches("tcp://")
+    );
+    if text.contains("UnknownIssuer") || text.contains("BadSignature") {
+        Some(format!(
+            "the Docker engine at {host} has a certificate not signed by {} (docker_cert_path): \
+             put the CA of the engine's --tlscert in it; {show}",
+            dir.join("ca.pem").display()
+        ))
+    } else if text.contains("NotValidForName") {
+        Some(format!(
+            "the Docker engine's certificate is not valid for the address in docker_host = \"{host}\": \
+             use a name or address its certificate lists; {show}"
+        ))
+    } else if [
+        "BadCertificate",
+        "CertificateRequired",
+        "CertificateUnknown",
+        "UnknownCA",
+    ]
+    .iter()
+    .any(|alert| text.contains(alert))
+    {
+        Some(format!(
+            "the Docker engine at {host} refused this machine's client certificate ({} and key.pem in \
+             docker_cert_path): it must be signed by the CA the engine trusts (`dockerd --tlscacert`)",
+            dir.join("cert.pem").display()
+        ))
+    } else {
+        None
+    }
+}
+
 /// The engine to use: the environment's setting in ops.toml, else
 /// `DOCKER_HOST`, else the local socket.
 pub fn resolve_host(configured: Option<&str>) -> String {
@@ -50,7 +95,10 @@ pub fn resolve_host(configured: Option<&str>) -> String {
 }
 
 impl Docker {
-    pub fn connect(host: &str) -> Result<Docker> {
+    /// A client of the engine at `host`; with `certs` (Docker's
+    /// `DOCKER_CERT_PATH` folder: ca.pem, cert.pem, key.pem), over TLS with
+    /// this client's certificate, the engine's checked against ca.pem.
+    pub fn connect(host: &str, certs: Option<&Path>) -> Result<Docker> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -66,7 +114,20 @@ impl Docker {
         let version = bollard::API_DEFAULT_VERSION;
         let client = {
             let _guard = rt.enter();
-            if host.starts_with("unix://") {
+            if let Some(dir) = certs {
+                let [ca, cert, key] = ["ca.pem", "cert.pem", "key.pem"].map(|f| dir.join(f));
+                for f in [&ca, &cert, &key] {
+                    if !f.is_file() {
+                        bail!(
+                            "{} is missing: docker_cert_path ({}) must hold Docker's ca.pem (the engine's CA), \
+                             cert.pem and key.pem (this client's certificate and key), as DOCKER_CERT_PATH does",
+                            f.display(),
+                            dir.display()
+                        );
+                    }
+                }
+                bollard::Docker::connect_with_ssl(host, &key, &cert, &ca, 30, version)
+            } else if host.starts_with("unix://") {
                 bollard::Docker::connect_with_unix(host, 30, version)
             } else if host.starts_with("tcp://") || host.starts_with("http://") {
                 bollard::Docker::connect_with_http(host, 30, version)
@@ -87,12 +148,26 @@ impl Docker {
                     .map_err(|_| anyhow::anyhow!("no answer within 10 s"))?
                     .map_err(anyhow::Error::from)
             })
-            .with_context(|| format!("cannot reach the Docker engine at {host}: {hint}"))?;
+            .map_err(|e| match certs.and_then(|dir| tls_refusal(&e, host, dir)) {
+                Some(why) => e.context(why),
+                None => e.context(format!("cannot reach the Docker engine at {host}: {hint}")),
+            })?;
         Ok(Docker {
             rt: std::sync::Arc::new(rt),
             client,
             host: host.to_string(),
+            certs: certs.map(Path::to_path_buf),
         })
+    }
+
+    /// The variables that point the `docker` CLI at this engine.
+    pub fn cli_env(&self) -> Vec<(String, String)> {
+        let mut vars = vec![("DOCKER_HOST".to_string(), self.host.clone())];
+        if let Some(dir) = &self.certs {
+            vars.push(("DOCKER_TLS_VERIFY".into(), "1".into()));
+            vars.push(("DOCKER_CERT_PATH".into(), dir.display().to_string()));
+        }
+        vars
     }
 
     /// One container by name; `None` when it does not exist.

@@ -267,7 +267,7 @@ impl Docker {
                 service,
             ],
         )
-        .envs(&[("DOCKER_HOST".to_string(), self.host.clone())])
+        .envs(&self.cli_env())
         .read()
         .ok()?;
         serde_json::from_str(out.trim()).ok()

@@ -64,8 +64,7 @@ pub fn commands(
         ));
         steps.push((
             format!("Pull {reference} on the target"),
-            Command::new("docker", ["pull", "--quiet", &reference])
-                .envs(&[("DOCKER_HOST".to_string(), env.docker_host())]),
+            Command::new("docker", ["pull", "--quiet", &reference]).envs(&env.docker_cli_env()),
         ));
     }
     steps

@@ -207,7 +207,7 @@ fn stack_deploy(env: &Env, s: &SwarmSettings) -> Command {
         s.stack.clone(),
     ]);
     let mut vars = env.compose_env();
-    vars.push(("DOCKER_HOST".into(), env.docker_host()));
+    vars.extend(env.docker_cli_env());
     Command::new("docker", args).dir(&env.dir).envs(&vars)
 }
 
@@ -231,7 +231,7 @@ fn deploy_stack(
 pub fn remove_stack(env: &Env, out: &Output) -> Result<()> {
     let s = settings(env)?;
     Command::new("docker", ["stack", "rm", s.stack.as_str()])
-        .envs(&[("DOCKER_HOST".to_string(), env.docker_host())])
+        .envs(&env.docker_cli_env())
         .run(out)?;
     let docker = crate::core::session::docker(env)?;
     let what = format!("stack `{}` to be removed", s.stack);
@@ -284,7 +284,7 @@ pub fn down_steps<'a>(plan: &mut Plan<'a, ()>, env: &'a Env, out: &'a Output, vo
             "Delete the stack's volumes",
             format!("$ docker volume rm (every volume with {filter})"),
             move || {
-                let host = [("DOCKER_HOST".to_string(), env.docker_host())];
+                let host = env.docker_cli_env();
                 let list = Command::new(
                     "docker",
                     ["volume", "ls", "-q", "--filter", filter.as_str()],
@@ -390,7 +390,7 @@ fn pin(env: &Env, reference: &str) -> Result<String> {
     let docker = crate::core::session::docker(env)?;
     if !docker.image_present(reference)? {
         Command::new("docker", ["pull", "--quiet", reference])
-            .envs(&[("DOCKER_HOST".to_string(), env.docker_host())])
+            .envs(&env.docker_cli_env())
             .read()?;
     }
     docker.repo_digest(reference)?.ok_or_else(|| {
