@@ -3,8 +3,9 @@
 //! certificate from a CA made for the test (tests/common/certs.rs): the
 //! commands that connect (migrations, backups with pg_dump on this machine,
 //! the lock) work with `verify-full` and the right CA, and with `require`;
-//! a different CA is refused with a message naming the setting; plain text
-//! (no sslmode, as before) is refused by the server.
+//! a different CA, and a certificate for another name, are refused with a
+//! message naming the setting; plain text (no sslmode, as before) is
+//! refused by the server.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -118,6 +119,31 @@ fn a_database_reached_over_tls() {
             && r.stderr.contains("environments.t.database.sslrootcert"),
         "{r:?}"
     );
+}
+
+/// verify-full checks the name too: a certificate that does not list the
+/// address connected to is refused, naming it; `require` does not check it.
+#[test]
+fn a_certificate_for_another_name_is_refused_by_verify_full() {
+    let dir = TempDir::new("pg-tls-name");
+    let ca = TestCa::new(dir.path(), "ca");
+    let (cert, key) = ca.server(&["DNS:db.example.invalid"]);
+    let pg = Pg::start_tls(&cert, &key);
+    let verified = config(
+        &dir,
+        &pg,
+        &["sslmode = \"verify-full\"", "sslrootcert = \"ca.pem\""],
+    );
+    let r = run(&verified, &["migrate", "status", "t"]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("the server's certificate is not valid for the host name `127.0.0.1`"),
+        "{r:?}"
+    );
+    let required = config(&dir, &pg, &["sslmode = \"require\""]);
+    let r = run(&required, &["migrate", "status", "t"]);
+    assert_eq!(r.code, 0, "{r:?}");
 }
 
 /// What cannot work is refused before anything runs, with the line.
