@@ -262,20 +262,7 @@ fn rehearsal_proves_rollback_before_production_changes() {
         "ALTER TABLE \"events\" ADD COLUMN \"venue\" TEXT;\n",
     );
     let v5 = tag(&s, "v5");
-    let child = std::process::Command::new(common::XTASK)
-        .args([
-            "--config",
-            s.config.to_str().unwrap(),
-            "deploy",
-            "rel",
-            "--tag",
-            &v5,
-        ])
-        .envs(common::release::SMOKE_USER.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn(&["deploy", "rel", "--tag", &v5]);
     let start = std::time::Instant::now();
     loop {
         let running = common::docker(&[

@@ -293,20 +293,7 @@ fn a_release_needs_the_lock_and_sigint_releases_it() {
     assert_eq!(r.code, 0, "{r:?}");
     // A second release while one holds the lock is refused, naming it.
     let v2 = tag(&s, "v2");
-    let first = std::process::Command::new(common::XTASK)
-        .args([
-            "--config",
-            s.config.to_str().unwrap(),
-            "deploy",
-            "rel",
-            "--tag",
-            &v2,
-        ])
-        .envs(common::release::SMOKE_USER.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let first = s.spawn(&["deploy", "rel", "--tag", &v2]);
     let lock = s.dir.path().join(".mre-ops/locks/rel.lock");
     let start = std::time::Instant::now();
     while std::fs::read_to_string(&lock)

@@ -226,6 +226,20 @@ strategy = "stop-first"
         xtask_env(&self.config, args, SMOKE_USER)
     }
 
+    /// The xtask on this stack, running in the background with its output
+    /// piped (to interrupt it, or to run another beside it).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        Command::new(XTASK)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .envs(SMOKE_USER.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running the xtask")
+    }
+
     pub fn container(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.prefix)
     }

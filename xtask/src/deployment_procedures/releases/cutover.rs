@@ -299,22 +299,25 @@ impl<'a> Stage<'a> {
         let url = crate::core::session::reach(self.env, &format!("http://{ip}:{port}{path}"))
             .map_err(|e| format!("{e:#}"))?;
         let reply = http::get(&url, Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        let expect = self
-            .env
-            .settings
-            .services
-            .get(svc)
-            .and_then(|x| x.health.as_ref())
-            .map(|h| h.expect)
-            .unwrap_or_default();
-        match expect {
-            Expect::RunbookJson => {
-                crate::health_checks::validate_runbook_json(reply.status, &reply.body)
-                    .map(drop)
-                    .map_err(|(exp, got)| format!("{url}: expected {exp}, got {got}"))
-            }
-            Expect::Http2xx if (200..300).contains(&reply.status) => Ok(()),
-            Expect::Http2xx => Err(format!("{url} answered {}", reply.status)),
-        }
+        judge(self.env, svc, reply.status, &reply.body).map_err(|why| format!("{url}: {why}"))
+    }
+}
+
+/// Whether `svc`'s health endpoint answered well (`status`, `body`), as
+/// its health check in ops.toml expects (the runbook's JSON, or any 2xx).
+pub fn judge(env: &Env, svc: &str, status: u16, body: &str) -> Result<(), String> {
+    let expect = env
+        .settings
+        .services
+        .get(svc)
+        .and_then(|x| x.health.as_ref())
+        .map(|h| h.expect)
+        .unwrap_or_default();
+    match expect {
+        Expect::RunbookJson => crate::health_checks::validate_runbook_json(status, body)
+            .map(drop)
+            .map_err(|(exp, got)| format!("expected {exp}, got {got}")),
+        Expect::Http2xx if (200..300).contains(&status) => Ok(()),
+        Expect::Http2xx => Err(format!("answered {status}")),
     }
 }

@@ -11,10 +11,10 @@ use super::Candidate;
 use crate::adapters::docker::RunSpec;
 use crate::adapters::http;
 use crate::adapters::output::Output;
-use crate::config::{config_error, Env, Expect, ReleaseSettings, Strategy};
+use crate::config::{config_error, Env, ReleaseSettings, Strategy};
 use crate::core::session;
 use crate::core::wait::{self, Poll, Waited};
-use crate::deployment_procedures::releases::cutover::Stage;
+use crate::deployment_procedures::releases::cutover::{judge, Stage};
 
 /// The label on every container a rehearsal starts; its value is
 /// `label_value`.
@@ -75,14 +75,7 @@ pub(super) fn start_on_copy(
             .docker
             .run_detached(&name, image, &spec, &[(LABEL, &label_value(env)?)])?;
         if let (Some(port), Some(path)) = (s.port, s.health_path.as_deref()) {
-            let expect = env
-                .settings
-                .services
-                .get(svc)
-                .and_then(|x| x.health.as_ref())
-                .map(|h| h.expect)
-                .unwrap_or_default();
-            let base = wait_answering(env, &stage, out, &name, port, path, expect, rel)?;
+            let base = wait_answering(env, &stage, out, &name, svc, port, path, rel)?;
             if svc == "mre-app" {
                 smoke_url = Some(base);
             }
@@ -123,9 +116,9 @@ fn wait_answering(
     stage: &Stage,
     out: &Output,
     name: &str,
+    svc: &str,
     port: u16,
     path: &str,
-    expect: Expect,
     rel: &ReleaseSettings,
 ) -> Result<String> {
     let limit = Duration::from_secs(rel.health_timeout_secs);
@@ -144,15 +137,9 @@ fn wait_answering(
         Ok(
             match http::get(&format!("{base}{path}"), Duration::from_secs(5)) {
                 Err(e) => Poll::Pending(e.to_string()),
-                Ok(r) => match expect {
-                    Expect::RunbookJson => {
-                        match crate::health_checks::validate_runbook_json(r.status, &r.body) {
-                            Ok(_) => Poll::Ready(base),
-                            Err((exp, got)) => Poll::Pending(format!("expected {exp}, got {got}")),
-                        }
-                    }
-                    Expect::Http2xx if (200..300).contains(&r.status) => Poll::Ready(base),
-                    Expect::Http2xx => Poll::Pending(format!("answered {}", r.status)),
+                Ok(r) => match judge(env, svc, r.status, &r.body) {
+                    Ok(()) => Poll::Ready(base),
+                    Err(why) => Poll::Pending(why),
                 },
             },
         )
