@@ -1,44 +1,30 @@
-//! Production on Docker Swarm (`driver = "swarm"`), on a second Docker
-//! engine that the test starts in a network namespace of its own and makes
-//! a one-node swarm (`tests/common/netns.rs`): this machine's engine is
-//! never made a swarm, nor left one, so the published ports of what runs on
-//! it (a developer's demo stack) are untouched. The test checks that its
-//! swarm state is the same after. Then: a first release, an update under a
-//! load with no failed request, a release whose health fails rolled back by
-//! the engine with the whole stack kept on one version, `rollback` of the
-//! whole stack, and `status` showing the tasks. Images are built on this
-//! machine's engine and go through a real registry (Debian's
-//! docker-registry, on loopback, which the namespace reaches at the same
-//! address), pinned by digest; the stack's ports and database are reached
-//! at the namespace's address. Needs root (the namespace); fails, never
-//! skips, when it cannot.
+//! Production on Docker Swarm (`driver = "swarm"`), on a cluster of real
+//! engines the test starts (`tests/common/cluster.rs`): a manager and two
+//! workers, each a dockerd in a network namespace of its own, joined into
+//! one swarm and routed through this machine so that the stack's overlay
+//! network spans them. This machine's engine is never made a swarm, nor
+//! left one, so the published ports of what runs on it (a developer's demo
+//! stack) are untouched; the test checks that its swarm state is the same
+//! after. Placement comes from ops.toml: the database on the node labelled
+//! for its volume (the manager), the proxy on the node that publishes the
+//! ports (the manager), the app's replicas on the workers. The released
+//! images go through a registry with TLS and a login, and every node pulls
+//! the pinned digests itself (`--with-registry-auth`). Then: a first
+//! release, an update under load with no failed request, a release whose
+//! health fails rolled back by the engine with the whole stack kept on one
+//! version, a release refused before its update because a worker cannot
+//! reach the registry, `rollback` of the whole stack, and `status` showing
+//! nodes and tasks. Needs root (the namespaces); fails, never skips, when
+//! it cannot.
 mod common;
 
-use std::path::PathBuf;
-
+use common::cluster::Cluster;
 use common::load::Load;
-use common::netns::NsEngine;
-use common::release::{copy_image, registry, remove_release_images, SMOKE_USER};
+use common::swarm_stack::SwarmStack;
 use common::*;
 
-/// A second engine in a network namespace, a one-node swarm advertising
-/// the namespace's address, reaching the test registry at its loopback
-/// address. Removed with everything in it on drop.
-fn swarm_engine() -> NsEngine {
-    let mut engine = NsEngine::start("sw");
-    engine.docker(&[
-        "swarm",
-        "init",
-        "--advertise-addr",
-        &engine.ns_addr().to_string(),
-    ]);
-    let port = registry()
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .expect("the registry is 127.0.0.1:PORT");
-    engine.forward_loopback(port);
-    engine
-}
+/// How many tests lease the cluster.
+const TESTS: usize = 1;
 
 /// This machine's engine's swarm state (`inactive` unless someone made it
 /// a swarm).
@@ -65,165 +51,6 @@ fn phase<T>(name: &str, f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// A stack of the demo under its own name and ports on the namespaced
-/// engine (which goes with everything on it); the release images built
-/// here are removed on drop.
-struct Stack<'a> {
-    engine: &'a NsEngine,
-    dir: TempDir,
-    config: PathBuf,
-    stack: String,
-    app: u16,
-    ingestion: u16,
-    postgres: u16,
-    registry: String,
-}
-
-impl<'a> Stack<'a> {
-    fn new(tag: &str, engine: &'a NsEngine) -> Stack<'a> {
-        ensure_demo_images();
-        let dir = TempDir::new(tag);
-        let stack = format!("mre-{tag}-{}", std::process::id());
-        let from = workspace_root().join("prisma/migrations");
-        let st = std::process::Command::new("cp")
-            .args([
-                "-r",
-                from.to_str().unwrap(),
-                dir.path().join("migrations").to_str().unwrap(),
-            ])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        // The stack's images that no release builds (the database, the
-        // proxy) exist only on this machine's engine: through the registry.
-        for image in ["mre-demo-postgres:15", "mre-demo-proxy:1"] {
-            copy_image(&registry(), &stack, image, &engine.docker_host());
-        }
-        let mut s = Stack {
-            engine,
-            dir,
-            config: PathBuf::new(),
-            stack,
-            app: free_port(),
-            ingestion: free_port(),
-            postgres: free_port(),
-            registry: registry(),
-        };
-        s.config = s.write_config(
-            &workspace_root()
-                .join("demo/docker/app")
-                .display()
-                .to_string(),
-        );
-        s
-    }
-
-    fn write_config(&self, app_context: &str) -> PathBuf {
-        // The same ports each time: a changed port is a changed proxy
-        // service, replaced stop-first (its host ports are taken).
-        let (stack, app, ingestion, postgres, registry) = (
-            &self.stack,
-            self.app,
-            self.ingestion,
-            self.postgres,
-            &self.registry,
-        );
-        let (docker_host, addr) = (self.engine.docker_host(), self.engine.ns_addr());
-        self.dir.write(
-            "ops.toml",
-            &format!(
-                r#"
-[environments.sw]
-driver = "swarm"
-docker_host = "{docker_host}"
-env_file = ".env.sw"
-generate_secrets = ["POSTGRES_PASSWORD"]
-[environments.sw.swarm]
-stack = "{stack}"
-files = ["{file}"]
-pre_build = [["{xtask}", "-q", "demo", "prepare"]]
-env = {{ MRE_APP_PORT = "{app}", MRE_INGESTION_PORT = "{ingestion}", MRE_POSTGRES_PORT = "{postgres}" }}
-monitor_secs = 3
-services = {{ mre-app = {{ replicas = 2 }}, mre-postgres = {{ constraints = ["node.role == manager"] }} }}
-[environments.sw.services.mre-app]
-health = {{ url = "http://{addr}:{app}/api/health", expect = "runbook-json" }}
-[environments.sw.database]
-host = "{addr}"
-port = {postgres}
-user = "pacetracer"
-name = "pacetracer"
-password_env = "POSTGRES_PASSWORD"
-[environments.sw.migrations]
-dir = "migrations"
-[environments.sw.release]
-registry = "{registry}"
-keep = 3
-health_timeout_secs = 90
-proxy = {{ service = "mre-proxy" }}
-images = {{ mre-demo-app = {{ context = "{app_context}" }} }}
-[environments.sw.release.services.mre-app]
-image = "mre-demo-app"
-strategy = "blue-green"
-[environments.sw.release.services.mre-liverc-ingestion-service]
-image = "mre-demo-app"
-strategy = "stop-first"
-"#,
-                file = workspace_root().join("demo/docker-stack.yml").display(),
-                xtask = XTASK,
-            ),
-        )
-    }
-
-    fn run(&self, args: &[&str]) -> Run {
-        xtask_env(&self.config, args, SMOKE_USER)
-    }
-
-    /// The images the app's running tasks use.
-    fn app_images(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .engine
-            .docker(&[
-                "service",
-                "ps",
-                &format!("{}_mre-app", self.stack),
-                "--filter",
-                "desired-state=running",
-                "--format",
-                "{{.Image}}",
-            ])
-            .lines()
-            .map(str::to_string)
-            .collect();
-        v.sort();
-        v.dedup();
-        v
-    }
-
-    fn tag(&self, v: &str) -> String {
-        format!("{}-{v}", self.stack)
-    }
-
-    /// A build context: the first release's image with one line more.
-    fn context(&self, name: &str, v1: &str, line: &str) -> String {
-        let dir = self.dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("Dockerfile"),
-            format!("FROM {}/mre-demo-app:{v1}\n{line}\n", self.registry),
-        )
-        .unwrap();
-        dir.display().to_string()
-    }
-}
-
-impl Drop for Stack<'_> {
-    fn drop(&mut self) {
-        // The stack, its volume and the images pulled there go with the
-        // namespaced engine; the images built and tagged here stay here.
-        remove_release_images(&self.registry, &self.stack);
-    }
-}
-
 /// Run `f` under a client's load on the proxy at `host:port`: its result,
 /// (ok, failed, why).
 fn under_load<T>(host: &str, port: u16, f: impl FnOnce() -> T) -> (T, usize, usize, Vec<String>) {
@@ -240,12 +67,20 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
     common::netns::require();
     require_docker();
     let host_before = host_swarm_state();
-    let engine = phase(
-        "start a second engine in a network namespace, a one-node swarm",
-        swarm_engine,
+    let cluster = phase(
+        "start a cluster: a manager and two workers in network namespaces",
+        || {
+            let cluster = Cluster::lease(TESTS);
+            // The database's volume lives on the manager: its label pins it.
+            cluster
+                .manager
+                .docker(&["node", "update", "--label-add", "db=true", "manager"]);
+            cluster
+        },
     );
+    let engine = &cluster.manager;
     let mut s = phase("prepare the stack (demo images, registry)", || {
-        Stack::new("sw", &engine)
+        SwarmStack::new("sw", engine, cluster.registry)
     });
     let addr = engine.ns_addr().to_string();
 
@@ -257,6 +92,15 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
         let first = s.app_images();
         assert_eq!(first.len(), 1, "{first:?}");
         assert!(first[0].contains("@sha256:"), "pinned by digest: {first:?}");
+        // Placement from ops.toml: the app's replicas spread over the
+        // workers (each pulled the digest itself), the database and the
+        // proxy on the manager.
+        assert_eq!(
+            cluster.task_nodes(&s.service("mre-app")),
+            ["worker-1", "worker-2"]
+        );
+        assert_eq!(cluster.task_nodes(&s.service("mre-postgres")), ["manager"]);
+        assert_eq!(cluster.task_nodes(&s.service("mre-proxy")), ["manager"]);
         let st = s.run(&["status", "sw"]);
         assert_eq!(st.code, 0, "{st:?}");
         assert!(
@@ -370,10 +214,9 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
     });
 
     drop(s);
-    phase(
-        "remove the namespaced engine and everything in it",
-        move || drop(engine),
-    );
+    phase("remove the cluster and everything in it", move || {
+        drop(cluster)
+    });
     assert_eq!(
         host_swarm_state(),
         host_before,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod cluster;
 pub mod load;
 pub mod migrate;
 pub mod netns;
@@ -13,6 +14,7 @@ pub mod pg;
 pub mod release;
 pub mod ssh;
 pub mod stack;
+pub mod swarm_stack;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

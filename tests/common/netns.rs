@@ -88,6 +88,9 @@ pub struct NsEngine {
     forwards: Vec<Forward>,
     /// More dockerd arguments (`start_with`).
     extra: Vec<String>,
+    /// The host name dockerd sees (a UTS namespace of its own), which a
+    /// swarm shows as the node's name; None: this machine's.
+    hostname: Option<String>,
 }
 
 impl NsEngine {
@@ -95,13 +98,28 @@ impl NsEngine {
     /// it answers. Panics with what went wrong (the end of dockerd's log
     /// when it does not answer); what was made until then is removed.
     pub fn start(tag: &str) -> NsEngine {
-        NsEngine::start_with(tag, &|_| Vec::new())
+        NsEngine::start_full(tag, None, &|_| Vec::new())
     }
 
     /// `start`, with more dockerd arguments made from the namespace's
     /// address (a TCP listener with TLS: `--tlsverify`, a certificate for
     /// that address, `-H tcp://ADDR:2376`).
     pub fn start_with(tag: &str, extra: &dyn Fn(Ipv4Addr) -> Vec<String>) -> NsEngine {
+        NsEngine::start_full(tag, None, extra)
+    }
+
+    /// `start`, with dockerd in a UTS namespace of its own whose host name
+    /// is `hostname`: the name a swarm gives the node (engines sharing this
+    /// machine's host name would be indistinguishable nodes).
+    pub fn start_named(tag: &str, hostname: Option<&str>) -> NsEngine {
+        NsEngine::start_full(tag, hostname, &|_| Vec::new())
+    }
+
+    fn start_full(
+        tag: &str,
+        hostname: Option<&str>,
+        extra: &dyn Fn(Ipv4Addr) -> Vec<String>,
+    ) -> NsEngine {
         require();
         let pid = std::process::id();
         let (index, veth) = claim_subnet();
@@ -117,6 +135,7 @@ impl NsEngine {
             watchdog: None,
             forwards: Vec::new(),
             extra: Vec::new(),
+            hostname: hostname.map(str::to_string),
         };
         // From here on, a panic drops `e`, which removes what was made.
         e.watchdog = Some(
@@ -165,6 +184,18 @@ impl NsEngine {
     /// and it is the address to advertise (`swarm init --advertise-addr`).
     pub fn ns_addr(&self) -> Ipv4Addr {
         self.ns
+    }
+
+    /// This machine's end of the veth pair (`mreNh`): what a FORWARD rule
+    /// between namespaces names.
+    pub fn veth(&self) -> &str {
+        &self.veth
+    }
+
+    /// The engine's host name (its swarm node's name), when it has one of
+    /// its own.
+    pub fn hostname(&self) -> Option<&str> {
+        self.hostname.as_deref()
     }
 
     /// `unix:///tmp/mre-ns-.../s`: for DOCKER_HOST, `docker -H` and
@@ -246,6 +277,59 @@ impl NsEngine {
         });
     }
 
+    /// The node's power goes: dockerd, its containerd and shims, and every
+    /// container they ran are killed (SIGKILL) at once, with no chance to
+    /// tell anyone. The namespace and its veth stay (the address answers
+    /// nothing); `restart` starts dockerd again on the same data root.
+    pub fn lose(&mut self) {
+        let ids = self.docker(&["ps", "-q"]);
+        let mut pids: Vec<i32> = Vec::new();
+        for id in ids.split_whitespace() {
+            if let Ok(pid) = self
+                .docker(&["inspect", "--format", "{{.State.Pid}}", id])
+                .parse()
+            {
+                pids.push(pid);
+            }
+        }
+        let cgroups: Vec<String> = pids
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/cgroup")).ok())
+            .filter_map(|c| {
+                c.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+            })
+            .collect();
+        if let Some(mut d) = self.dockerd.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        // containerd and the shims: every process naming this folder.
+        let kill = format!(
+            r#"for proc in /proc/[0-9]*; do pid=${{proc#/proc/}}; [ "$pid" = "$$" ] && continue;
+               if {{ tr '\0' ' ' < "$proc/cmdline"; }} 2>/dev/null | grep -q -F "{}/"; then kill -KILL "$pid" 2>/dev/null; fi; done"#,
+            self.dir.display()
+        );
+        let _ = Command::new("sh").args(["-c", &kill]).status();
+        for p in &pids {
+            // SAFETY: SIGKILL to the init process of a container this
+            // fixture's engine ran (its pid namespace goes with it).
+            unsafe { libc::kill(*p, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // What the engine would have removed: the containers' cgroups.
+        for c in cgroups {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup{c}"));
+        }
+    }
+
+    /// Start dockerd again after `lose` (same data root, socket and host
+    /// name): a swarm node rejoins by itself.
+    pub fn restart(&mut self) {
+        assert!(self.dockerd.is_none(), "dockerd still runs: `lose` first");
+        self.start_dockerd();
+    }
+
     /// `docker` aimed at this engine (whatever DOCKER_HOST or
     /// DOCKER_CONTEXT this process has).
     fn cli(&self) -> Command {
@@ -271,8 +355,16 @@ impl NsEngine {
         std::fs::write(d.join("c.json"), "{}\n").unwrap();
         let log = std::fs::File::create(d.join("log")).unwrap();
         let path = |p: &str| d.join(p).display().to_string();
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.netns()))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns()));
+        if let Some(name) = &self.hostname {
+            // Its own UTS namespace: the host name is the node's, not this
+            // machine's (unshare and sh exec: dockerd keeps the child's pid).
+            cmd.args(["unshare", "--uts", "sh", "-c"])
+                .arg("hostname \"$1\" && shift && exec \"$@\"")
+                .args(["sh", name]);
+        }
+        let child = cmd
             .arg("dockerd")
             .args(["--data-root", &path("d")])
             .args(["--exec-root", &path("x")])
