@@ -3,6 +3,7 @@
 //! container's Docker health (`docker ps` STATUS), and the database
 //! connection test (`SELECT 1`), run concurrently, once or until they pass.
 
+pub mod nodes;
 pub mod swarm;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -88,6 +89,9 @@ pub fn probes(env: &Env) -> Vec<Probe<'_>> {
     if env.settings.driver == crate::config::Driver::Swarm {
         probes.push(Box::new(move || {
             crate::health_checks::swarm::replica_checks(env)
+        }));
+        probes.push(Box::new(move || {
+            crate::health_checks::nodes::node_checks(env)
         }));
     } else {
         probes.push(Box::new(move || container_checks(env)));

@@ -1,6 +1,7 @@
 //! Post-Deployment Verification on Docker Swarm (`driver = "swarm"`):
 //! `status` (every service's replicas, image and update state, each task's
-//! state and node) and `logs` (`docker service logs`).
+//! state and node; every node's role, state and availability with the
+//! stack's tasks on it) and `logs` (`docker service logs`).
 
 use anyhow::Result;
 
@@ -26,6 +27,8 @@ pub fn status(env: &Env, out: &Output) -> Result<()> {
         services.len()
     )];
     let mut short = Vec::new();
+    // Node host name → the stack's running tasks on it.
+    let mut on_node: std::collections::BTreeMap<String, Vec<String>> = Default::default();
     for svc in &services {
         let tasks = docker.service_tasks(&svc.name)?;
         let (running, desired) = replicas(&docker, svc)?;
@@ -40,6 +43,14 @@ pub fn status(env: &Env, out: &Output) -> Result<()> {
         ));
         let current: Vec<_> = tasks.iter().filter(|t| t.desired == "running").collect();
         for t in &current {
+            let short_name = svc
+                .name
+                .strip_prefix(&format!("{}_", s.stack))
+                .unwrap_or(&svc.name);
+            on_node.entry(t.node.clone()).or_default().push(format!(
+                "{short_name}.{}",
+                t.slot.map(|n| n.to_string()).unwrap_or_default()
+            ));
             lines.push(format!(
                 "      task {:<3} on {:<12} {:<10}{}",
                 t.slot.map(|n| n.to_string()).unwrap_or_default(),
@@ -63,9 +74,37 @@ pub fn status(env: &Env, out: &Output) -> Result<()> {
             env.name
         ));
     }
+    let nodes = docker.nodes()?;
+    lines.push(format!("Nodes ({}):", nodes.len()));
+    let mut down = Vec::new();
+    let mut node_rows = Vec::new();
+    for n in &nodes {
+        if n.state != "ready" {
+            down.push(n.hostname.clone());
+        }
+        let tasks = on_node.remove(&n.hostname).unwrap_or_default();
+        lines.push(format!(
+            "  {:<16} {:<8} {:<8} {:<7} tasks: {}",
+            n.hostname,
+            n.role,
+            n.state,
+            n.availability,
+            if tasks.is_empty() {
+                "-".to_string()
+            } else {
+                tasks.join(", ")
+            }
+        ));
+        node_rows.push(serde_json::json!({
+            "hostname": n.hostname, "role": n.role, "state": n.state,
+            "availability": n.availability, "leader": n.leader, "addr": n.addr,
+            "message": n.message, "tasks": tasks,
+        }));
+    }
     let mut r = Report::new(serde_json::json!({
         "environment": env.name, "stack": s.stack, "docker_host": docker.host,
-        "ok": short.is_empty() && !services.is_empty(), "services": rows,
+        "ok": short.is_empty() && !services.is_empty() && down.is_empty(), "services": rows,
+        "nodes": node_rows,
     }));
     for l in lines {
         r.line(l);
@@ -73,6 +112,12 @@ pub fn status(env: &Env, out: &Output) -> Result<()> {
     r.emit(out);
     if services.is_empty() {
         anyhow::bail!("stack `{}` has no services", s.stack);
+    }
+    if !down.is_empty() {
+        anyhow::bail!(
+            "node(s) not ready: {} (`docker node ls` on the manager; the swarm reschedules their tasks)",
+            down.join(", ")
+        );
     }
     if !short.is_empty() {
         anyhow::bail!(

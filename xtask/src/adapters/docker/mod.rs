@@ -560,8 +560,10 @@ impl Docker {
 }
 
 mod inspect;
+mod nodes;
 mod scratch;
 mod swarm;
 pub use inspect::Spec;
+pub use nodes::{Node, PullResult};
 pub use scratch::RunSpec;
 pub use swarm::Service as SwarmService;
