@@ -2,7 +2,8 @@
 //! images exist (and pass the image test command when one is configured),
 //! and every container, as the Docker engine reports it (`docker inspect`),
 //! has a health check, is on the declared network, and has memory and CPU
-//! limits.
+//! limits. On a swarm, two items more: every node is ready, and every node
+//! pulls the live release's images from the registry itself.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,150 @@ const IMAGES: &str = "Docker images built and tested";
 const HEALTH: &str = "Container health checks configured";
 const NETWORK: &str = "Network configuration verified";
 const LIMITS: &str = "Resource limits configured";
+const NODES: &str = "Swarm nodes ready";
+const REGISTRY: &str = "Registry reachable from every node";
+
+/// On a swarm: every node ready (a FAIL names those that are not), and the
+/// live release's images pulled by every ready, active node (a one-shot
+/// service per image, removed after; SKIP before the first release). No
+/// items elsewhere.
+pub(super) fn swarm_checks(ctx: &Ctx) -> Vec<Check> {
+    let env = ctx.env;
+    let Some(s) = env.settings.swarm.as_ref() else {
+        return Vec::new();
+    };
+    let start = Instant::now();
+    let host = env.docker_host();
+    let fail = |name: &str, expected: &str, got: String, next: String| {
+        Check::fail(
+            name.into(),
+            INFRASTRUCTURE,
+            host.clone(),
+            expected,
+            got,
+            next,
+            start.elapsed(),
+        )
+    };
+    let docker = match session::docker(env) {
+        Ok(d) => d,
+        Err(e) => {
+            let why = format!("{e:#}");
+            let next = "check `docker info` on the manager".to_string();
+            return vec![
+                fail(
+                    NODES,
+                    "a reachable swarm manager",
+                    why.clone(),
+                    next.clone(),
+                ),
+                fail(REGISTRY, "a reachable swarm manager", why, next),
+            ];
+        }
+    };
+    let nodes = crate::health_checks::nodes::node_checks(env);
+    let down: Vec<String> = nodes
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.detail.clone())
+        .collect();
+    let nodes_item = if down.is_empty() {
+        let names: Vec<&str> = nodes.iter().map(|c| c.target.as_str()).collect();
+        Check::pass(
+            NODES.into(),
+            INFRASTRUCTURE,
+            host.clone(),
+            format!("{} node(s) ready: {}", nodes.len(), names.join(", ")),
+            start.elapsed(),
+        )
+    } else {
+        fail(
+            NODES,
+            "every node ready",
+            down.join("; "),
+            format!(
+                "start the node's Docker engine, or `docker node rm` it; `cargo xtask status {}`",
+                env.name
+            ),
+        )
+    };
+    let live: Vec<String> = match docker.stack_services(&s.stack) {
+        Ok(list) => {
+            let released = env.settings.release.as_ref();
+            let mut v: Vec<String> = list
+                .into_iter()
+                .filter(|svc| {
+                    released.is_some_and(|r| {
+                        r.services
+                            .keys()
+                            .any(|k| svc.name == format!("{}_{k}", s.stack))
+                    })
+                })
+                .map(|svc| svc.image)
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+        Err(e) => {
+            return vec![
+                nodes_item,
+                fail(
+                    REGISTRY,
+                    "the stack's services",
+                    format!("{e:#}"),
+                    "`docker stack ls` on the manager".into(),
+                ),
+            ]
+        }
+    };
+    if live.is_empty() {
+        return vec![
+            nodes_item,
+            Check::skip(
+                REGISTRY.into(),
+                INFRASTRUCTURE,
+                host,
+                format!("stack `{}` has no release yet: nothing to pull (the deploy checks each node before its update)", s.stack),
+            ),
+        ];
+    }
+    let quiet = crate::adapters::output::Output::new(false, true, 0);
+    let registry_item = match crate::health_checks::nodes::pull_on_every_node(
+        env,
+        &quiet,
+        &live,
+        Duration::from_secs(60),
+    ) {
+        Ok(results) => {
+            let failed = crate::health_checks::nodes::pull_failures(&results);
+            let count = results.values().map(Vec::len).max().unwrap_or(0);
+            if failed.is_empty() {
+                Check::pass(
+                    REGISTRY.into(),
+                    INFRASTRUCTURE,
+                    host.clone(),
+                    format!("{count} node(s) pulled {}", live.join(", ")),
+                    start.elapsed(),
+                )
+            } else {
+                fail(
+                    REGISTRY,
+                    "every node pulls the live images",
+                    failed.join("; "),
+                    "each node must reach the registry (its route, DNS, the CA in /etc/docker/certs.d) and get the login (--with-registry-auth)".into(),
+                )
+            }
+        }
+        Err(e) => fail(
+            REGISTRY,
+            "every node pulls the live images",
+            format!("{e:#}"),
+            "`docker node ps NODE` on the manager".into(),
+        ),
+    };
+    vec![nodes_item, registry_item]
+}
 
 pub(super) fn checks(ctx: &Ctx) -> Vec<Check> {
     let env = ctx.env;

@@ -171,6 +171,7 @@ pub fn run_preflight(ops: &Ops, env: &Env, attest: &Attestations, deploying: boo
         Box::new(move || database::checks(ctx)),
         Box::new(move || configuration::checks(ctx)),
         Box::new(move || infrastructure::checks(ctx)),
+        Box::new(move || infrastructure::swarm_checks(ctx)),
     ];
     check::run(&probes)
 }
