@@ -78,6 +78,7 @@ pub enum Cmd {
     Recover(rollback_procedures::RecoverArgs),
     Lock(rollback_procedures::LockArgs),
     Down(rollback_procedures::DownArgs),
+    Node(deployment_procedures::nodes::NodeArgs),
     /// Build the bundled demo stack's offline images (the stand-in for the
     /// MRE application).
     Demo(demo::DemoArgs),

@@ -3,6 +3,7 @@
 //! services (runbook: Development Deployment; `docker compose build`,
 //! `up -d`, `ps`, `logs -f`).
 
+pub mod nodes;
 pub mod releases;
 
 use std::time::Duration;
@@ -89,6 +90,10 @@ pub struct DeployArgs {
     /// for longer than `migrations.max_lock_secs` outside `migrations.window`.
     #[arg(long)]
     pub now: bool,
+    /// On a swarm: release even while a node is down (its tasks run
+    /// elsewhere; refused otherwise, naming the node).
+    #[arg(long)]
+    pub allow_degraded: bool,
 }
 
 pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
@@ -113,6 +118,7 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
                     no_rollback_path: args.no_rollback_path.as_deref(),
                     now: args.now,
                 },
+                allow_degraded: args.allow_degraded,
             },
         );
     }

@@ -83,7 +83,7 @@ const SECTIONS: &[(&str, &[Subsection])] = &[
     ("Deployment Procedures", &[
         ("Development Deployment", &[plan(&["deploy"], &["deploy", "development", "--dry-run"], "compose, services, database, migrations, backups, deploy")]),
         ("Staging Deployment", &[plan(&["deploy"], &["deploy", "staging", "--tag", "VERSION", "--dry-run"], "release, compose, services, database, migrations, smoke")]),
-        ("Production Deployment", &[plan(&["deploy"], &["deploy", "production", "--tag", "VERSION", "--dry-run"], "protected, preflight, backups, release, compose, services, database, migrations, smoke"), plan(&["deploy"], &["deploy", "swarm", "--tag", "VERSION", "--dry-run"], "driver, swarm, release, services, database, migrations, smoke (docs/swarm.md)")]),
+        ("Production Deployment", &[plan(&["deploy"], &["deploy", "production", "--tag", "VERSION", "--dry-run"], "protected, preflight, backups, release, compose, services, database, migrations, smoke"), plan(&["deploy"], &["deploy", "swarm", "--tag", "VERSION", "--dry-run"], "driver, swarm, release, services, database, migrations, smoke (docs/swarm.md)"), plan(&["node", "drain"], &["node", "drain", "swarm", "NODE", "--dry-run"], "driver, swarm (docs/swarm.md)"), plan(&["node", "activate"], &["node", "activate", "swarm", "NODE", "--dry-run"], "driver, swarm")]),
     ]),
     ("Database Migration Procedures", &[
         ("Migration Workflow", &[plan(&["rehearse"], &["rehearse", "production", "--tag", "VERSION", "--dry-run"], "release, backups, migrations.checks, database"), cmd(&["migrate", "new"], "migrations"), cmd(&["migrate", "review"], "migrations"), cmd(&["migrate", "deploy"], "database, migrations, backups, protected"), cmd(&["migrate", "status"], "database, migrations")]),

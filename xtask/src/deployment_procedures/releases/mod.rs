@@ -39,6 +39,8 @@ pub struct ReleaseOptions<'a> {
     pub attest: &'a [String],
     /// `--skip-rehearsal` and `--no-rollback-path`, with their reasons.
     pub waivers: rehearsal::Waivers<'a>,
+    /// On a swarm: release even while a node is down.
+    pub allow_degraded: bool,
 }
 pub use rehearsal::{rehearse_command as rehearse, RehearseArgs, Waivers};
 
@@ -188,6 +190,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
         crate::post_deployment_verification::smoke_tests::ready(env)?;
         if env.settings.driver == Driver::Swarm {
             swarm::check_manager(env)?;
+            swarm::check_nodes(env, out, opts.allow_degraded)?;
         }
         confirm(env, &format!("Release {}", version.name), opts.yes)?;
     }

@@ -43,6 +43,40 @@ pub fn check_manager(env: &Env) -> Result<()> {
     )))
 }
 
+/// Before anything runs: every node of the swarm ready, or the operator's
+/// `--allow-degraded` (warned about). A node that is down took its tasks'
+/// capacity with it, and an update now would be judged on fewer nodes.
+pub fn check_nodes(env: &Env, out: &Output, allow_degraded: bool) -> Result<()> {
+    let docker = crate::core::session::docker(env)?;
+    let down = crate::health_checks::nodes::not_ready(&docker)?;
+    if down.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = down
+        .iter()
+        .map(|n| {
+            format!(
+                "{} ({})",
+                n.hostname,
+                crate::health_checks::nodes::describe(n)
+            )
+        })
+        .collect();
+    if allow_degraded {
+        out.warn(&format!(
+            "releasing while node(s) are not ready (--allow-degraded): {}",
+            names.join(", ")
+        ));
+        return Ok(());
+    }
+    bail!(
+        "node(s) of the swarm are not ready: {}. Nothing was changed. Bring the node back (start \
+         its Docker engine), or remove it (`docker node rm NODE` on the manager), or release \
+         anyway with `--allow-degraded`",
+        names.join(", ")
+    )
+}
+
 /// `STACK_service`.
 pub fn service_name(s: &SwarmSettings, svc: &str) -> String {
     format!("{}_{svc}", s.stack)
@@ -436,6 +470,31 @@ pub fn steps<'a>(
                 st.pinned.insert(svc.clone(), pin(env, r)?);
             }
             st.swarm_previous = live_images(env, rel)?;
+            Ok(())
+        },
+    );
+    plan.step(
+        "Check that every node can pull the images",
+        "a one-shot service of each pinned image on every ready, active node (docker service create \
+         --mode global-job --with-registry-auth), removed after: a node that cannot pull is named \
+         before anything is updated",
+        move |st: &mut RelState| {
+            let mut images: Vec<String> = st.pinned.values().cloned().collect();
+            images.sort();
+            images.dedup();
+            let results = crate::health_checks::nodes::pull_on_every_node(env, out, &images, timeout)?;
+            let failed = crate::health_checks::nodes::pull_failures(&results);
+            if !failed.is_empty() {
+                bail!(
+                    "{}. Nothing was updated: each node must reach the registry {} and be given \
+                     the login (`docker stack deploy --with-registry-auth`, as mre-ops does); \
+                     `docker node ps NODE` on the manager shows the task",
+                    failed.join("; "),
+                    rel.registry
+                );
+            }
+            let nodes: usize = results.values().map(Vec::len).max().unwrap_or(0);
+            out.detail(&format!("{} image(s) pulled on {nodes} node(s)", images.len()));
             Ok(())
         },
     );
