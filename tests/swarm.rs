@@ -67,7 +67,7 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
     common::netns::require();
     require_docker();
     let host_before = host_swarm_state();
-    let cluster = phase(
+    let mut cluster = phase(
         "start a cluster: a manager and two workers in network namespaces",
         || {
             let cluster = Cluster::lease(TESTS);
@@ -78,11 +78,10 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
             cluster
         },
     );
-    let engine = &cluster.manager;
     let mut s = phase("prepare the stack (demo images, registry)", || {
-        SwarmStack::new("sw", engine, cluster.registry)
+        SwarmStack::new("sw", &cluster.manager, cluster.registry)
     });
-    let addr = engine.ns_addr().to_string();
+    let addr = s.addr.to_string();
 
     let first = phase("first release: the whole stack from nothing", || {
         let v1 = s.tag("v1");
@@ -95,21 +94,38 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
         // Placement from ops.toml: the app's replicas spread over the
         // workers (each pulled the digest itself), the database and the
         // proxy on the manager.
-        assert_eq!(
-            cluster.task_nodes(&s.service("mre-app")),
-            ["worker-1", "worker-2"]
-        );
-        assert_eq!(cluster.task_nodes(&s.service("mre-postgres")), ["manager"]);
-        assert_eq!(cluster.task_nodes(&s.service("mre-proxy")), ["manager"]);
+        assert_eq!(s.task_nodes("mre-app"), ["worker-1", "worker-2"]);
+        assert_eq!(s.task_nodes("mre-postgres"), ["manager"]);
+        assert_eq!(s.task_nodes("mre-proxy"), ["manager"]);
         let st = s.run(&["status", "sw"]);
         assert_eq!(st.code, 0, "{st:?}");
         assert!(
-            st.stdout.contains(&format!("{}_mre-app", s.stack))
+            st.stdout.contains(&s.service("mre-app"))
                 && st.stdout.contains("2/2 running")
                 && st.stdout.contains("task"),
             "{st:?}"
         );
-        // The checklist reads the stack's services for its infrastructure items.
+        // The nodes, and which tasks run where.
+        let line = |node: &str| {
+            st.stdout
+                .lines()
+                .find(|l| l.trim_start().starts_with(node))
+                .unwrap_or_else(|| panic!("no line for {node}: {st:?}"))
+                .to_string()
+        };
+        let m = line("manager ");
+        assert!(
+            m.contains("manager") && m.contains("ready") && m.contains("mre-postgres.1"),
+            "{m}"
+        );
+        for w in ["worker-1", "worker-2"] {
+            let l = line(w);
+            assert!(
+                l.contains("worker") && l.contains("active") && l.contains("mre-app."),
+                "{l}"
+            );
+        }
+        // The checklist reads the stack's services and asks every node.
         let p = s.run(&["--json", "preflight", "sw"]);
         let doc: serde_json::Value =
             serde_json::from_str(&p.stdout).unwrap_or_else(|_| panic!("{p:?}"));
@@ -117,6 +133,8 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
             "Container health checks configured",
             "Network configuration verified",
             "Resource limits configured",
+            "Swarm nodes ready",
+            "Registry reachable from every node",
         ] {
             let c = doc["checks"]
                 .as_array()
@@ -128,18 +146,28 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
         }
         let h = s.run(&["health", "sw"]);
         assert_eq!(h.code, 0, "{h:?}");
-        assert!(h.stdout.contains("replicas"), "{h:?}");
+        assert!(
+            h.stdout.contains("replicas") && h.stdout.contains("node worker-2"),
+            "{h:?}"
+        );
         first
     });
     let v1 = s.tag("v1");
 
-    // A new version under load: the engine's start-first update drops nothing.
+    // A new version under load: the engine's start-first update, task by
+    // task across the workers, drops nothing.
     let second = phase("update to v2 under load, no failed request", || {
         let ctx = s.context("v2", &v1, "ENV MRE_DEMO_RELEASE=v2");
         s.config = s.write_config(&ctx);
         let v2 = s.tag("v2");
+        let t = std::time::Instant::now();
         let (r, ok, failed, why) =
             under_load(&addr, s.app, || s.run(&["deploy", "sw", "--tag", &v2]));
+        eprintln!(
+            "figure: update across nodes: deploy {:.1} s, {} requests, {failed} failed",
+            t.elapsed().as_secs_f64(),
+            ok + failed
+        );
         assert_eq!(r.code, 0, "{r:?}");
         assert!(ok > 20, "the load ran: {ok}");
         assert_eq!(
@@ -177,17 +205,90 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
         assert_eq!(last["result"], "rolled-back", "{last}");
     });
 
-    // `rollback`: the whole stack to the previous release (v1).
+    // A worker that cannot reach the registry: named before the update.
+    phase("a worker cannot pull: refused before the update", || {
+        let ctx = s.context("v4", &v1, "ENV MRE_DEMO_RELEASE=v4");
+        s.config = s.write_config(&ctx);
+        let v4 = s.tag("v4");
+        let w2 = &cluster.workers[1];
+        cluster.block_registry(w2, true);
+        let r = s.run(&["deploy", "sw", "--tag", &v4]);
+        cluster.block_registry(w2, false);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(
+            r.stderr.contains("worker-2 cannot pull") && r.stderr.contains("Nothing was updated"),
+            "{r:?}"
+        );
+        assert!(!r.stderr.contains("worker-1 cannot pull"), "{r:?}");
+        assert_eq!(s.app_images(), second, "still v2");
+        // The one-shot pull services are gone.
+        let services = s.docker(&["service", "ls", "--format", "{{.Name}}"]);
+        assert!(!services.contains("mre-ops-pull"), "{services}");
+    });
+
+    // Maintenance: drain a worker under load; its tasks move, nothing fails.
+    phase("drain worker-1 under load, then activate it", || {
+        let dry = s.run(&["node", "drain", "sw", "worker-1", "--dry-run"]);
+        assert_eq!(dry.code, 0, "{dry:?}");
+        assert!(dry.stdout.contains("Drain worker-1"), "{dry:?}");
+        assert!(
+            cluster.node_states().iter().all(|(_, _, a)| a == "Active"),
+            "a dry run changes nothing"
+        );
+        let t = std::time::Instant::now();
+        let (r, ok, failed, why) =
+            under_load(&addr, s.app, || s.run(&["node", "drain", "sw", "worker-1"]));
+        eprintln!(
+            "figure: drain worker-1: {:.1} s, {} requests, {failed} failed",
+            t.elapsed().as_secs_f64(),
+            ok + failed
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        assert!(r.stdout.contains("worker-1 is drained"), "{r:?}");
+        assert_eq!(
+            failed,
+            0,
+            "{failed} of {} requests failed during the drain: {why:?}",
+            ok + failed
+        );
+        assert_eq!(s.task_nodes("mre-app"), ["worker-2", "worker-2"]);
+        assert!(s
+            .docker(&[
+                "node",
+                "ps",
+                "worker-1",
+                "--filter",
+                "desired-state=running",
+                "-q"
+            ])
+            .is_empty());
+        let st = s.run(&["status", "sw"]);
+        assert!(
+            st.stdout
+                .lines()
+                .any(|l| l.contains("worker-1") && l.contains("drain")),
+            "{st:?}"
+        );
+        let a = s.run(&["node", "activate", "sw", "worker-1"]);
+        assert_eq!(a.code, 0, "{a:?}");
+        assert!(cluster
+            .node_states()
+            .iter()
+            .any(|(n, _, a)| n == "worker-1" && a == "Active"));
+    });
+
+    // `rollback`: the whole stack to the previous release (v1), which also
+    // spreads the app over both workers again.
     phase("rollback of the whole stack to v1", || {
         let r = s.run(&["rollback", "sw"]);
         assert_eq!(r.code, 0, "{r:?}");
         assert_eq!(s.app_images(), first, "back on v1");
-        let ingestion = engine.docker(&[
+        let ingestion = s.docker(&[
             "service",
             "inspect",
             "--format",
             "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
-            &format!("{}_mre-liverc-ingestion-service", s.stack),
+            &s.service("mre-liverc-ingestion-service"),
         ]);
         assert_eq!(
             ingestion.trim(),
@@ -196,17 +297,76 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
         );
     });
 
+    // A node lost: worker-2's engine and everything it ran are killed.
+    phase(
+        "worker-2 lost under load: rescheduled, named, deploy refused",
+        || {
+            let before = s.task_nodes("mre-app");
+            let load = Load::start_at(&addr, s.app);
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            let lost_at = std::time::Instant::now();
+            cluster.worker("worker-2").lose();
+            let down = cluster.wait_node("worker-2", "Down", 120);
+            // Rescheduled: the app runs its two replicas on the nodes left.
+            let deadline = lost_at + std::time::Duration::from_secs(120);
+            while s.task_nodes("mre-app") != ["worker-1", "worker-1"] {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the app's tasks were not rescheduled: {:?}",
+                    s.task_nodes("mre-app")
+                );
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            let rescheduled = lost_at.elapsed();
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            let offset = load_offset(&load, lost_at);
+            let failed_at = load.failed_at();
+            let (ok, failed, why) = load.finish();
+            let window = match (failed_at.first(), failed_at.last()) {
+                (Some(a), Some(b)) => format!(
+                    "failures from {:.1} s to {:.1} s after the loss",
+                    a.as_secs_f64() - offset,
+                    b.as_secs_f64() - offset
+                ),
+                _ => "no failure".into(),
+            };
+            eprintln!(
+            "figure: worker-2 lost (app on {before:?}): Down after {:.1} s, app rescheduled after {:.1} s, \
+             {} requests, {failed} failed ({window}): {why:?}",
+            down.as_secs_f64(),
+            rescheduled.as_secs_f64(),
+            ok + failed
+        );
+            assert!(ok > 20, "the load ran: {ok}");
+            // health and monitor name the lost node.
+            let h = s.run(&["health", "sw"]);
+            assert_eq!(h.code, 1, "{h:?}");
+            assert!(
+                h.all().contains("node worker-2") && h.all().contains("down"),
+                "{h:?}"
+            );
+            let m = s.run(&["--json", "monitor", "sw"]);
+            assert!(m.stdout.contains("node worker-2"), "{m:?}");
+            // A release waits for the node, unless told otherwise.
+            let r = s.run(&["deploy", "sw", "--tag", &s.tag("v5")]);
+            assert_eq!(r.code, 1, "{r:?}");
+            assert!(
+                r.stderr.contains("worker-2") && r.stderr.contains("--allow-degraded"),
+                "{r:?}"
+            );
+        },
+    );
+
     // `down`: the stack goes, the volume stays.
     phase("down", || {
         let r = s.run(&["down", "sw"]);
         assert_eq!(r.code, 0, "{r:?}");
-        assert!(engine
+        assert!(s
             .docker(&["stack", "ls"])
             .lines()
             .all(|l| !l.starts_with(&format!("{} ", s.stack))));
         assert!(
-            engine
-                .docker(&["volume", "ls", "--format", "{{.Name}}"])
+            s.docker(&["volume", "ls", "--format", "{{.Name}}"])
                 .lines()
                 .any(|l| l == format!("{}_pgdata", s.stack)),
             "the volume stays"
@@ -222,4 +382,9 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
         host_before,
         "this machine's engine's swarm state changed during the test"
     );
+}
+
+/// Seconds from the load's start to `at` (the load started before `at`).
+fn load_offset(load: &Load, at: std::time::Instant) -> f64 {
+    load.started().elapsed().as_secs_f64() - at.elapsed().as_secs_f64()
 }

@@ -140,25 +140,57 @@ impl Cluster {
             .collect()
     }
 
-    /// Where a service's running tasks are: one host name per task.
-    pub fn task_nodes(&self, service: &str) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .manager
-            .docker(&[
-                "service",
-                "ps",
-                service,
-                "--filter",
-                "desired-state=running",
-                "--format",
-                "{{.Node}} {{.CurrentState}}",
+    /// The worker with this host name (`worker-1`).
+    pub fn worker(&mut self, name: &str) -> &mut NsEngine {
+        self.workers
+            .iter_mut()
+            .find(|w| w.hostname() == Some(name))
+            .unwrap_or_else(|| panic!("no worker {name}"))
+    }
+
+    /// Cut (or restore) a node's route to the TLS registry: a REJECT rule
+    /// in the node's own namespace (its OUTPUT chain, to 127.0.0.1:PORT),
+    /// nothing on this machine.
+    pub fn block_registry(&self, node: &NsEngine, blocked: bool) {
+        let port = port_of(&self.registry.address).to_string();
+        let o = Command::new("nsenter")
+            .arg(format!("--net={}", node.netns()))
+            .args(["iptables", if blocked { "-I" } else { "-D" }, "OUTPUT"])
+            .args([
+                "-p",
+                "tcp",
+                "-d",
+                "127.0.0.1",
+                "--dport",
+                &port,
+                "-j",
+                "REJECT",
             ])
-            .lines()
-            .filter(|l| l.contains(" Running"))
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect();
-        v.sort();
-        v
+            .output()
+            .expect("running nsenter iptables");
+        assert!(
+            o.status.success(),
+            "iptables in the namespace of {:?}: {}",
+            node.hostname(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+
+    /// Wait until the manager sees node `name` in `state` (`Ready`,
+    /// `Down`): how long it took.
+    pub fn wait_node(&self, name: &str, state: &str, secs: u64) -> Duration {
+        let start = Instant::now();
+        loop {
+            let states = self.node_states();
+            if states.iter().any(|(n, s, _)| n == name && s == state) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "node {name} is not {state} after {secs} s: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn wait_ready(&self, count: usize) {
@@ -252,7 +284,13 @@ impl Drop for Cluster {
             let _ = w.kill();
             let _ = w.wait();
         }
-        // The workers leave first (their engines go with their drop).
+        // A test cluster need not stop gracefully (a swarm engine takes
+        // tens of seconds, its tasks' grace periods): every node loses its
+        // power, then its drop removes what is left.
+        for w in &mut self.workers {
+            w.lose();
+        }
+        self.manager.lose();
         self.workers.clear();
         let mut left = Vec::new();
         for r in &self.rules {

@@ -4,8 +4,8 @@
 //! and why.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Requests against the proxy in a loop until stopped: (ok, failed).
 pub struct Load {
@@ -13,6 +13,9 @@ pub struct Load {
     ok: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
     handle: Option<std::thread::JoinHandle<Vec<String>>>,
+    /// When each failed request started, from the load's start.
+    failed_at: Arc<Mutex<Vec<Duration>>>,
+    started: Instant,
 }
 
 impl Load {
@@ -38,10 +41,14 @@ impl Load {
             Arc::new(AtomicUsize::new(0)),
         );
         let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let failed_at = Arc::new(Mutex::new(Vec::new()));
+        let at = failed_at.clone();
+        let t0 = Instant::now();
         let handle = std::thread::spawn(move || {
             let mut why = Vec::new();
             let url = format!("http://{host}:{port}{path}");
             while !s.load(Ordering::SeqCst) {
+                let sent = t0.elapsed();
                 match std::process::Command::new("curl")
                     .args([
                         "-s",
@@ -60,10 +67,12 @@ impl Load {
                     }
                     Ok(out) => {
                         f.fetch_add(1, Ordering::SeqCst);
+                        at.lock().unwrap().push(sent);
                         why.push(String::from_utf8_lossy(&out.stdout).into_owned());
                     }
                     Err(e) => {
                         f.fetch_add(1, Ordering::SeqCst);
+                        at.lock().unwrap().push(sent);
                         why.push(e.to_string());
                     }
                 }
@@ -76,7 +85,19 @@ impl Load {
             ok,
             failed,
             handle: Some(handle),
+            failed_at,
+            started: t0,
         }
+    }
+
+    /// When the load started.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When the failed requests were sent, from the load's start.
+    pub fn failed_at(&self) -> Vec<Duration> {
+        self.failed_at.lock().unwrap().clone()
     }
 
     pub fn finish(mut self) -> (usize, usize, Vec<String>) {

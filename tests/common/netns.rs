@@ -282,13 +282,20 @@ impl NsEngine {
     /// tell anyone. The namespace and its veth stay (the address answers
     /// nothing); `restart` starts dockerd again on the same data root.
     pub fn lose(&mut self) {
-        let ids = self.docker(&["ps", "-q"]);
+        if self.dockerd.is_none() {
+            return;
+        }
+        // (No panic here: also called from a drop.)
+        let read = |args: &[&str]| {
+            self.cli()
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .unwrap_or_default()
+        };
         let mut pids: Vec<i32> = Vec::new();
-        for id in ids.split_whitespace() {
-            if let Ok(pid) = self
-                .docker(&["inspect", "--format", "{{.State.Pid}}", id])
-                .parse()
-            {
+        for id in read(&["ps", "-q"]).split_whitespace() {
+            if let Ok(pid) = read(&["inspect", "--format", "{{.State.Pid}}", id]).parse() {
                 pids.push(pid);
             }
         }

@@ -15,8 +15,10 @@ use super::{ensure_demo_images, free_port, workspace_root, xtask_env, Run, TempD
 /// A stack of the demo under its own name and ports on a swarm whose
 /// manager is `engine` (which goes with everything on it); the release
 /// images built and tagged here are removed on drop.
-pub struct SwarmStack<'a> {
-    pub engine: &'a NsEngine,
+pub struct SwarmStack {
+    /// The manager's socket (`unix://...`) and address.
+    pub docker_host: String,
+    pub addr: std::net::Ipv4Addr,
     pub dir: TempDir,
     pub config: PathBuf,
     pub stack: String,
@@ -31,8 +33,8 @@ pub struct SwarmStack<'a> {
     docker_config: TempDir,
 }
 
-impl<'a> SwarmStack<'a> {
-    pub fn new(tag: &str, engine: &'a NsEngine, tls: &'static TlsRegistry) -> SwarmStack<'a> {
+impl SwarmStack {
+    pub fn new(tag: &str, engine: &NsEngine, tls: &'static TlsRegistry) -> SwarmStack {
         ensure_demo_images();
         let dir = TempDir::new(tag);
         let stack = format!("mre-{tag}-{}", std::process::id());
@@ -53,7 +55,8 @@ impl<'a> SwarmStack<'a> {
             copy_image(&registry(), &stack, image, &engine.docker_host());
         }
         let mut s = SwarmStack {
-            engine,
+            docker_host: engine.docker_host(),
+            addr: engine.ns_addr(),
             dir,
             config: PathBuf::new(),
             stack,
@@ -83,7 +86,7 @@ impl<'a> SwarmStack<'a> {
             self.postgres,
             &self.registry,
         );
-        let (docker_host, addr) = (self.engine.docker_host(), self.engine.ns_addr());
+        let (docker_host, addr) = (&self.docker_host, self.addr);
         self.dir.write(
             "ops.toml",
             &format!(
@@ -160,10 +163,45 @@ strategy = "stop-first"
         format!("{}_{svc}", self.stack)
     }
 
+    /// `docker ARGS` on the manager: stdout, trimmed; panics with stderr.
+    pub fn docker(&self, args: &[&str]) -> String {
+        let o = std::process::Command::new("docker")
+            .env("DOCKER_HOST", &self.docker_host)
+            .env_remove("DOCKER_CONTEXT")
+            .args(args)
+            .output()
+            .expect("running docker");
+        assert!(
+            o.status.success(),
+            "docker {args:?} on the manager failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// Where a service's running tasks are: one host name per task.
+    pub fn task_nodes(&self, svc: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .docker(&[
+                "service",
+                "ps",
+                &self.service(svc),
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.Node}} {{.CurrentState}}",
+            ])
+            .lines()
+            .filter(|l| l.contains(" Running"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The images the app's running tasks use.
     pub fn app_images(&self) -> Vec<String> {
         let mut v: Vec<String> = self
-            .engine
             .docker(&[
                 "service",
                 "ps",
@@ -198,12 +236,12 @@ strategy = "stop-first"
     }
 }
 
-impl Drop for SwarmStack<'_> {
+impl Drop for SwarmStack {
     fn drop(&mut self) {
         // The stack goes from the (shared) cluster, its images from here;
         // what the nodes pulled goes with their engines.
         let _ = std::process::Command::new("docker")
-            .env("DOCKER_HOST", self.engine.docker_host())
+            .env("DOCKER_HOST", &self.docker_host)
             .args(["stack", "rm", &self.stack])
             .output();
         remove_release_images(&self.registry, &self.stack);
