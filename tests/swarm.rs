@@ -13,9 +13,12 @@
 //! release, an update under load with no failed request, a release whose
 //! health fails rolled back by the engine with the whole stack kept on one
 //! version, a release refused before its update because a worker cannot
-//! reach the registry, `rollback` of the whole stack, and `status` showing
-//! nodes and tasks. Needs root (the namespaces); fails, never skips, when
-//! it cannot.
+//! reach the registry, a worker drained under load (`node drain`) and made
+//! active again, `rollback` of the whole stack, a worker lost under load
+//! (its engine killed: the time until its tasks run elsewhere measured,
+//! `health` and `monitor` naming it, `deploy` refused) and back, and
+//! `status` showing nodes and tasks. Needs root (the namespaces); fails,
+//! never skips, when it cannot.
 mod common;
 
 use common::cluster::Cluster;
@@ -356,6 +359,19 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
             );
         },
     );
+
+    // The node comes back: its engine restarts on the same data root and
+    // rejoins; the swarm is whole again.
+    phase("worker-2 back", || {
+        cluster.worker("worker-2").restart();
+        let ready = cluster.wait_node("worker-2", "Ready", 120);
+        eprintln!(
+            "figure: worker-2 restarted: Ready after {:.1} s",
+            ready.as_secs_f64()
+        );
+        let h = s.run(&["health", "sw"]);
+        assert_eq!(h.code, 0, "{h:?}");
+    });
 
     // `down`: the stack goes, the volume stays.
     phase("down", || {
