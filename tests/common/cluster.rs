@@ -20,6 +20,10 @@
 //! with the credentials `docker stack deploy --with-registry-auth` hands
 //! them.
 //!
+//! A node can be lost (`NsEngine::lose`: its engine and containers killed)
+//! and brought back (`NsEngine::restart`), and its route to the registry
+//! cut (`block_registry`).
+//!
 //! One cluster per test binary run: `Cluster::lease(TESTS)` makes it on the
 //! first call and gives it to one test at a time (tests drain and stop
 //! nodes); the lease that brings the count of finished tests to `TESTS`
@@ -32,7 +36,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::netns::NsEngine;
-use super::release::{registry, tls_registry, TlsRegistry};
+use super::release::{tls_registry, TlsRegistry};
 
 /// How long the nodes may take to be `Ready` after joining.
 const READY_SECS: u64 = 60;
@@ -57,9 +61,6 @@ impl Cluster {
         let port = port_of(&tls.address);
         let mut manager = NsEngine::start_named("cm", Some("manager"));
         manager.forward_loopback(port);
-        // The plain registry too, on the manager only: what the tests copy
-        // there and pin to it (the database's and the proxy's images).
-        manager.forward_loopback(port_of(&registry()));
         let mut cluster = Cluster {
             manager,
             workers: Vec::new(),
@@ -291,7 +292,18 @@ impl Drop for Cluster {
             w.lose();
         }
         self.manager.lose();
-        self.workers.clear();
+        // The workers' folders are deleted side by side (the manager's
+        // after, with its field); one by one while unwinding (a second
+        // panic from a thread would abort).
+        if std::thread::panicking() {
+            self.workers.clear();
+        } else {
+            std::thread::scope(|sc| {
+                for w in self.workers.drain(..) {
+                    sc.spawn(move || drop(w));
+                }
+            });
+        }
         let mut left = Vec::new();
         for r in &self.rules {
             let args = [&["-D", "FORWARD"][..], &strs(r)].concat();

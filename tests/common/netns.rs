@@ -22,7 +22,8 @@
 //! fails the test, saying what to install or how to run it; it never skips.
 //! Nothing here is specific to one engine per test: several `NsEngine`s
 //! reach each other's namespace addresses through this machine (once it
-//! forwards between their veths: a FORWARD rule, not added here), and
+//! forwards between their veths: FORWARD rules, added by `cluster.rs`, a
+//! swarm of such engines), and
 //! another process can run in `netns()` with `nsenter --net=PATH`: an sshd
 //! for a host reached only by SSH is `common::ssh::SshHost`.
 

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 
 use super::netns::NsEngine;
-use super::release::{copy_image, registry, remove_release_images, TlsRegistry, SMOKE_USER};
+use super::release::{remove_release_images, TlsRegistry, SMOKE_USER};
 use super::{ensure_demo_images, free_port, workspace_root, xtask_env, Run, TempDir, XTASK};
 
 /// A stack of the demo under its own name and ports on a swarm whose
@@ -50,10 +50,11 @@ impl SwarmStack {
         assert!(st.success());
         // The stack's images that no release builds (the database, the
         // proxy, both placed on the manager) exist only on this machine's
-        // engine: through the plain registry to the manager.
-        for image in ["mre-demo-postgres:15", "mre-demo-proxy:1"] {
-            copy_image(&registry(), &stack, image, &engine.docker_host());
-        }
+        // engine: loaded into the manager (no registry: no compression).
+        load_image(
+            &["mre-demo-postgres:15", "mre-demo-proxy:1"],
+            &engine.docker_host(),
+        );
         let mut s = SwarmStack {
             docker_host: engine.docker_host(),
             addr: engine.ns_addr(),
@@ -246,4 +247,27 @@ impl Drop for SwarmStack {
             .output();
         remove_release_images(&self.registry, &self.stack);
     }
+}
+
+/// `docker save IMAGES | docker load` into the engine at `docker_host`.
+fn load_image(images: &[&str], docker_host: &str) {
+    let mut save = std::process::Command::new("docker")
+        .arg("save")
+        .args(images)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running docker save");
+    let load = std::process::Command::new("docker")
+        .env("DOCKER_HOST", docker_host)
+        .env_remove("DOCKER_CONTEXT")
+        .args(["load", "--quiet"])
+        .stdin(save.stdout.take().expect("docker save's stdout"))
+        .output()
+        .expect("running docker load");
+    let saved = save.wait().expect("waiting for docker save");
+    assert!(
+        saved.success() && load.status.success(),
+        "docker save {images:?} | docker load (on {docker_host}) failed: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
 }
