@@ -188,3 +188,55 @@ pub fn pull_failures(results: &BTreeMap<String, Vec<PullResult>>) -> Vec<String>
     }
     failed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(state: &str, message: Option<&str>) -> Node {
+        Node {
+            id: "abc".into(),
+            hostname: "worker-2".into(),
+            role: "worker".into(),
+            availability: "active".into(),
+            state: state.into(),
+            message: message.map(str::to_string),
+            addr: None,
+            leader: false,
+            engine: None,
+        }
+    }
+
+    #[test]
+    fn a_node_is_described_with_the_engine_words_only_when_not_ready() {
+        assert_eq!(
+            describe(&node("down", Some("heartbeat failure"))),
+            "worker, down (heartbeat failure), active"
+        );
+        assert_eq!(
+            describe(&node("ready", Some("ignored"))),
+            "worker, ready, active"
+        );
+    }
+
+    #[test]
+    fn pull_failures_name_the_node_and_the_image() {
+        let results = BTreeMap::from([(
+            "r/app@sha256:1".to_string(),
+            vec![
+                PullResult {
+                    node: "worker-1".into(),
+                    error: None,
+                },
+                PullResult {
+                    node: "worker-2".into(),
+                    error: Some("No such image: r/app@sha256:1".into()),
+                },
+            ],
+        )]);
+        assert_eq!(
+            pull_failures(&results),
+            ["worker-2 cannot pull r/app@sha256:1 (No such image: r/app@sha256:1)"]
+        );
+    }
+}
