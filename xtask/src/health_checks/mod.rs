@@ -37,7 +37,7 @@ pub fn health(ops: &Ops, out: &Output, args: &HealthArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
     let start = Instant::now();
     let checks = match args.wait {
-        Some(secs) => wait_until_healthy(&env, out, Duration::from_secs(secs)),
+        Some(secs) => check::poll(&probes(&env), out, "health", Duration::from_secs(secs)),
         None => run_all(&env),
     };
     check::report(
@@ -66,10 +66,13 @@ pub fn health(ops: &Ops, out: &Output, args: &HealthArgs) -> Result<()> {
     Ok(())
 }
 
-/// Poll every check until all pass or `limit` runs out; the last round's
-/// results. Shows progress on a terminal.
+/// Poll the services' checks until all pass or `limit` runs out; the last
+/// round's results. Shows progress on a terminal. What a change (a
+/// release, a restore) waits for: its services, not the swarm's nodes (a
+/// node that is down refuses a release unless `--allow-degraded`, and
+/// would otherwise fail every check of a release that chose to go on).
 pub fn wait_until_healthy(env: &Env, out: &Output, limit: Duration) -> Vec<Check> {
-    check::poll(&probes(env), out, "health", limit)
+    check::poll(&service_probes(env), out, "health", limit)
 }
 
 /// Every check of the environment, run concurrently, in a stable order:
@@ -78,8 +81,20 @@ pub fn run_all(env: &Env) -> Vec<Check> {
     check::run(&probes(env))
 }
 
-/// The environment's health probes: HTTP endpoints, containers, database.
+/// The environment's health probes: HTTP endpoints, containers (on a
+/// swarm: each service's replicas, then each node), database.
 pub fn probes(env: &Env) -> Vec<Probe<'_>> {
+    let mut probes = service_probes(env);
+    if env.settings.driver == crate::config::Driver::Swarm {
+        probes.push(Box::new(move || {
+            crate::health_checks::nodes::node_checks(env)
+        }));
+    }
+    probes
+}
+
+/// The probes of the services alone (no swarm node checks).
+fn service_probes(env: &Env) -> Vec<Probe<'_>> {
     let mut probes: Vec<Probe<'_>> = Vec::new();
     for (svc, settings) in &env.settings.services {
         if let Some(h) = settings.health.as_ref() {
@@ -89,9 +104,6 @@ pub fn probes(env: &Env) -> Vec<Probe<'_>> {
     if env.settings.driver == crate::config::Driver::Swarm {
         probes.push(Box::new(move || {
             crate::health_checks::swarm::replica_checks(env)
-        }));
-        probes.push(Box::new(move || {
-            crate::health_checks::nodes::node_checks(env)
         }));
     } else {
         probes.push(Box::new(move || container_checks(env)));
