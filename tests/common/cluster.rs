@@ -281,10 +281,6 @@ fn strs(v: &[String]) -> Vec<&str> {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if let Some(mut w) = self.watchdog.take() {
-            let _ = w.kill();
-            let _ = w.wait();
-        }
         // A test cluster need not stop gracefully (a swarm engine takes
         // tens of seconds, its tasks' grace periods): every node loses its
         // power, then its drop removes what is left.
@@ -292,18 +288,6 @@ impl Drop for Cluster {
             w.lose();
         }
         self.manager.lose();
-        // The workers' folders are deleted side by side (the manager's
-        // after, with its field); one by one while unwinding (a second
-        // panic from a thread would abort).
-        if std::thread::panicking() {
-            self.workers.clear();
-        } else {
-            std::thread::scope(|sc| {
-                for w in self.workers.drain(..) {
-                    sc.spawn(move || drop(w));
-                }
-            });
-        }
         let mut left = Vec::new();
         for r in &self.rules {
             let args = [&["-D", "FORWARD"][..], &strs(r)].concat();
@@ -316,6 +300,25 @@ impl Drop for Cluster {
             {
                 left.push(r.join(" "));
             }
+        }
+        // The rules go first (nodes that lost their power need no route),
+        // then the watchdog: a process killed before this point still has
+        // its rules removed by it.
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
+        // The workers' folders are deleted side by side (the manager's
+        // after, with its field); one by one while unwinding (a second
+        // panic from a thread would abort).
+        if std::thread::panicking() {
+            self.workers.clear();
+        } else {
+            std::thread::scope(|sc| {
+                for w in self.workers.drain(..) {
+                    sc.spawn(move || drop(w));
+                }
+            });
         }
         if !left.is_empty() && !std::thread::panicking() {
             panic!("removing the cluster's FORWARD rules left: {left:?}");
