@@ -109,6 +109,16 @@ const NEEDS: &[Need] = &[
         packages: &["iproute2", "util-linux"],
     },
     Need {
+        what: "iptables (the test swarm's FORWARD rules between namespaces)",
+        present: || on_path("iptables"),
+        packages: &["iptables"],
+    },
+    Need {
+        what: "tzdata (migration windows name a time zone)",
+        present: || std::path::Path::new("/usr/share/zoneinfo/Europe/Berlin").exists(),
+        packages: &["tzdata"],
+    },
+    Need {
         what: "OpenSSH server and client (the SSH-only test server, run in a namespace)",
         present: || {
             std::path::Path::new("/usr/sbin/sshd").exists()

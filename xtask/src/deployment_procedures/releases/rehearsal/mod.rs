@@ -74,6 +74,7 @@ pub struct ReleaseProof {
 }
 
 /// The releases a rehearsal starts: role, version, service → image.
+#[derive(Clone)]
 pub struct Candidate {
     pub role: &'static str,
     pub version: String,
@@ -214,7 +215,7 @@ fn run_step(
     }
     let pending = database_migrations::pending(env)?;
     if pending.is_empty() {
-        out.line("No pending migrations: nothing to rehearse (the schema stays; so does what rollback returns to).");
+        out.line("No pending migrations: nothing to rehearse. The schema does not change, so what `rollback` returns to stays as safe as it was.");
         return Ok(());
     }
     let made;
@@ -245,18 +246,8 @@ fn run_step(
             &made
         }
     };
-    let mut candidates = vec![Candidate {
-        role: new.role,
-        version: new.version.clone(),
-        images: new.images.clone(),
-    }];
-    if let Some(l) = live {
-        candidates.push(Candidate {
-            role: l.role,
-            version: l.version.clone(),
-            images: l.images.clone(),
-        });
-    }
+    let mut candidates = vec![new.clone()];
+    candidates.extend(live.cloned());
     let mut f = Findings::default();
     let result = rehearse(
         env,
