@@ -59,6 +59,7 @@ dir = "{migrations}"
 [environments.remote.backups]
 dir = "backups"
 method = "container"
+server_dir = "/backups"
 "#,
             target = host.target(),
             config = host.config_path().display(),
@@ -162,6 +163,34 @@ fn a_server_reached_only_over_ssh() {
     );
     let r = run(&host, &config, &["backup", "verify", "remote", "latest"]);
     assert_eq!(r.code, 0, "verify over SSH: {r:?}");
+    // A backup kept on the server (a large database): the dump stays in
+    // the database container's /backups volume, only its manifest comes
+    // here; verify and the restore below read it there.
+    let local_dumps = || {
+        std::fs::read_dir(dir.path().join("backups/remote"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "dump"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = local_dumps();
+    let r = run(
+        &host,
+        &config,
+        &["backup", "create", "remote", "--keep-on-server"],
+    );
+    assert_eq!(r.code, 0, "backup kept on the server: {r:?}");
+    assert!(
+        r.stdout.contains("kept on the server at /backups/"),
+        "{r:?}"
+    );
+    assert_eq!(local_dumps(), before, "no dump copied here: {r:?}");
+    let r = run(&host, &config, &["backup", "list", "remote"]);
+    assert!(r.stdout.contains("kept on the server"), "{r:?}");
+    let r = run(&host, &config, &["backup", "verify", "remote", "latest"]);
+    assert_eq!(r.code, 0, "verify of a backup kept on the server: {r:?}");
     // And back: the verified backup restored into the server's database
     // (a safety backup first, the swap guarded as on this machine).
     let r = run(&host, &config, &["restore", "remote", "latest", "--yes"]);

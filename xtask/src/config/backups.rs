@@ -24,6 +24,10 @@ pub struct BackupSettings {
     /// A second location (a directory, e.g. a mounted share) each new
     /// backup is copied to and checked at.
     pub offsite: Option<String>,
+    /// `backup create --keep-on-server`: a folder inside the database
+    /// container, on a volume or bind mount of the server's disk, where the
+    /// dump stays (only its manifest comes to this machine).
+    pub server_dir: Option<String>,
     /// Folder of pg_dump/pg_restore for `method = "host"` (default:
     /// /usr/lib/postgresql/15/bin when present, else PATH).
     pub pg_bin: Option<String>,
@@ -45,6 +49,7 @@ impl Default for BackupSettings {
             keep_min: default_keep_min(),
             offsite: None,
             pg_bin: None,
+            server_dir: None,
             keep_replaced: default_keep_replaced(),
             maintenance_db: default_maintenance_db(),
         }

@@ -24,19 +24,22 @@ use super::pg_tools::{count_rows, list_tables, Target};
 /// What the steps of `backup create` hand on.
 #[derive(Default)]
 pub(super) struct CreateState {
-    client: Option<postgres::Client>,
-    start: Option<Utc>,
-    snapshot: String,
-    server_version: String,
-    pg_dump_version: String,
-    tables: Vec<String>,
-    counts: BTreeMap<String, i64>,
-    name: String,
-    tmp: Option<Utf8PathBuf>,
-    path: Option<Utf8PathBuf>,
-    sha256: String,
-    size: u64,
-    backup: Option<Backup>,
+    pub(super) client: Option<postgres::Client>,
+    pub(super) start: Option<Utc>,
+    pub(super) snapshot: String,
+    pub(super) server_version: String,
+    pub(super) pg_dump_version: String,
+    pub(super) tables: Vec<String>,
+    pub(super) counts: BTreeMap<String, i64>,
+    pub(super) name: String,
+    pub(super) tmp: Option<Utf8PathBuf>,
+    pub(super) path: Option<Utf8PathBuf>,
+    pub(super) sha256: String,
+    pub(super) size: u64,
+    pub(super) backup: Option<Backup>,
+    /// `--keep-on-server`: the partial and the kept dump, in the database container.
+    pub(super) server_partial: Option<String>,
+    pub(super) server_path: Option<String>,
 }
 
 impl<'a> Target<'a> {
@@ -71,6 +74,67 @@ impl<'a> Target<'a> {
                 Ok(())
             },
         );
+        if self.on_server {
+            self.server_dump_steps(&mut plan);
+        } else {
+            self.local_dump_steps(&mut plan, out);
+        }
+        plan.step(
+            "Write the manifest",
+            format!(
+                "{}/{}-TIMESTAMP.json (SHA-256, size, versions, row counts)",
+                self.folder, self.database
+            ),
+            move |st: &mut CreateState| {
+                let start = st.start.expect("snapshot exported");
+                let finished = Utc::now();
+                let manifest = Manifest {
+                    format: FORMAT.into(),
+                    file: format!("{}.dump", st.name),
+                    sha256: st.sha256.clone(),
+                    size: st.size,
+                    environment: self.env.name.clone(),
+                    database: self.database.clone(),
+                    server_version: st.server_version.clone(),
+                    pg_dump_version: st.pg_dump_version.clone(),
+                    method: self.method,
+                    reason: reason.into(),
+                    started_at: start.rfc3339(),
+                    started_unix: start.unix(),
+                    finished_at: finished.rfc3339(),
+                    git_commit: git_commit(&self.env.dir),
+                    tables: std::mem::take(&mut st.counts),
+                    verifications: Vec::new(),
+                    offsite: None,
+                    on_server: st.server_path.clone(),
+                };
+                let mut backup = Backup {
+                    path: st.path.clone().expect("kept"),
+                    name: st.name.clone(),
+                    manifest: None,
+                };
+                backup.save_manifest(&manifest)?;
+                backup.manifest = Some(manifest);
+                st.backup = Some(backup);
+                Ok(())
+            },
+        );
+        if let (Some(dest), false) = (&self.settings.offsite, self.on_server) {
+            let root = self.env.dir.join(dest);
+            plan.step(
+                "Copy off-site and re-check the SHA-256 there",
+                format!("{root}/{}/", self.env.name),
+                move |st: &mut CreateState| {
+                    let backup = st.backup.as_mut().expect("written");
+                    self.copy_offsite(backup, &root, out)
+                },
+            );
+        }
+        plan
+    }
+
+    /// `pg_dump` streamed into this machine's backup folder.
+    fn local_dump_steps<'p>(&'p self, plan: &mut Plan<'p, CreateState>, out: &'p Output) {
         let tool = self.tool(
             "pg_dump",
             &["-Fc".into(), "--snapshot=SNAPSHOT".into()],
@@ -167,57 +231,6 @@ impl<'a> Target<'a> {
                 Ok(())
             },
         );
-        plan.step(
-            "Write the manifest",
-            format!(
-                "{}/{}-TIMESTAMP.json (SHA-256, size, versions, row counts)",
-                self.folder, self.database
-            ),
-            move |st: &mut CreateState| {
-                let start = st.start.expect("snapshot exported");
-                let finished = Utc::now();
-                let manifest = Manifest {
-                    format: FORMAT.into(),
-                    file: format!("{}.dump", st.name),
-                    sha256: st.sha256.clone(),
-                    size: st.size,
-                    environment: self.env.name.clone(),
-                    database: self.database.clone(),
-                    server_version: st.server_version.clone(),
-                    pg_dump_version: st.pg_dump_version.clone(),
-                    method: self.method,
-                    reason: reason.into(),
-                    started_at: start.rfc3339(),
-                    started_unix: start.unix(),
-                    finished_at: finished.rfc3339(),
-                    git_commit: git_commit(&self.env.dir),
-                    tables: std::mem::take(&mut st.counts),
-                    verifications: Vec::new(),
-                    offsite: None,
-                };
-                let mut backup = Backup {
-                    path: st.path.clone().expect("kept"),
-                    name: st.name.clone(),
-                    manifest: None,
-                };
-                backup.save_manifest(&manifest)?;
-                backup.manifest = Some(manifest);
-                st.backup = Some(backup);
-                Ok(())
-            },
-        );
-        if let Some(dest) = &self.settings.offsite {
-            let root = self.env.dir.join(dest);
-            plan.step(
-                "Copy off-site and re-check the SHA-256 there",
-                format!("{root}/{}/", self.env.name),
-                move |st: &mut CreateState| {
-                    let backup = st.backup.as_mut().expect("written");
-                    self.copy_offsite(backup, &root, out)
-                },
-            );
-        }
-        plan
     }
 
     /// `pg_dump -Fc` with its manifest, written atomically.
@@ -295,6 +308,21 @@ impl<'a> Target<'a> {
     /// SHA-256 and size against the manifest.
     pub(super) fn check_checksum(&self, backup: &Backup) -> Result<()> {
         let m = backup.manifest()?;
+        if let Some(p) = &m.on_server {
+            let (sha, size) = self.server_sha256(p).with_context(|| {
+                format!("reading the backup kept on the server at {p} (backups.server_dir)")
+            })?;
+            if size != m.size || sha != m.sha256 {
+                bail!(
+                    "{p} on the server was altered: its SHA-256 is {sha} ({size} bytes), the manifest says {} ({} bytes). \
+                     Do not restore it; pick another (`cargo xtask backup list {}`)",
+                    m.sha256,
+                    m.size,
+                    self.env.name
+                );
+            }
+            return Ok(());
+        }
         let size = std::fs::metadata(&backup.path)
             .with_context(|| format!("reading {}", backup.path))?
             .len();

@@ -44,6 +44,10 @@ pub struct Manifest {
     pub verifications: Vec<Verification>,
     #[serde(default)]
     pub offsite: Option<Offsite>,
+    /// `backup create --keep-on-server`: the dump's path inside the
+    /// database container (on the server's disk); none is kept here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_server: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]

@@ -18,6 +18,7 @@ mod create;
 mod manifest;
 mod pg_tools;
 mod restore;
+mod server;
 mod store;
 mod verify;
 
@@ -59,6 +60,11 @@ pub enum BackupCmd {
         /// Where pg_dump runs (default: `backups.method` in ops.toml).
         #[arg(long, value_enum)]
         method: Option<Method>,
+        /// Leave the dump on the database's server, in `backups.server_dir`
+        /// (a mount of the server's disk in the database container); only
+        /// the manifest comes here. For databases too large to copy each day.
+        #[arg(long)]
+        keep_on_server: bool,
         /// Print the steps without running them.
         #[arg(long)]
         dry_run: bool,
@@ -150,10 +156,15 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
         BackupCmd::Create {
             env,
             method,
+            keep_on_server,
             dry_run,
         } => {
             let env = session::env(ops, out, env)?;
-            let t = Target::new(&env, *method)?;
+            let mut t = Target::new(&env, *method)?;
+            if *keep_on_server {
+                t.server_dir()?;
+                t.on_server = true;
+            }
             if *dry_run {
                 t.create_plan(out, "manual").print(out);
                 return Ok(());
@@ -179,10 +190,14 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
                     m.tables.len(),
                     human_size(m.size),
                     &m.sha256[..16],
-                    m.offsite
-                        .as_ref()
-                        .map(|o| format!(", copied to {}", o.path))
-                        .unwrap_or_default()
+                    match (&m.offsite, &m.on_server) {
+                        (_, Some(p)) => format!(
+                            ", kept on the server at {p} (in {})",
+                            t.container.as_deref().unwrap_or("?")
+                        ),
+                        (Some(o), None) => format!(", copied to {}", o.path),
+                        (None, None) => String::new(),
+                    }
                 ));
                 // The path alone on the last line, for scripts.
                 println!("{}", b.path);

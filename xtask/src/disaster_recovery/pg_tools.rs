@@ -32,6 +32,8 @@ pub(super) struct Target<'a> {
     pub(super) container: Option<String>,
     pub(super) pg_bin: Option<Utf8PathBuf>,
     pub(super) folder: Utf8PathBuf,
+    /// `backup create --keep-on-server`: the dump stays in `server_dir`.
+    pub(super) on_server: bool,
 }
 
 impl<'a> Target<'a> {
@@ -94,6 +96,7 @@ impl<'a> Target<'a> {
             container: db.container.clone(),
             pg_bin,
             folder,
+            on_server: false,
         })
     }
 
@@ -172,10 +175,15 @@ impl<'a> Target<'a> {
             }
         };
         match tool {
-            Tool::Container(argv) => {
+            Tool::Container(argv) | Tool::Server(argv) => {
                 let mut s = format!(
-                    "$ docker exec {}{} {}",
+                    "$ docker exec {}{}{} {}",
                     if stdin.is_some() { "-i " } else { "" },
+                    if matches!(tool, Tool::Server(_)) {
+                        "--user 0 "
+                    } else {
+                        ""
+                    },
                     self.container.as_deref().unwrap_or("?"),
                     argv.join(" ")
                 );
@@ -199,7 +207,8 @@ impl<'a> Target<'a> {
         stdout: &mut dyn Write,
     ) -> Result<()> {
         match tool {
-            Tool::Container(argv) => {
+            Tool::Container(argv) | Tool::Server(argv) => {
+                let user = matches!(tool, Tool::Server(_)).then_some("0");
                 let container = self.container.as_deref().expect("checked in Target::new");
                 let argv_ref: Vec<&str> = argv.iter().map(String::as_str).collect();
                 let env: Vec<String> = self
@@ -211,7 +220,7 @@ impl<'a> Target<'a> {
                 let reader = input.as_mut().map(|f| f as &mut (dyn Read + Send));
                 let outcome = self
                     .docker()?
-                    .exec(container, &argv_ref, &env, reader, stdout)?;
+                    .exec_as(user, container, &argv_ref, &env, reader, stdout)?;
                 if outcome.exit_code != 0 {
                     bail!(
                         "`{}` in container {container} failed (exit code {}): {}",
@@ -294,7 +303,9 @@ impl<'a> Target<'a> {
 
     pub(super) fn pg_dump_version(&self) -> Result<String> {
         let tool = match self.tool("pg_dump", &["--version".into()], &self.database) {
-            Tool::Container(_) => Tool::Container(vec!["pg_dump".into(), "--version".into()]),
+            Tool::Container(_) | Tool::Server(_) => {
+                Tool::Container(vec!["pg_dump".into(), "--version".into()])
+            }
             Tool::Host(_) => Tool::Host(Command::new(&self.program("pg_dump"), ["--version"])),
         };
         self.read_tool(&tool)
@@ -306,6 +317,9 @@ impl<'a> Target<'a> {
 pub(super) enum Tool {
     /// argv run with `docker exec` in the database container.
     Container(Vec<String>),
+    /// The same as root, on a file in `backups.server_dir` (which is
+    /// root's on the server).
+    Server(Vec<String>),
     Host(Command),
 }
 

@@ -29,9 +29,19 @@ impl<'a> Target<'a> {
             let Ok(path) = Utf8PathBuf::from_path_buf(entry.path()) else {
                 continue;
             };
-            if path.extension() == Some("dump") && !path.file_name().unwrap_or("").starts_with('.')
-            {
+            if path.file_name().unwrap_or("").starts_with('.') {
+                continue;
+            }
+            if path.extension() == Some("dump") {
                 list.push(load(&path)?);
+            } else if path.extension() == Some("json") && !path.with_extension("dump").exists() {
+                // A backup kept on the server: its manifest alone is here.
+                let dump = path.with_extension("dump");
+                if let Ok(b) = load(&dump) {
+                    if b.manifest.as_ref().is_some_and(|m| m.on_server.is_some()) {
+                        list.push(b);
+                    }
+                }
             }
         }
         // A file without a manifest is dated by its name.
@@ -83,13 +93,22 @@ impl<'a> Target<'a> {
             self.folder
                 .join(format!("{}.dump", arg.trim_end_matches(".dump")))
         };
-        if !path.is_file() {
+        let on_server = !path.is_file() && manifest_path(&path).is_file();
+        if !path.is_file() && !on_server {
             return Err(config_error(format!(
                 "no backup `{arg}` ({path}): `cargo xtask backup list {}` shows the backups, or pass `latest` or a path",
                 self.env.name
             )));
         }
         let b = load(&path)?;
+        if on_server && b.manifest.as_ref().is_some_and(|m| m.on_server.is_none()) {
+            return Err(config_error(format!(
+                "{path} is missing: its manifest ({}) is here but the dump is not, and it was not kept on the server. \
+                 `cargo xtask backup list {}` shows the backups",
+                manifest_path(&path),
+                self.env.name
+            )));
+        }
         if b.manifest.is_none() {
             return Err(config_error(format!(
                 "{path} is not a backup made by mre-ops: it has no manifest ({}) beside it. \
@@ -207,6 +226,7 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
                 "verified": m.and_then(|m| m.verified()),
                 "reason": m.map(|m| m.reason.clone()),
                 "manifest": m.is_some(),
+                "on_server": m.and_then(|m| m.on_server.clone()),
             })
         })
         .collect();
@@ -269,7 +289,10 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
                     human_age(now - m.started_unix),
                     human_size(m.size),
                     verified,
-                    m.reason.clone(),
+                    match &m.on_server {
+                        Some(p) => format!("{} (kept on the server: {p})", m.reason),
+                        None => m.reason.clone(),
+                    },
                 ]
             }
             None => vec![
@@ -401,8 +424,15 @@ pub(super) fn prune(t: &Target, out: &Output, dry_run: bool) -> Result<()> {
             out.detail(&format!("keep {}: {}", b.name, d.why));
             continue;
         }
+        let on_server = b.manifest.as_ref().and_then(|m| m.on_server.clone());
         if dry_run {
             out.line(&format!("would delete {} ({})", b.path, d.why));
+        } else if let Some(p) = &on_server {
+            t.delete_on_server(b, p)?;
+            out.line(&format!(
+                "deleted {p} on the server and its manifest ({})",
+                d.why
+            ));
         } else {
             std::fs::remove_file(&b.path).with_context(|| format!("deleting {}", b.path))?;
             std::fs::remove_file(b.manifest_path())

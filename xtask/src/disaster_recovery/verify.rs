@@ -33,6 +33,24 @@ impl<'a> Target<'a> {
         db: &str,
     ) -> Result<(Tool, Option<std::fs::File>)> {
         let opts = vec!["--exit-on-error".to_string(), "--no-password".to_string()];
+        if let Some(p) = backup.manifest.as_ref().and_then(|m| m.on_server.as_ref()) {
+            // Kept on the server: pg_restore reads it there, from a file,
+            // so it loads in parallel too.
+            if self.method != Method::Container {
+                bail!(
+                    "{} was kept on the server ({p}, in the database container): restoring it runs pg_restore there, \
+                     which needs backups.method = \"container\" for `{}`",
+                    backup.name,
+                    self.env.name
+                );
+            }
+            let Tool::Container(mut argv) = self.tool("pg_restore", &opts, db) else {
+                unreachable!()
+            };
+            argv.push("--jobs=2".into());
+            argv.push(p.clone());
+            return Ok((Tool::Server(argv), None));
+        }
         Ok(match self.method {
             // The archive streams in through the Engine API: nothing is copied into the container.
             Method::Container => (

@@ -28,6 +28,9 @@ pub struct Spec {
     pub networks: Vec<String>,
     /// State.StartedAt (RFC 3339).
     pub started_at: Option<String>,
+    /// Where volumes and bind mounts appear inside the container
+    /// (Mounts[].Destination).
+    pub mounts: Vec<String>,
 }
 
 impl Spec {
@@ -154,6 +157,12 @@ async fn inspect_spec(client: &bollard::Docker, name: &str) -> Result<Option<Spe
         cpu_period: host.and_then(|h| h.cpu_period).unwrap_or(0),
         networks,
         started_at: info.state.as_ref().and_then(|s| s.started_at.clone()),
+        mounts: info
+            .mounts
+            .iter()
+            .flatten()
+            .filter_map(|m| m.destination.clone())
+            .collect(),
     }))
 }
 

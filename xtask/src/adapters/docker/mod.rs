@@ -357,6 +357,19 @@ impl Docker {
         stdin: Option<&mut (dyn std::io::Read + Send)>,
         stdout: &mut dyn Write,
     ) -> Result<ExecOutcome> {
+        self.exec_as(None, container, cmd, env, stdin, stdout)
+    }
+
+    /// `exec` as `user` (`docker exec --user`); None: the image's user.
+    pub fn exec_as(
+        &self,
+        user: Option<&str>,
+        container: &str,
+        cmd: &[&str],
+        env: &[String],
+        stdin: Option<&mut (dyn std::io::Read + Send)>,
+        stdout: &mut dyn Write,
+    ) -> Result<ExecOutcome> {
         use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
         use tokio::io::AsyncWriteExt;
         let what = format!(
@@ -372,6 +385,7 @@ impl Docker {
                         cmd: Some(cmd.iter().map(|s| s.to_string()).collect::<Vec<String>>()),
                         env: Some(env.to_vec()),
                         attach_stdin: Some(stdin.is_some()),
+                        user: user.map(str::to_string),
                         attach_stdout: Some(true),
                         attach_stderr: Some(true),
                         tty: Some(false),
@@ -564,6 +578,6 @@ mod nodes;
 mod scratch;
 mod swarm;
 pub use inspect::Spec;
-pub use nodes::{Node, PullResult};
+pub use nodes::{Node, PullResult, Room};
 pub use scratch::RunSpec;
 pub use swarm::Service as SwarmService;

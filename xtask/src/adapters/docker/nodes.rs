@@ -221,6 +221,86 @@ impl Docker {
     }
 }
 
+/// What a node has and what the tasks placed on it take (their
+/// reservations, else their limits): the room a rolling update's extra
+/// task needs.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Room {
+    pub hostname: String,
+    /// Ready and active: the scheduler may place a task there.
+    pub schedulable: bool,
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+    pub used_nano_cpus: i64,
+    pub used_memory_bytes: i64,
+}
+
+impl Docker {
+    /// Every node's resources and what its running tasks take.
+    pub fn room(&self) -> Result<Vec<Room>> {
+        let nodes = self
+            .rt
+            .block_on(self.client.list_nodes(None::<ListNodesOptions>))
+            .with_context(|| format!("listing the swarm's nodes on {}", self.host))?;
+        let filters = HashMap::from([("desired-state".to_string(), vec!["running".to_string()])]);
+        let tasks = self
+            .rt
+            .block_on(self.client.list_tasks(Some(ListTasksOptions {
+                filters: Some(filters),
+            })))
+            .with_context(|| format!("listing the running tasks on {}", self.host))?;
+        let mut used: HashMap<String, (i64, i64)> = HashMap::new();
+        for t in tasks {
+            let (Some(node), Some(spec)) = (t.node_id, t.spec) else {
+                continue;
+            };
+            let res = spec.resources.unwrap_or_default();
+            let (rc, rm) = res
+                .reservations
+                .map(|r| (r.nano_cpus.unwrap_or(0), r.memory_bytes.unwrap_or(0)))
+                .unwrap_or((0, 0));
+            let (lc, lm) = res
+                .limits
+                .map(|l| (l.nano_cpus.unwrap_or(0), l.memory_bytes.unwrap_or(0)))
+                .unwrap_or((0, 0));
+            let e = used.entry(node).or_default();
+            e.0 += if rc > 0 { rc } else { lc };
+            e.1 += if rm > 0 { rm } else { lm };
+        }
+        let mut out: Vec<Room> = nodes
+            .into_iter()
+            .map(|n| {
+                let id = n.id.unwrap_or_default();
+                let desc = n.description.unwrap_or_default();
+                let res = desc.resources.unwrap_or_default();
+                let ready = n
+                    .status
+                    .and_then(|s| s.state)
+                    .map(|s| s.to_string())
+                    .as_deref()
+                    == Some("ready");
+                let active = n
+                    .spec
+                    .and_then(|s| s.availability)
+                    .map(|a| a.to_string())
+                    .as_deref()
+                    == Some("active");
+                let (uc, um) = used.get(&id).copied().unwrap_or((0, 0));
+                Room {
+                    hostname: desc.hostname.unwrap_or(id),
+                    schedulable: ready && active,
+                    nano_cpus: res.nano_cpus.unwrap_or(0),
+                    memory_bytes: res.memory_bytes.unwrap_or(0),
+                    used_nano_cpus: uc,
+                    used_memory_bytes: um,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        Ok(out)
+    }
+}
+
 /// Whether a task's error says the image was not there or not pulled.
 fn is_image_error(e: &str) -> bool {
     let e = e.to_ascii_lowercase();

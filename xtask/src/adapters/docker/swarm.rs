@@ -248,6 +248,12 @@ impl Docker {
                         .map(|id| networks.get(&id).cloned().unwrap_or(id))
                         .collect(),
                     started_at: None,
+                    mounts: container
+                        .mounts
+                        .iter()
+                        .flatten()
+                        .filter_map(|m| m.target.clone())
+                        .collect(),
                 }
             })
             .collect();
