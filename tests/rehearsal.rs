@@ -114,6 +114,31 @@ fn rehearsal_proves_rollback_before_production_changes() {
     let r = s.run(&["deploy", "rel", "--tag", &v1]);
     assert_eq!(r.code, 0, "{r:?}");
 
+    // A migration the lint refuses (a table locked with no lock timeout)
+    // stops the deploy before any backup is taken for its rehearsal.
+    let dumps = || {
+        std::fs::read_dir(s.dir.path().join("backups/rel"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "dump"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let before = dumps();
+    let risky = s.dir.path().join("migrations/20991230000000_risky");
+    std::fs::create_dir_all(&risky).unwrap();
+    std::fs::write(risky.join("migration.sql"), "ALTER TABLE \"sessions\" ADD COLUMN \"risky\" int NOT NULL DEFAULT 0;\nCREATE INDEX \"sessions_risky\" ON \"sessions\" (\"risky\");\n").unwrap();
+    let r = s.run(&["deploy", "rel", "--tag", &tag(&s, "v1-risky")]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("the lint found"), "{r:?}");
+    assert_eq!(
+        dumps(),
+        before,
+        "no backup for a deploy the lint refuses: {r:?}"
+    );
+    remove_migration(&s, "20991230000000_risky");
+
     // A release whose migration adds a CHECK the live code violates on
     // every login (sessions of 24 h; the new code makes 12 h ones). The
     // lint passes it (NOT VALID); the rehearsal starts the live release on

@@ -244,19 +244,30 @@ pub fn wait_for_database(env: &Env, out: &Output, limit: Duration) -> Result<()>
 /// backup for a deploy the lint will refuse), backs up only when something
 /// is pending.
 pub fn backup_before_migrating(env: &Env, out: &Output, allow_risky: bool) -> Result<()> {
-    if env.settings.migrations.runner == Runner::Native {
-        let mut db = Db::open(env)?;
-        let state = read_state(env, &mut db)?;
-        let pending = state.pending();
-        if pending.is_empty() {
-            out.line("No pending migrations: no backup needed.");
-            return Ok(());
-        }
-        lint_pending(env, out, &mut db, &pending, allow_risky)?;
+    if !lint_before_backup(env, out, allow_risky)? {
+        out.line("No pending migrations: no backup needed.");
+        return Ok(());
     }
     // create_backup prints the path it wrote.
     crate::disaster_recovery::create_backup(env, out, "before migration")?;
     Ok(())
+}
+
+/// The lint of the pending migrations, run before a backup is taken for
+/// them (a deploy the lint refuses costs no backup). Ok(false) when nothing
+/// is pending; with the `prisma` runner (which lints nothing) Ok(true).
+pub fn lint_before_backup(env: &Env, out: &Output, allow_risky: bool) -> Result<bool> {
+    if env.settings.migrations.runner != Runner::Native {
+        return Ok(true);
+    }
+    let mut db = Db::open(env)?;
+    let state = read_state(env, &mut db)?;
+    let pending = state.pending();
+    if pending.is_empty() {
+        return Ok(false);
+    }
+    lint_pending(env, out, &mut db, &pending, allow_risky)?;
+    Ok(true)
 }
 
 #[cfg(test)]

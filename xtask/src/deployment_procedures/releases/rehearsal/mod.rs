@@ -231,6 +231,8 @@ fn run_step(
             return Ok(());
         }
         None => {
+            // The lint first: a deploy it refuses costs no backup.
+            database_migrations::lint_before_backup(env, out, allow_risky)?;
             let path = crate::disaster_recovery::create_backup(
                 env,
                 out,
