@@ -119,6 +119,11 @@ const NEEDS: &[Need] = &[
         packages: &["tzdata"],
     },
     Need {
+        what: "age (the off-site copies' encryption)",
+        present: || on_path("age") && on_path("age-keygen"),
+        packages: &["age"],
+    },
+    Need {
         what: "OpenSSH server and client (the SSH-only test server, run in a namespace)",
         present: || {
             std::path::Path::new("/usr/sbin/sshd").exists()

@@ -21,9 +21,24 @@ pub struct BackupSettings {
     /// Retention: at least this many backups are kept, whatever their age.
     #[serde(default = "default_keep_min")]
     pub keep_min: usize,
-    /// A second location (a directory, e.g. a mounted share) each new
-    /// backup is copied to and checked at.
+    /// A second location each new backup is copied to and checked at: a
+    /// directory (e.g. a mounted share, relative to ops.toml), or another
+    /// host over SSH, `ssh://[user@]host[:port]/absolute/path`, where the
+    /// copy is encrypted with age (`offsite_recipients`).
     pub offsite: Option<String>,
+    /// `-F` for the off-site host's SSH connection (relative to ops.toml).
+    pub offsite_ssh_config: Option<String>,
+    /// age recipients (`age1...` public keys) the off-site copy over SSH is
+    /// encrypted to; its key never goes to that host.
+    #[serde(default)]
+    pub offsite_recipients: Vec<String>,
+    /// The variable holding the age identity (`AGE-SECRET-KEY-1...`, or
+    /// the path of a file with it) that `backup fetch` and `drill
+    /// --from-offsite` decrypt with.
+    pub offsite_identity_env: Option<String>,
+    /// Retention at the off-site location (default: `keep_days`); at least
+    /// `keep_min` stay there too.
+    pub offsite_keep_days: Option<u64>,
     /// `backup create --keep-on-server`: a folder inside the database
     /// container, on a volume or bind mount of the server's disk, where the
     /// dump stays (only its manifest comes to this machine).
@@ -48,6 +63,10 @@ impl Default for BackupSettings {
             keep_days: default_keep_days(),
             keep_min: default_keep_min(),
             offsite: None,
+            offsite_ssh_config: None,
+            offsite_recipients: Vec::new(),
+            offsite_identity_env: None,
+            offsite_keep_days: None,
             pg_bin: None,
             server_dir: None,
             keep_replaced: default_keep_replaced(),
@@ -72,6 +91,63 @@ fn default_maintenance_db() -> String {
     "postgres".into()
 }
 
+/// Where the off-site copies go (`offsite`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OffsiteTarget {
+    /// A directory, as written (relative to ops.toml).
+    Folder(String),
+    /// Another host, over SSH.
+    Ssh {
+        destination: String,
+        port: Option<u16>,
+        path: String,
+    },
+}
+
+impl BackupSettings {
+    /// `offsite` read: None when unset; Err names what is wrong with it.
+    pub fn offsite_target(&self) -> Result<Option<OffsiteTarget>, String> {
+        let Some(o) = self.offsite.as_deref() else {
+            return Ok(None);
+        };
+        let Some(rest) = o.strip_prefix("ssh://") else {
+            return Ok(Some(OffsiteTarget::Folder(o.to_string())));
+        };
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if host.is_empty() || path.len() < 2 {
+            return Err(format!(
+                "offsite = \"{o}\" is not `ssh://[user@]host[:port]/absolute/path`"
+            ));
+        }
+        if path.contains(['\'', '\n']) || path.split('/').any(|c| c == "..") {
+            return Err(format!(
+                "offsite = \"{o}\": the path may not hold quotes, newlines or `..`"
+            ));
+        }
+        let (destination, port) = match host.rsplit_once(':') {
+            Some((h, p)) => match p.parse::<u16>() {
+                Ok(p) => (h.to_string(), Some(p)),
+                Err(_) => return Err(format!("offsite = \"{o}\": `{p}` is not a port")),
+            },
+            None => (host.to_string(), None),
+        };
+        if self.offsite_recipients.is_empty() {
+            return Err(format!(
+                "offsite = \"{o}\" is another host: set offsite_recipients = [\"age1...\"] (the public key \
+                 of `age-keygen`) so that the copy is encrypted before it leaves; the host never sees the key"
+            ));
+        }
+        Ok(Some(OffsiteTarget::Ssh {
+            destination,
+            port,
+            path: path.trim_end_matches('/').to_string(),
+        }))
+    }
+}
+
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
@@ -80,3 +156,43 @@ pub enum Method {
 }
 
 // ---------------------------------------------------------------------------
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(offsite: &str, recipients: &[&str]) -> BackupSettings {
+        BackupSettings {
+            offsite: Some(offsite.into()),
+            offsite_recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            ..BackupSettings::default()
+        }
+    }
+
+    #[test]
+    fn offsite_is_a_folder_or_an_ssh_url_with_recipients() {
+        assert_eq!(
+            with("/mnt/share", &[]).offsite_target(),
+            Ok(Some(OffsiteTarget::Folder("/mnt/share".into())))
+        );
+        assert_eq!(
+            with("ssh://backup@vault:2222/srv/mre/", &["age1x"]).offsite_target(),
+            Ok(Some(OffsiteTarget::Ssh {
+                destination: "backup@vault".into(),
+                port: Some(2222),
+                path: "/srv/mre".into()
+            }))
+        );
+        assert!(with("ssh://vault/srv", &[])
+            .offsite_target()
+            .unwrap_err()
+            .contains("offsite_recipients"));
+        assert!(with("ssh://vault", &["age1x"]).offsite_target().is_err());
+        assert!(with("ssh://vault/srv/../etc", &["age1x"])
+            .offsite_target()
+            .is_err());
+        assert!(with("ssh://vault:x/srv", &["age1x"])
+            .offsite_target()
+            .is_err());
+    }
+}

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use super::backups::{BackupSettings, Method};
+pub use super::backups::{BackupSettings, Method, OffsiteTarget};
 pub use super::verification::{
     parse_duration, Alert, Direction, MonitorSettings, PreflightSettings, SmokeSettings,
 };

@@ -84,9 +84,14 @@ pub struct TempDir(Utf8PathBuf);
 
 impl TempDir {
     pub fn new(prefix: &str) -> Result<TempDir> {
-        use std::os::unix::fs::DirBuilderExt;
         let base = Utf8PathBuf::from_path_buf(std::env::temp_dir())
             .map_err(|p| anyhow::anyhow!("the temporary folder {} is not UTF-8", p.display()))?;
+        TempDir::new_in(&base, prefix)
+    }
+
+    /// The same under `base` (e.g. beside large files, off a small /tmp).
+    pub fn new_in(base: &Utf8Path, prefix: &str) -> Result<TempDir> {
+        use std::os::unix::fs::DirBuilderExt;
         let path = base.join(format!(
             "{prefix}-{}-{}",
             std::process::id(),

@@ -11,7 +11,7 @@ use camino::{Utf8Path, Utf8PathBuf};
 use crate::adapters::clock::Utc;
 use crate::adapters::output::Output;
 use crate::adapters::postgres::{self, describe_url};
-use crate::config::Env;
+use crate::config::{Env, OffsiteTarget};
 use crate::core::files::write_private;
 use crate::core::steps::Plan;
 
@@ -119,16 +119,34 @@ impl<'a> Target<'a> {
                 Ok(())
             },
         );
-        if let (Some(dest), false) = (&self.settings.offsite, self.on_server) {
-            let root = self.env.dir.join(dest);
-            plan.step(
-                "Copy off-site and re-check the SHA-256 there",
-                format!("{root}/{}/", self.env.name),
-                move |st: &mut CreateState| {
-                    let backup = st.backup.as_mut().expect("written");
-                    self.copy_offsite(backup, &root, out)
-                },
-            );
+        match self.settings.offsite_target() {
+            Ok(Some(OffsiteTarget::Folder(dest))) if !self.on_server => {
+                let root = self.env.dir.join(dest);
+                plan.step(
+                    "Copy off-site and re-check the SHA-256 there",
+                    format!("{root}/{}/", self.env.name),
+                    move |st: &mut CreateState| {
+                        let backup = st.backup.as_mut().expect("written");
+                        self.copy_offsite(backup, &root, out)
+                    },
+                );
+            }
+            Ok(Some(OffsiteTarget::Ssh {
+                destination, path, ..
+            })) if !self.on_server => {
+                plan.step(
+                    "Encrypt with age and copy to the off-site host",
+                    format!(
+                        "$ age --encrypt -r RECIPIENT... < DUMP | ssh {destination} 'cat > {path}/{}/NAME.dump.age' (SHA-256 of the ciphertext checked there; the manifest beside it)",
+                        self.env.name
+                    ),
+                    move |st: &mut CreateState| {
+                        let backup = st.backup.as_mut().expect("written");
+                        self.copy_offsite_ssh(backup, out)
+                    },
+                );
+            }
+            _ => {}
         }
         plan
     }

@@ -16,6 +16,7 @@
 
 mod create;
 mod manifest;
+mod offsite;
 mod pg_tools;
 mod restore;
 mod server;
@@ -87,8 +88,19 @@ pub enum BackupCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Bring a backup back from the off-site host (`backups.offsite =
+    /// "ssh://..."`): decrypted with the age identity in
+    /// `offsite_identity_env`, checked against its manifest's SHA-256, and
+    /// kept in the backup folder (then `restore ENV NAME` takes it).
+    Fetch {
+        env: String,
+        /// A name (as `backup list` shows it) or `latest`.
+        #[arg(default_value = "latest")]
+        backup: String,
+    },
     /// Delete backups the retention policy (`keep_days`, `keep_min`) lets
-    /// go; never the newest verified one.
+    /// go; never the newest verified one. At an off-site host, by
+    /// `offsite_keep_days` there.
     Prune {
         #[arg(default_value = "development")]
         env: String,
@@ -146,6 +158,12 @@ pub struct DrillArgs {
     /// `latest` (the newest that has not failed verification).
     #[arg(long, default_value = "latest")]
     pub backup: String,
+    /// Rehearse from the off-site host's copy alone (`backups.offsite =
+    /// "ssh://..."`), as after losing the server: fetched, decrypted with
+    /// the identity in `offsite_identity_env`, checked, restored into a
+    /// scratch database, then removed from here.
+    #[arg(long)]
+    pub from_offsite: bool,
     /// Print the steps without running them.
     #[arg(long)]
     pub dry_run: bool,
@@ -236,7 +254,35 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
                 out,
                 &format!("backup prune {}", env.name),
             )?;
-            prune(&t, out, *dry_run)
+            prune(&t, out, *dry_run)?;
+            if t.offsite_ssh()?.is_some() {
+                let gone = t.prune_offsite(out, *dry_run)?;
+                out.line(&format!(
+                    "{} {} backup(s) of `{}` off-site (keep {} days there, at least {})",
+                    if *dry_run { "Would delete" } else { "Deleted" },
+                    gone.len(),
+                    env.name,
+                    t.settings.offsite_keep_days.unwrap_or(t.settings.keep_days),
+                    t.settings.keep_min
+                ));
+            }
+            Ok(())
+        }
+        BackupCmd::Fetch { env, backup } => {
+            let env = session::env(ops, out, env)?;
+            let t = Target::new(&env, None)?;
+            manifest::create_dir_private(&t.folder)?;
+            let b = t.fetch_offsite(backup, &t.folder, out)?;
+            let m = b.manifest.as_ref().expect("fetched");
+            out.line(&format!(
+                "Fetched {} of `{}` ({}, taken {}), decrypted and checked: {}",
+                b.name,
+                env.name,
+                human_size(m.size),
+                m.started_at,
+                b.path
+            ));
+            Ok(())
         }
     }
 }

@@ -81,6 +81,12 @@ impl<'a> Target<'a> {
                 default.join("pg_dump").exists().then_some(default)
             }
         };
+        if let Err(e) = settings.offsite_target() {
+            return Err(config_error(format!(
+                "environments.{}.backups: {e}",
+                env.name
+            )));
+        }
         let folder = env.dir.join(&settings.dir).join(&env.name);
         Ok(Target {
             env,

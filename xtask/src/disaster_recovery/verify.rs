@@ -340,6 +340,22 @@ impl Rehearsal {
 pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
     let env = session::env(ops, out, &args.env)?;
     let t = Target::new(&env, None)?;
+    if args.dry_run && args.from_offsite {
+        let (dest, _, path) = t.offsite_ssh()?.ok_or_else(|| {
+            crate::config::config_error(format!(
+                "--from-offsite needs environments.{}.backups.offsite = \"ssh://...\"",
+                env.name
+            ))
+        })?;
+        out.line(&format!(
+            "would fetch {} from ssh://{dest}{path}/{}/ (age --decrypt with ${}), check its SHA-256, then run the drill's steps on it:",
+            args.backup,
+            env.name,
+            t.settings.offsite_identity_env.as_deref().unwrap_or("?")
+        ));
+        out.line("  restore into a scratch database, compare the row counts, drop it; report to the backup folder");
+        return Ok(());
+    }
     if args.dry_run {
         let backup = t.resolve(&args.backup)?;
         t.rehearsal_plan(&backup, false).print(out);
@@ -354,14 +370,27 @@ pub fn drill(ops: &Ops, out: &Output, args: &DrillArgs) -> Result<()> {
     let started = Utc::now();
     let clock = Instant::now();
     let find = Instant::now();
-    let backup = t.resolve(&args.backup)?;
+    // From the off-site copy: fetched beside the backups (not into a small
+    // /tmp), removed with its folder when the drill ends.
+    let fetched;
+    let backup = if args.from_offsite {
+        super::manifest::create_dir_private(&t.folder)?;
+        fetched = crate::core::files::TempDir::new_in(&t.folder, ".offsite-drill")?;
+        t.fetch_offsite(&args.backup, fetched.path(), out)?
+    } else {
+        t.resolve(&args.backup)?
+    };
     let find_secs = find.elapsed().as_secs_f64();
     let m = backup.manifest()?.clone();
     let mut r = t.rehearse(&backup, out, false);
     r.steps.insert(
         0,
         (
-            "Find the backup".into(),
+            if args.from_offsite {
+                "Fetch and decrypt the off-site copy".into()
+            } else {
+                "Find the backup".into()
+            },
             find_secs,
             true,
             backup.path.to_string(),
