@@ -138,6 +138,7 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
             "Resource limits configured",
             "Swarm nodes ready",
             "Registry reachable from every node",
+            "Room on the nodes for the update",
         ] {
             let c = doc["checks"]
                 .as_array()
@@ -278,6 +279,39 @@ fn a_swarm_stack_is_released_updated_rolled_back_by_the_engine_and_by_us() {
             .node_states()
             .iter()
             .any(|(n, _, a)| n == "worker-1" && a == "Active"));
+    });
+
+    // Ctrl-C while a drain waits for the node to empty: the undo makes the
+    // node active again, nothing is left half-drained.
+    phase("Ctrl-C during a drain of worker-2", || {
+        let child = s.spawn(&["node", "drain", "sw", "worker-2"]);
+        let t = std::time::Instant::now();
+        let draining = |c: &Cluster| {
+            c.node_states()
+                .iter()
+                .any(|(n, _, a)| n == "worker-2" && a == "Drain")
+        };
+        while !draining(&cluster) {
+            assert!(t.elapsed().as_secs() < 30, "worker-2 was never drained");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let st = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(st.success());
+        let o = child.wait_with_output().expect("waiting for xtask");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(130), "{err}");
+        assert!(err.contains("undo"), "{err}");
+        assert!(
+            cluster
+                .node_states()
+                .iter()
+                .any(|(n, _, a)| n == "worker-2" && a == "Active"),
+            "{:?}\n{err}",
+            cluster.node_states()
+        );
     });
 
     // `rollback`: the whole stack to the previous release (v1), which also

@@ -4,12 +4,15 @@
 //! login kept in a Docker config of the test's own. Placement from
 //! ops.toml: the database on the node labelled `db=true`, the proxy (the
 //! published ports) on the manager, the app and the ingestion service on
-//! the workers.
+//! the workers. mre-ops reaches the manager as it reaches a real one: over
+//! SSH (an sshd in the manager's namespace), the Engine API, the database
+//! and the health URLs through that connection.
 
 use std::path::PathBuf;
 
 use super::netns::NsEngine;
 use super::release::{remove_release_images, TlsRegistry, SMOKE_USER};
+use super::ssh::SshHost;
 use super::{ensure_demo_images, free_port, workspace_root, xtask_env, Run, TempDir, XTASK};
 
 /// A stack of the demo under its own name and ports on a swarm whose
@@ -31,6 +34,8 @@ pub struct SwarmStack {
     /// `DOCKER_CONFIG` of the test's commands: the registry login goes
     /// there, never to this machine's `~/.docker`.
     docker_config: TempDir,
+    /// The manager's sshd: mre-ops's only way in.
+    pub ssh: SshHost,
 }
 
 impl SwarmStack {
@@ -67,6 +72,7 @@ impl SwarmStack {
             registry: tls.address.clone(),
             tls,
             docker_config: TempDir::new(&format!("{tag}-docker-config")),
+            ssh: SshHost::start(engine),
         };
         s.config = s.write_config(
             &workspace_root()
@@ -88,12 +94,18 @@ impl SwarmStack {
             &self.registry,
         );
         let (docker_host, addr) = (&self.docker_host, self.addr);
+        let (ssh, ssh_config) = (
+            self.ssh.target(),
+            self.ssh.config_path().display().to_string(),
+        );
         self.dir.write(
             "ops.toml",
             &format!(
                 r#"
 [environments.sw]
 driver = "swarm"
+ssh = "{ssh}"
+ssh_config = "{ssh_config}"
 docker_host = "{docker_host}"
 env_file = ".env.sw"
 generate_secrets = ["POSTGRES_PASSWORD"]
@@ -160,6 +172,23 @@ strategy = "stop-first"
     }
 
     /// `STACK_service`.
+    /// `run`, started in the background (stdout and stderr piped).
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(XTASK)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .env_remove("GITHUB_ACTIONS")
+            .env_remove("DOCKER_HOST")
+            .env("MRE_REG_USER", self.tls.user)
+            .env("MRE_REG_PASSWORD", self.tls.password)
+            .env("DOCKER_CONFIG", self.docker_config.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting the xtask binary")
+    }
+
     pub fn service(&self, svc: &str) -> String {
         format!("{}_{svc}", self.stack)
     }

@@ -3,6 +3,7 @@
 //! Checks), each a check with its evidence, run concurrently. Items that
 //! need a person are MANUAL unless attested.
 
+mod capacity;
 mod code_quality;
 mod configuration;
 mod database;
@@ -172,6 +173,7 @@ pub fn run_preflight(ops: &Ops, env: &Env, attest: &Attestations, deploying: boo
         Box::new(move || configuration::checks(ctx)),
         Box::new(move || infrastructure::checks(ctx)),
         Box::new(move || infrastructure::swarm_checks(ctx)),
+        Box::new(move || capacity::room_check(ctx).into_iter().collect()),
     ];
     check::run(&probes)
 }
