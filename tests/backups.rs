@@ -270,12 +270,25 @@ fn round_trip_corruption_guard_and_failed_restore() {
     let (code, text) = on_terminal("production");
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("is not `pacetracer`"), "{text}");
+    // Then the reason for the incident record: asked for, not optional.
     let (code, text) = on_terminal("pacetracer");
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("--reason"), "{text}");
+    let (code, text) = on_terminal("pacetracer\nbad DELETE at 14:02");
     assert_eq!(code, 0, "{text}");
     assert!(
-        text.contains("Type `pacetracer` to go on") && text.contains("Restored `prod`"),
+        text.contains("Type `pacetracer` to go on")
+            && text.contains("Why (for the incident record)?")
+            && text.contains("Restored `prod`"),
         "{text}"
     );
+    let incident = text
+        .lines()
+        .find_map(|l| l.split_once("Incident record: ").map(|(_, f)| f.trim()))
+        .unwrap_or_else(|| panic!("no incident record: {text}"));
+    assert!(std::fs::read_to_string(incident)
+        .unwrap()
+        .contains("| why | bad DELETE at 14:02 |"));
     assert_eq!(fingerprint(&pg), original);
 
     // Corruption: one byte changed, and a truncated copy.

@@ -13,7 +13,7 @@ use crate::{
 /// The MRE deployment runbook, runnable: each command automates one section
 /// of the runbook (see README.md). Every command that changes something
 /// (deploy, rollback, recover, down, migrate deploy/resolve, backup
-/// create/verify/prune, restore, drill, demo prepare, runbook) has --dry-run, which
+/// create/verify/prune, restore, drill, assess, demo prepare, runbook) has --dry-run, which
 /// prints the steps that would run, from the plan that runs them.
 #[derive(Parser, Debug)]
 #[command(
@@ -72,6 +72,8 @@ pub enum Cmd {
     Backup(disaster_recovery::BackupArgs),
     Restore(disaster_recovery::RestoreArgs),
     Drill(disaster_recovery::DrillArgs),
+    Assess(disaster_recovery::AssessArgs),
+    Incidents(disaster_recovery::IncidentsArgs),
     Rehearse(deployment_procedures::releases::RehearseArgs),
     Releases(deployment_procedures::releases::ReleasesArgs),
     Rollback(rollback_procedures::application::RollbackArgs),

@@ -92,6 +92,8 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Cmd::Backup(args) => disaster_recovery::backup(&ops, out, args),
         Cmd::Restore(args) => disaster_recovery::restore(&ops, out, args),
         Cmd::Drill(args) => disaster_recovery::drill(&ops, out, args),
+        Cmd::Assess(args) => disaster_recovery::assess(&ops, out, args),
+        Cmd::Incidents(args) => disaster_recovery::incidents(&ops, out, args),
         Cmd::Rehearse(args) => deployment_procedures::releases::rehearse(&ops, out, args),
         Cmd::Releases(args) => deployment_procedures::releases::releases(&ops, out, args),
         Cmd::Rollback(args) => rollback_procedures::application::rollback(&ops, out, args),

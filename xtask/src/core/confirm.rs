@@ -28,3 +28,23 @@ pub fn by_typing(question: &str, answer: &str, no_terminal: &str) -> Result<()> 
     }
     Ok(())
 }
+
+/// Ask for a line of text on the terminal (a reason for the record); an
+/// empty answer, or no terminal, is refused with `no_terminal` (exit 2).
+pub fn ask(question: &str, no_terminal: &str) -> Result<String> {
+    if !std::io::stdin().is_terminal() {
+        return Err(config_error(format!("{no_terminal}. Nothing was changed")));
+    }
+    eprint!("{question} ");
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the answer")?;
+    let line = line.trim().to_string();
+    if line.is_empty() {
+        return Err(config_error(format!(
+            "no answer: {no_terminal}. Nothing was changed"
+        )));
+    }
+    Ok(line)
+}

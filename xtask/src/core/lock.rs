@@ -56,8 +56,9 @@ impl Holder {
         Holder {
             operation: operation.to_string(),
             user: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
                 .or_else(|_| std::env::var("GITHUB_ACTOR"))
-                .unwrap_or_else(|_| "unknown".into()),
+                .unwrap_or_else(|_| account_name()),
             host: std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into()),
@@ -72,6 +73,29 @@ impl Holder {
             self.operation, self.user, self.host, self.pid, self.since
         )
     }
+}
+
+/// The account this process runs as, from the password database (root in
+/// a container often has no $USER).
+fn account_name() -> String {
+    // SAFETY: getpwuid returns NULL or a pointer to a static entry whose
+    // pw_name is a NUL-terminated string; it is copied at once.
+    unsafe {
+        let uid = libc::geteuid();
+        let pw = libc::getpwuid(uid);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            return format!("uid-{uid}");
+        }
+        std::ffi::CStr::from_ptr((*pw).pw_name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Who runs this command, as a lock holder is described: (user, host).
+pub fn who() -> (String, String) {
+    let me = Holder::me("");
+    (me.user, me.host)
 }
 
 /// The held lock; released on drop (also on error and on signals, which

@@ -8,6 +8,7 @@
 pub mod check;
 pub mod confirm;
 pub mod files;
+pub mod incident;
 pub mod intent;
 pub mod interrupt;
 pub mod journal;

@@ -195,7 +195,7 @@ impl<'a, S> Plan<'a, S> {
 }
 
 /// How long a step took.
-#[derive(Serialize, Clone, Debug)]
+#[derive(Serialize, serde::Deserialize, Clone, Debug)]
 pub struct Timing {
     pub title: String,
     pub seconds: f64,

@@ -12,9 +12,12 @@
 //! file without a manifest is never treated as a backup.
 //!
 //! Split by concern: `manifest`, `pg_tools`, `store`, `create`, `verify`
-//! (and drill), `restore`; this file holds the command line.
+//! (and drill), `restore`, `assess` (damage), `incidents` (the records
+//! restores write); this file holds the command line.
 
+mod assess;
 mod create;
+mod incidents;
 mod manifest;
 mod offsite;
 mod pg_tools;
@@ -35,7 +38,10 @@ use manifest::{human_size, now_unix};
 use pg_tools::Target;
 use store::{list, prune};
 
+pub use assess::{assess, AssessArgs};
 pub use create::create_backup;
+pub(crate) use incidents::reason;
+pub use incidents::{incidents, IncidentsArgs};
 pub use restore::restore;
 pub use verify::drill;
 
@@ -120,7 +126,8 @@ pub enum BackupCmd {
 /// a safety backup; restore into a new database and check its row counts;
 /// swap it in for the live one in one transaction; start the application;
 /// run the health checks. A failure before the swap leaves the database as
-/// it was.
+/// it was. Every run, failed ones too, writes an incident record (`cargo
+/// xtask incidents ENV`).
 #[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
     /// Environment from ops.toml.
@@ -142,6 +149,15 @@ pub struct RestoreArgs {
     /// Seconds to wait for health afterwards (default: deploy.wait_secs).
     #[arg(long, value_name = "SECS")]
     pub wait: Option<u64>,
+    /// Why, for the incident record (runbook: "Document incident"); on a
+    /// protected environment it is asked for on the terminal unless given
+    /// or --yes.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+    /// The operation the incident record names, when another command
+    /// restores (`rollback --with-db to VERSION`); `restore` otherwise.
+    #[arg(skip)]
+    pub via: Option<String>,
 }
 
 /// Rehearse a restore from the latest backup, touching nothing live.

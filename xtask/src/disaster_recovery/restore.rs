@@ -89,9 +89,13 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
             None => "not yet",
         }
     ));
-    if !args.dry_run {
-        confirm(&t, &backup, args.yes)?;
-    }
+    let reason = match args.dry_run {
+        true => args.reason.clone(),
+        false => {
+            confirm(&t, &backup, args.yes)?;
+            super::incidents::reason(&env, args.reason.as_deref(), args.yes)?
+        }
+    };
     // One operation at a time on the environment; what an interrupted one
     // left is undone first.
     let _lock = crate::core::lock::unless_dry_run(
@@ -287,7 +291,26 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         )?),
         ..RestoreState::default()
     };
-    let (result, _) = plan.execute_timed(out, &mut state);
+    let incident = crate::core::incident::Incident::begin(
+        args.via.as_deref().unwrap_or("restore"),
+        reason.as_deref(),
+        args.yes,
+    );
+    let (result, timings) = plan.execute_timed(out, &mut state);
+    super::incidents::record_restore(
+        &env,
+        out,
+        super::incidents::RestoreRun {
+            incident,
+            backup,
+            manifest: &m,
+            safety: state.safety.as_ref(),
+            replaced,
+            swapped: state.swapped,
+            timings,
+        },
+        &result,
+    );
     let settled = state.stopped.is_empty() && !state.staged;
     if settled {
         if let Some(r) = state.record.take() {

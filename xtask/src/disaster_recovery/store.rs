@@ -232,8 +232,9 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
         .collect();
     // Best effort: the backups are listed even when the server is down.
     let leftovers = t.leftovers().unwrap_or_default();
+    let incident = crate::core::incident::pointer(t.env);
     let mut report = Report::new(
-        serde_json::json!({"environment": t.env.name, "folder": t.folder.as_str(), "backups": rows, "leftover_databases": leftovers}),
+        serde_json::json!({"environment": t.env.name, "folder": t.folder.as_str(), "backups": rows, "leftover_databases": leftovers, "latest_incident": incident.as_ref().map(|i| &i.1)}),
     );
     if !leftovers.is_empty() {
         report.line(format!("Leftover databases of `{}` on its server (`cargo xtask backup prune {}` drops them by retention):", t.env.name, t.env.name));
@@ -306,6 +307,9 @@ pub(super) fn list(t: &Target, out: &Output) -> Result<()> {
     }
     for line in table(&rows, &[1, 2]) {
         report.line(line);
+    }
+    if let Some((line, _)) = &incident {
+        report.line(line.clone());
     }
     report.emit(out);
     Ok(())

@@ -55,6 +55,10 @@ pub struct RollbackArgs {
     /// rehearsal ran it there, or a rehearsal saw it fail).
     #[arg(long)]
     pub force: bool,
+    /// Why, for the incident record `--with-db` writes; on a protected
+    /// environment it is asked for on the terminal unless given or --yes.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
@@ -116,6 +120,13 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
         }
         confirm(env, &format!("Roll back to {version}"), args.yes)?;
     }
+    let reason = match (&args.with_db, args.dry_run) {
+        (Some(_), false) => {
+            crate::disaster_recovery::reason(env, args.reason.as_deref(), args.yes)?
+        }
+        _ => args.reason.clone(),
+    };
+    let reason = reason.as_deref();
     let v: &str = &version;
     // ops.toml's folder inside the checkout (it may sit below the top level).
     let ctx_root = match &build_root {
@@ -189,7 +200,7 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
             None,
             move |p| {
                 plan::journal_step(p, env, out, "rollback", v, cur, imgs);
-                restore_step(p, ops, env, rel, out, db_backup);
+                restore_step(p, ops, env, rel, out, db_backup, v, reason);
             },
         );
     } else {
@@ -203,7 +214,7 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
             current.clone(),
             targets.clone(),
         );
-        restore_step(&mut plan, ops, env, rel, out, db_backup);
+        restore_step(&mut plan, ops, env, rel, out, db_backup, v, reason);
         plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, false);
     }
     if args.dry_run {
@@ -299,7 +310,9 @@ fn at_stake(env: &Env, entries: &[journal::Entry]) -> String {
 }
 
 /// Database Rollback first, when asked: the older code must not meet the
-/// newer schema. `restore`'s guarded steps, under this plan's lock.
+/// newer schema. `restore`'s guarded steps, under this plan's lock; its
+/// incident record names this rollback.
+#[allow(clippy::too_many_arguments)]
 fn restore_step<'a>(
     plan: &mut Plan<'a, RelState>,
     ops: &'a Ops,
@@ -307,9 +320,13 @@ fn restore_step<'a>(
     rel: &'a crate::config::ReleaseSettings,
     out: &'a Output,
     db_backup: Option<String>,
+    version: &str,
+    reason: Option<&str>,
 ) {
     let Some(b) = db_backup else { return };
     let restore_args = crate::disaster_recovery::RestoreArgs {
+        reason: reason.map(str::to_string),
+        via: Some(format!("rollback --with-db to {version}")),
         env: env.name.clone(),
         backup: b.clone(),
         yes: true,

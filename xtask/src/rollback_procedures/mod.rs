@@ -14,7 +14,7 @@ use crate::adapters::output::Output;
 use crate::config::Ops;
 use crate::core::report::Report;
 use crate::core::steps::Plan;
-use crate::core::{intent, lock, session};
+use crate::core::{incident, intent, lock, session};
 use crate::health_checks;
 
 /// Finish or undo an interrupted operation.
@@ -24,7 +24,8 @@ use crate::health_checks;
 /// A restore or deploy writes what it is about to stop or stage before it
 /// does it. After a crash or `kill -9`, this starts the containers it
 /// stopped, drops the scratch databases it created (never the live one),
-/// then waits for health. Nothing to do when no record is left.
+/// then waits for health. Nothing to do when no record is left. A recovery
+/// writes an incident record (`cargo xtask incidents ENV`).
 #[derive(clap::Args, Debug)]
 pub struct RecoverArgs {
     /// Environment from ops.toml.
@@ -32,6 +33,10 @@ pub struct RecoverArgs {
     /// Print the steps without running them.
     #[arg(long)]
     pub dry_run: bool,
+    /// Why, for the incident record a recovery writes (runbook: "Document
+    /// incident"); optional.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
 }
 
 /// Stop and remove an environment's containers.
@@ -212,7 +217,15 @@ pub fn recover(ops: &Ops, out: &Output, args: &RecoverArgs) -> Result<()> {
             },
         );
     }
-    plan.execute(out, false)?;
+    let mut incident = incident::Incident::begin("recover", args.reason.as_deref(), false);
+    incident.restored = Some(pending.describe());
+    incident.data_window = serde_json::json!({
+        "note": "recover starts what was stopped and drops staged databases; it changes no data",
+    });
+    let (result, timings) = plan.execute_timed(out, &mut ());
+    incident.steps = timings;
+    incident.write(&env, out, &result);
+    result?;
     Report::new(
         serde_json::json!({ "environment": env.name, "recovered": true, "pending": pending }),
     )

@@ -106,7 +106,7 @@ const SECTIONS: &[(&str, &[Subsection])] = &[
     ]),
     ("Disaster Recovery Procedures", &[
         ("Backup Strategy", &[plan(&["backup", "create"], &["backup", "create", "production", "--dry-run"], "database, backups"), plan(&["backup", "verify"], &["backup", "verify", "production", "latest", "--dry-run"], "database, backups"), cmd(&["backup", "prune"], "backups.keep_days, keep_min"), cmd(&["backup", "list"], "backups")]),
-        ("Recovery Procedures", &[plan(&["drill"], &["drill", "production", "--dry-run"], "database, backups"), cmd(&["recover"], "database, compose")]),
+        ("Recovery Procedures", &[plan(&["assess"], &["assess", "production", "--install-amcheck", "--dry-run"], "database, backups"), plan(&["drill"], &["drill", "production", "--dry-run"], "database, backups"), cmd(&["recover"], "database, compose"), cmd(&["incidents"], "database, backups.dir")]),
     ]),
     ("Related Documentation", &[]),
 ];

@@ -490,9 +490,11 @@ pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
         }
     };
     let rollback_safe: BTreeMap<i64, &str> = entries.iter().map(|e| (e.id, safe(e))).collect();
+    let incident = crate::core::incident::pointer(&env);
     let mut r = Report::new(serde_json::json!({
         "environment": env.name, "current": current, "kept": kept, "entries": entries,
         "schema": schema, "rollback_safe": rollback_safe,
+        "latest_incident": incident.as_ref().map(|i| &i.1),
     }));
     r.line(format!(
         "Releases of `{}` (newest last; * live, k kept for rollback):",
@@ -537,6 +539,9 @@ pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
             "  (none yet: `cargo xtask deploy {}` makes the first)",
             env.name
         ));
+    }
+    if let Some((line, _)) = &incident {
+        r.line(line.clone());
     }
     r.emit(out);
     Ok(())
