@@ -1,7 +1,9 @@
 //! Disaster Recovery, Recovery Procedures against real PostgreSQL: `assess`
 //! (pg_amcheck, row counts against the latest backup's manifest, a deleted
 //! table found missing), the incident record a restore writes (markdown
-//! file, journal row, no password).
+//! file, journal row, no password), and `backup schedule install|uninstall`
+//! on a temporary root (systemd units enabled with `systemctl --root`, and
+//! a cron entry), never this machine's /etc.
 
 mod common;
 
@@ -160,4 +162,124 @@ fn assess_finds_a_dropped_table_and_restore_writes_an_incident() {
     assert_eq!(json(&l)["incidents"][0]["reason"], reason, "{l:?}");
     let b = run(&config, &["backup", "list", "t"]);
     assert!(b.stdout.contains("Latest incident: "), "{b:?}");
+}
+
+#[test]
+fn schedule_install_and_uninstall_on_a_temporary_root() {
+    let dir = TempDir::new("schedule");
+    let config = dir.write(
+        "ops.toml",
+        &OpsToml::new()
+            .env("t", &[])
+            .section(
+                "t",
+                "compose",
+                &["files = [\"unused.yml\"]", "project = \"unused-t\""],
+            )
+            .build(),
+    );
+    let root = dir.path().join("root");
+    for d in ["etc/systemd/system", "etc/cron.d"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let units = root.join("etc/systemd/system");
+    let files = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = walk(d)
+            .iter()
+            .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let r = root.to_str().unwrap();
+
+    // systemd: the units written, the timers enabled by systemctl --root.
+    let i = xtask(
+        &config,
+        &[
+            "backup", "schedule", "install", "t", "--root", r, "--init", "systemd",
+        ],
+    );
+    assert_eq!(i.code, 0, "{i:?}");
+    assert_eq!(
+        files(&root),
+        [
+            "etc/systemd/system/mre-ops-backup-t.service",
+            "etc/systemd/system/mre-ops-backup-t.timer",
+            "etc/systemd/system/mre-ops-drill-t.service",
+            "etc/systemd/system/mre-ops-drill-t.timer",
+            "etc/systemd/system/timers.target.wants/mre-ops-backup-t.timer",
+            "etc/systemd/system/timers.target.wants/mre-ops-drill-t.timer",
+        ]
+    );
+    let service = std::fs::read_to_string(units.join("mre-ops-backup-t.service")).unwrap();
+    let workspace = dir.path().display().to_string();
+    assert!(
+        service.contains(&format!("WorkingDirectory={workspace}")),
+        "{service}"
+    );
+    assert!(service.contains(" xtask --config "), "{service}");
+    assert!(service.contains("backup create t\n"), "{service}");
+    assert!(service.contains("backup prune t\n"), "{service}");
+    let timer = std::fs::read_to_string(units.join("mre-ops-drill-t.timer")).unwrap();
+    assert!(timer.contains("OnCalendar=*-*-01 04:47:00 UTC"), "{timer}");
+
+    // Something else's file is left alone.
+    std::fs::write(units.join("other.service"), "[Unit]\n").unwrap();
+    let u = xtask(
+        &config,
+        &[
+            "backup",
+            "schedule",
+            "uninstall",
+            "t",
+            "--root",
+            r,
+            "--init",
+            "systemd",
+        ],
+    );
+    assert_eq!(u.code, 0, "{u:?}");
+    assert_eq!(files(&root), ["etc/systemd/system/other.service"]);
+
+    // cron: one file in cron.d, removed again.
+    let i = xtask(
+        &config,
+        &[
+            "backup", "schedule", "install", "t", "--root", r, "--init", "cron",
+        ],
+    );
+    assert_eq!(i.code, 0, "{i:?}");
+    let cron = std::fs::read_to_string(root.join("etc/cron.d/mre-ops-backup-t")).unwrap();
+    assert!(cron.contains("\n17 3 * * * "), "{cron}");
+    assert!(cron.contains("\n47 4 1 * * "), "{cron}");
+    let u = xtask(
+        &config,
+        &[
+            "backup",
+            "schedule",
+            "uninstall",
+            "t",
+            "--root",
+            r,
+            "--init",
+            "cron",
+        ],
+    );
+    assert_eq!(u.code, 0, "{u:?}");
+    assert_eq!(files(&root), ["etc/systemd/system/other.service"]);
+}
+
+/// Every file and symlink under `d`.
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(d).unwrap().flatten() {
+        let p = e.path();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

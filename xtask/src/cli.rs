@@ -13,7 +13,7 @@ use crate::{
 /// The MRE deployment runbook, runnable: each command automates one section
 /// of the runbook (see README.md). Every command that changes something
 /// (deploy, rollback, recover, down, migrate deploy/resolve, backup
-/// create/verify/prune, restore, drill, assess, demo prepare, runbook) has --dry-run, which
+/// create/verify/prune/schedule, restore, drill, assess, demo prepare, runbook) has --dry-run, which
 /// prints the steps that would run, from the plan that runs them.
 #[derive(Parser, Debug)]
 #[command(

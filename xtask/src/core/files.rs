@@ -44,6 +44,16 @@ pub fn write_atomic(path: &Utf8Path, bytes: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether this process may create files in `dir` (access(2), W_OK): a
+/// question, not an attempt.
+pub fn writable(dir: &Utf8Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_str()) else {
+        return false;
+    };
+    // SAFETY: a valid C string; access(2) only reads it.
+    dir.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
+}
+
 /// Free and total bytes of the file system holding `path` (statvfs).
 pub fn disk_space(path: &Utf8Path) -> Result<(u64, u64)> {
     let c = std::ffi::CString::new(path.as_str()).context("a path with a NUL byte")?;

@@ -162,7 +162,7 @@ fn amcheck_opts(t: &Target) -> Vec<String> {
 fn run_tool(t: &Target, tool: &Tool) -> Result<(i64, String, String)> {
     let mut stdout = Vec::new();
     let (code, stderr) = match tool {
-        Tool::Container(argv) => {
+        Tool::Container(argv) | Tool::Server(argv) => {
             let container = t.container.as_deref().expect("checked in Target::new");
             let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
             let env: Vec<String> = t
@@ -473,7 +473,7 @@ fn backup_age(t: &Target) -> Check {
                     Duration::ZERO,
                 );
                 c.next = Some(format!(
-                    "is the daily backup running? `cargo xtask backup list {}`",
+                    "`cargo xtask backup schedule show {}`: is the daily backup running?",
                     t.env.name
                 ));
                 c

@@ -13,7 +13,8 @@
 //!
 //! Split by concern: `manifest`, `pg_tools`, `store`, `create`, `verify`
 //! (and drill), `restore`, `assess` (damage), `incidents` (the records
-//! restores write); this file holds the command line.
+//! restores write), `schedule` (the timers); this file holds the command
+//! line.
 
 mod assess;
 mod create;
@@ -22,6 +23,7 @@ mod manifest;
 mod offsite;
 mod pg_tools;
 mod restore;
+mod schedule;
 mod server;
 mod store;
 mod verify;
@@ -103,6 +105,30 @@ pub enum BackupCmd {
         /// A name (as `backup list` shows it) or `latest`.
         #[arg(default_value = "latest")]
         backup: String,
+    },
+    /// The automated backup schedule (runbook: Backup Strategy, "Automated
+    /// backup schedule"): a systemd timer and service (or a cron entry where
+    /// systemd is not PID 1, or what to add when neither can be written) that
+    /// runs this checkout's `cargo xtask` daily (backup create, verify,
+    /// prune; 03:17 UTC) and monthly (drill; 04:47 UTC on the 1st), as the
+    /// GitHub backup.yml workflow does. The environment's secrets must come
+    /// from its env file: the units carry none. `uninstall` removes exactly
+    /// the files `install` wrote (they carry a marker line).
+    Schedule {
+        action: schedule::ScheduleAction,
+        #[arg(default_value = "development")]
+        env: String,
+        /// systemd, cron, or print (write nothing); default: what this
+        /// machine has.
+        #[arg(long, value_enum, default_value = "auto")]
+        init: schedule::Init,
+        /// Install under this folder instead of / (tests, images): ROOT/etc/…;
+        /// systemd is then enabled with `systemctl --root`, nothing started.
+        #[arg(long, value_name = "DIR", default_value = "/")]
+        root: camino::Utf8PathBuf,
+        /// Print the steps without running them.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Delete backups the retention policy (`keep_days`, `keep_min`) lets
     /// go; never the newest verified one. At an off-site host, by
@@ -260,6 +286,16 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             }
             let env = session::env(ops, out, env)?;
             verify_backup(&env, out, backup, *dry_run)
+        }
+        BackupCmd::Schedule {
+            action,
+            env,
+            init,
+            root,
+            dry_run,
+        } => {
+            let env = session::env(ops, out, env)?;
+            schedule::schedule(ops, &env, out, *action, root, *init, *dry_run)
         }
         BackupCmd::Prune { env, dry_run } => {
             let env = session::env(ops, out, env)?;

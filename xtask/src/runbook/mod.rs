@@ -105,7 +105,7 @@ const SECTIONS: &[(&str, &[Subsection])] = &[
         ("Recommended Monitoring and Alerting", &[cmd(&["monitor"], "monitor, services, database, backups")]),
     ]),
     ("Disaster Recovery Procedures", &[
-        ("Backup Strategy", &[plan(&["backup", "create"], &["backup", "create", "production", "--dry-run"], "database, backups"), plan(&["backup", "verify"], &["backup", "verify", "production", "latest", "--dry-run"], "database, backups"), cmd(&["backup", "prune"], "backups.keep_days, keep_min"), cmd(&["backup", "list"], "backups")]),
+        ("Backup Strategy", &[plan(&["backup", "create"], &["backup", "create", "production", "--dry-run"], "database, backups"), plan(&["backup", "verify"], &["backup", "verify", "production", "latest", "--dry-run"], "database, backups"), cmd(&["backup", "prune"], "backups.keep_days, keep_min"), cmd(&["backup", "list"], "backups"), plan(&["backup", "schedule"], &["backup", "schedule", "install", "production", "--init", "systemd", "--dry-run"], "backups (the units run backup create, verify, prune and drill)")]),
         ("Recovery Procedures", &[plan(&["assess"], &["assess", "production", "--install-amcheck", "--dry-run"], "database, backups"), plan(&["drill"], &["drill", "production", "--dry-run"], "database, backups"), cmd(&["recover"], "database, compose"), cmd(&["incidents"], "database, backups.dir")]),
     ]),
     ("Related Documentation", &[]),
