@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::ops::OpsToml;
 use common::pg::{Pg, PASSWORD};
@@ -166,6 +167,11 @@ fn assess_finds_a_dropped_table_and_restore_writes_an_incident() {
 
 #[test]
 fn schedule_install_and_uninstall_on_a_temporary_root() {
+    assert!(
+        Command::new("systemctl").arg("--version").output().is_ok(),
+        "systemctl is missing: this test enables units under a temporary root with \
+         `systemctl --root`. Install it with `apt-get install systemd` (`cargo xtask test --yes` does)"
+    );
     let dir = TempDir::new("schedule");
     let config = dir.write(
         "ops.toml",

@@ -114,6 +114,11 @@ const NEEDS: &[Need] = &[
         packages: &["iptables"],
     },
     Need {
+        what: "systemctl (the backup schedule test enables units under a temporary root)",
+        present: || on_path("systemctl"),
+        packages: &["systemd"],
+    },
+    Need {
         what: "tzdata (migration windows name a time zone)",
         present: || std::path::Path::new("/usr/share/zoneinfo/Europe/Berlin").exists(),
         packages: &["tzdata"],
