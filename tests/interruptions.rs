@@ -117,6 +117,12 @@ fn sigterm_and_sigint_during_a_restore_undo_it() {
         let l = run(&cfg, &["lock", "status", "t"]);
         assert!(l.stdout.contains("is not locked"), "{l:?}");
     }
+    // Each interrupted restore left its incident record: nothing swapped.
+    let rows = pg.psql_db(
+        "postgres",
+        "SELECT string_agg(result || ':' || (data_window ? 'note')::text, ',') FROM mre_ops_incidents",
+    );
+    assert_eq!(rows, "interrupted:true,interrupted:true");
 }
 
 #[test]
@@ -138,9 +144,15 @@ fn kill_9_during_a_restore_is_recovered_by_the_next_command() {
         st.stdout.contains("restore-staging"),
         "the staged database is listed: {st:?}"
     );
-    let r = run(&cfg, &["recover", "t"]);
+    let r = run(&cfg, &["recover", "t", "--reason", "restore killed"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(databases(&pg), before, "the staged database is dropped");
+    // The recovery is an incident of its own (the killed restore wrote none).
+    let rows = pg.psql_db(
+        "postgres",
+        "SELECT string_agg(operation || ':' || result || ':' || reason, ',') FROM mre_ops_incidents",
+    );
+    assert_eq!(rows, "recover:success:restore killed");
     // The next restore runs normally.
     let r = run(&cfg, &["restore", "t", &name, "--yes", "--wait", "5"]);
     assert_eq!(r.code, 0, "{r:?}");
