@@ -321,7 +321,22 @@ fn counts(t: &Target, f: &mut Found) {
     });
     let name = "rows against the latest backup".to_string();
     let (now, (backup, m)) = match (now, latest) {
-        (Err(e), _) => {
+        (Err(e), latest) => {
+            // The database is gone or broken: a restore brings back all of
+            // the backup; what it loses cannot be counted.
+            if let Ok((backup, m)) = latest {
+                let all: Vec<String> = m
+                    .tables
+                    .iter()
+                    .map(|(t, n)| format!("{t} ({n} rows)"))
+                    .collect();
+                f.restore = serde_json::json!({
+                    "backup": backup, "taken_at": m.started_at,
+                    "age_secs": now_unix() - m.started_unix,
+                    "brings_back": { "tables": all, "rows": [] },
+                    "loses": { "tables": [], "rows": [], "since": m.started_at, "uncounted": true },
+                });
+            }
             f.checks.push(Check::skip(
                 name,
                 "data",
@@ -426,13 +441,20 @@ fn restore_lines(r: &serde_json::Value, env: &str) -> Vec<String> {
             list(&r["brings_back"]["tables"]),
             list(&r["brings_back"]["rows"])
         ),
-        format!(
-            "  loses every write since {} (kept in the safety backup and the replaced database): \
-             tables {}; rows {}",
-            r["taken_at"].as_str().unwrap_or("?"),
-            list(&r["loses"]["tables"]),
-            list(&r["loses"]["rows"])
-        ),
+        if r["loses"]["uncounted"] == true {
+            format!(
+                "  loses every write since {} (not counted: the database did not answer)",
+                r["taken_at"].as_str().unwrap_or("?")
+            )
+        } else {
+            format!(
+                "  loses every write since {} (kept in the safety backup and the replaced database): \
+                 tables {}; rows {}",
+                r["taken_at"].as_str().unwrap_or("?"),
+                list(&r["loses"]["tables"]),
+                list(&r["loses"]["rows"])
+            )
+        },
         format!("  `cargo xtask restore {env} latest --dry-run` shows its steps."),
     ]
 }
