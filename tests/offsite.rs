@@ -24,7 +24,11 @@ fn keygen(dir: &TempDir, name: &str) -> (String, PathBuf, String) {
         .output()
         .expect("age-keygen: install age (`apt-get install age`; `cargo xtask test --yes` does)");
     assert!(o.status.success(), "{o:?}");
-    let public = Command::new("age-keygen").arg("-y").arg(&path).output().unwrap();
+    let public = Command::new("age-keygen")
+        .arg("-y")
+        .arg(&path)
+        .output()
+        .unwrap();
     let key = std::fs::read_to_string(&path)
         .unwrap()
         .lines()
@@ -108,7 +112,10 @@ fn offsite_copies_are_encrypted_drilled_fetched_and_pruned_over_ssh() {
     assert_eq!(copies.len(), 1, "{r:?}");
     assert_eq!(files(&there, ".json").len(), 1);
     let head = std::fs::read(there.join(&copies[0])).unwrap();
-    assert!(head.starts_with(b"age-encryption.org/v1"), "not age's format");
+    assert!(
+        head.starts_with(b"age-encryption.org/v1"),
+        "not age's format"
+    );
     assert!(
         !head.windows(5).any(|w| w == b"PGDMP"),
         "the dump is readable off-site"
