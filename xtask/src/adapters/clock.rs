@@ -56,6 +56,18 @@ impl Utc {
     }
 }
 
+/// Seconds since the epoch of a date-time with its offset, as PostgreSQL
+/// reads one (`2026-11-29 14:01:59+00`, `2026-11-29T14:01:59.5Z`), or None.
+pub fn parse_instant(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let padded = match s.rfind(['+', '-']) {
+        // `+00` / `-05`: the minutes PostgreSQL lets one leave out.
+        Some(i) if s.len() - i == 3 && s[..i].contains(':') => format!("{s}:00"),
+        _ => s.to_string(),
+    };
+    padded.parse::<Timestamp>().ok().map(|t| t.as_second())
+}
+
 /// Seconds since the epoch of an RFC 3339 date-time, or None.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     s.parse::<Timestamp>().ok().map(|t| t.as_second())
@@ -88,6 +100,14 @@ pub fn minutes_now_in(zone: &str) -> Result<(u32, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instants() {
+        assert_eq!(parse_instant("1970-01-01 00:01:00+00"), Some(60));
+        assert_eq!(parse_instant("1970-01-01T01:01:00+01:00"), Some(60));
+        assert_eq!(parse_instant("1970-01-01 00:01:00.5Z"), Some(60));
+        assert_eq!(parse_instant("1970-01-01 00:01:00"), None);
+    }
 
     #[test]
     fn wall_clock_in_a_zone() {

@@ -53,6 +53,19 @@ pub struct BackupSettings {
     /// The database to connect to for CREATE/DROP/RENAME DATABASE.
     #[serde(default = "default_maintenance_db")]
     pub maintenance_db: String,
+    /// Continuous archiving (`backup continuous start`): base backups and
+    /// every WAL segment, streamed by `pg_receivewal` in a helper container
+    /// beside `database.container`, into `<dir>/<env>/archive/`.
+    #[serde(default)]
+    pub continuous: bool,
+    /// `backup status` and `monitor` alert when the archive is further
+    /// behind the database than this (`"1m"`, `"30s"`, seconds).
+    #[serde(default = "default_max_archive_lag")]
+    pub max_archive_lag: String,
+    /// The port the database listens on inside its container, as the
+    /// archiver (on the same Docker network) reaches it.
+    #[serde(default = "default_container_port")]
+    pub container_port: u16,
 }
 
 impl Default for BackupSettings {
@@ -71,6 +84,9 @@ impl Default for BackupSettings {
             server_dir: None,
             keep_replaced: default_keep_replaced(),
             maintenance_db: default_maintenance_db(),
+            continuous: false,
+            max_archive_lag: default_max_archive_lag(),
+            container_port: default_container_port(),
         }
     }
 }
@@ -89,6 +105,12 @@ fn default_keep_replaced() -> usize {
 }
 fn default_maintenance_db() -> String {
     "postgres".into()
+}
+fn default_max_archive_lag() -> String {
+    "1m".into()
+}
+fn default_container_port() -> u16 {
+    5432
 }
 
 /// Where the off-site copies go (`offsite`).

@@ -227,6 +227,20 @@ pub(super) fn validate(ops: &Ops, text: &str) -> Result<()> {
                     at("backups.keep_min")
                 )));
             }
+            if parse_duration(&b.max_archive_lag).is_none() {
+                return Err(config_error(format!(
+                    "{}: `{}` is not a duration: write e.g. \"1m\", \"30s\" or a number of seconds",
+                    at("backups.max_archive_lag"),
+                    b.max_archive_lag
+                )));
+            }
+            if b.continuous && env.database.as_ref().is_some_and(|d| d.container.is_none()) {
+                return Err(config_error(format!(
+                    "{}: continuous archiving runs pg_receivewal in a container beside the database's: \
+                     set database.container (the database container's name)",
+                    at("backups.continuous")
+                )));
+            }
         }
         validate_verification(env, name, &at, &at_value)?;
         if let Some(host) = &env.docker_host {

@@ -11,17 +11,25 @@
 //! times, and each table's row count taken in the dump's own snapshot. A
 //! file without a manifest is never treated as a backup.
 //!
+//! Continuous archiving (`backup continuous`, `backup base`, `backup
+//! status`) keeps base backups and every WAL segment in
+//! `<dir>/<env>/archive/`; `restore --to-time/--to-latest` replays them.
+//!
 //! Split by concern: `manifest`, `pg_tools`, `store`, `create`, `verify`
 //! (and drill), `restore`, `assess` (damage), `incidents` (the records
-//! restores write), `schedule` (the timers); this file holds the command
-//! line.
+//! restores write), `schedule` (the timers), `continuous` (the archive),
+//! `archiving` (its commands), `pitr` (point-in-time restore); this file
+//! holds the command line.
 
+mod archiving;
 mod assess;
+mod continuous;
 mod create;
 mod incidents;
 mod manifest;
 mod offsite;
 mod pg_tools;
+mod pitr;
 mod restore;
 mod schedule;
 mod server;
@@ -130,6 +138,33 @@ pub enum BackupCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Continuous archiving (runbook: Backup Strategy, to the minute):
+    /// `start` checks the server, allows replication connections, creates a
+    /// replication slot, starts `pg_receivewal --synchronous` in a container
+    /// from the database's image (restart unless-stopped) and takes a base
+    /// backup; `stop` removes the archiver and drops the slot (the archive
+    /// is kept).
+    Continuous {
+        #[command(subcommand)]
+        cmd: ContinuousCmd,
+    },
+    /// A base backup for continuous archiving (`pg_basebackup -Ft -X
+    /// stream`, in a container from the database's image) into
+    /// `<dir>/<env>/archive/base/<UTC>/`.
+    Base {
+        #[arg(default_value = "development")]
+        env: String,
+        /// Print the steps without running them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// The continuous archive: last base backup, last WAL segment, the lag
+    /// (bytes and seconds) and any gap since the base backup. Exit 1, with
+    /// what to do, when the archive cannot bring the database back to now.
+    Status {
+        #[arg(default_value = "development")]
+        env: String,
+    },
     /// Delete backups the retention policy (`keep_days`, `keep_min`) lets
     /// go; never the newest verified one. At an off-site host, by
     /// `offsite_keep_days` there.
@@ -137,6 +172,24 @@ pub enum BackupCmd {
         #[arg(default_value = "development")]
         env: String,
         /// List what would be deleted, delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ContinuousCmd {
+    /// Start archiving the environment's WAL (see `backup continuous`).
+    Start {
+        env: String,
+        /// Print the steps without running them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop archiving: remove the archiver, drop the slot; keep the archive.
+    Stop {
+        env: String,
+        /// Print the steps without running them.
         #[arg(long)]
         dry_run: bool,
     },
@@ -154,12 +207,27 @@ pub enum BackupCmd {
 /// run the health checks. A failure before the swap leaves the database as
 /// it was. Every run, failed ones too, writes an incident record (`cargo
 /// xtask incidents ENV`).
+///
+/// With `--to-time` or `--to-latest` (continuous archiving): the newest
+/// base backup before the target and the archived WAL after it go into a
+/// new volume, a container from the database's image replays them and
+/// promotes, and it is swapped in for the database container (the old one
+/// and its volume kept, renamed); then health, and archiving starts again.
 #[derive(clap::Args, Debug)]
 pub struct RestoreArgs {
     /// Environment from ops.toml.
     pub env: String,
     /// A path, a name from `backup list`, or `latest`.
-    pub backup: String,
+    #[arg(required_unless_present_any = ["to_time", "to_latest"], conflicts_with_all = ["to_time", "to_latest"])]
+    pub backup: Option<String>,
+    /// Point-in-time restore from the continuous archive, to this time
+    /// (with its offset: "2026-11-29 14:01:59+00").
+    #[arg(long, value_name = "TIME", conflicts_with = "to_latest")]
+    pub to_time: Option<String>,
+    /// Point-in-time restore from the continuous archive, to the last
+    /// transaction archived.
+    #[arg(long)]
+    pub to_latest: bool,
     /// Confirm replacing a protected environment's database (for CI).
     #[arg(long)]
     pub yes: bool,
@@ -296,6 +364,24 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
         } => {
             let env = session::env(ops, out, env)?;
             schedule::schedule(ops, &env, out, *action, root, *init, *dry_run)
+        }
+        BackupCmd::Continuous { cmd } => match cmd {
+            ContinuousCmd::Start { env, dry_run } => {
+                let env = session::env(ops, out, env)?;
+                archiving::start(&env, out, *dry_run)
+            }
+            ContinuousCmd::Stop { env, dry_run } => {
+                let env = session::env(ops, out, env)?;
+                archiving::stop(&env, out, *dry_run)
+            }
+        },
+        BackupCmd::Base { env, dry_run } => {
+            let env = session::env(ops, out, env)?;
+            archiving::base(&env, out, *dry_run)
+        }
+        BackupCmd::Status { env } => {
+            let env = session::env(ops, out, env)?;
+            archiving::status(&env, out)
         }
         BackupCmd::Prune { env, dry_run } => {
             let env = session::env(ops, out, env)?;

@@ -44,9 +44,12 @@ impl RestoreState {
 }
 
 pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
+    if args.to_time.is_some() || args.to_latest {
+        return super::pitr::restore(ops, out, args);
+    }
     let env = session::env(ops, out, &args.env)?;
     let t = Target::new(&env, None)?;
-    let backup = t.resolve(&args.backup)?;
+    let backup = t.resolve(args.backup.as_deref().unwrap_or("latest"))?;
     // Everything that can be checked without changing anything, before the
     // first change: the backup's checksum, its environment, its last
     // verification, the database server and the credentials.

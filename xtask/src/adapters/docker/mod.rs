@@ -573,10 +573,12 @@ impl Docker {
     }
 }
 
+mod containers;
 mod inspect;
 mod nodes;
 mod scratch;
 mod swarm;
+pub use containers::{Job, Template};
 pub use inspect::Spec;
 pub use nodes::{Node, PullResult, Room};
 pub use scratch::RunSpec;
