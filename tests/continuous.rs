@@ -265,6 +265,19 @@ fn restore_to_latest_after_the_volume_is_lost_keeps_all_but_a_second() {
     let s = db.run(&["backup", "status", "t"]);
     assert_eq!(s.code, 0, "{s:?}");
     assert!(s.stdout.contains("timeline 2"), "{s:?}");
+    // `monitor` exports the lag and evaluates ArchiveLag.
+    let prom = db.dir.path().join("metrics.prom");
+    let m = db.run(&[
+        "--json",
+        "monitor",
+        "t",
+        "--prometheus",
+        prom.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&prom).unwrap_or_else(|_| panic!("no metrics file: {m:?}"));
+    assert!(text.contains("mre_backup_archive_lag_seconds{"), "{text}");
+    assert!(text.contains("mre_backup_archive_lag_bytes{"), "{text}");
+    assert!(m.stdout.contains("\"ArchiveLag\""), "{m:?}");
 }
 
 /// PITR: a table dropped at T comes back whole with `--to-time T-1s`; rows

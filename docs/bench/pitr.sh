@@ -26,7 +26,9 @@ cleanup() {
 }
 trap cleanup EXIT
 cd "$ROOT"; cargo build -q -p xtask; cp "${CARGO_TARGET_DIR:-$ROOT/target}/debug/xtask" "$WORK/xtask"
-"$WORK/xtask" -q demo prepare
+# The demo's image as it is (another checkout may have built it): the
+# restore runs the database container's exact image, whatever its tag.
+docker image inspect mre-demo-postgres:15 >/dev/null 2>&1 || "$WORK/xtask" -q demo prepare
 docker network create "$NAME" >/dev/null
 docker run -d --name "$NAME" --network "$NAME" -e POSTGRES_USER=pacetracer -e POSTGRES_DB=pacetracer \
   -e POSTGRES_PASSWORD="$PW" -v "$NAME:/var/lib/postgresql/data" -p "127.0.0.1:$PORT:5432" \

@@ -3,7 +3,7 @@
 //! `backup status` (the last base backup, the last WAL archived, the lag
 //! and any gap since the base backup).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::adapters::clock::Utc;
 use crate::adapters::output::Output;
@@ -11,7 +11,7 @@ use crate::config::{parse_duration, Env};
 use crate::core::report::Report;
 use crate::core::steps::Plan;
 
-use super::continuous::{segment_name, Archive, Base};
+use super::continuous::{segment_name, Archive, Base, Segment};
 use super::manifest::{human_age, human_size, now_unix};
 use super::pg_tools::Target;
 
@@ -192,6 +192,85 @@ pub(super) fn base(env: &Env, out: &Output, dry_run: bool) -> Result<()> {
     plan.execute(out, dry_run)
 }
 
+/// The archive's lag, as the server sees it: the bytes the slot still holds
+/// back, and the archiver's flush lag (when it is not connected: how long
+/// ago the newest archived file was written). None: there is no slot.
+pub(super) fn lag(a: &Archive, segments: &[Segment]) -> Result<Option<(i64, Option<f64>)>> {
+    let mut c = a.t.connect(&a.t.settings.maintenance_db)?;
+    let row = c
+        .query_opt(
+            "SELECT s.active, pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(r.flush_lsn, s.restart_lsn))::bigint, \
+                    extract(epoch FROM coalesce(r.flush_lag, interval '0'))::float8 \
+             FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
+             WHERE s.slot_name = $1",
+            &[&a.slot],
+        )
+        .context("reading the replication slot's lag")?;
+    Ok(row.map(|r| {
+        let (active, bytes, secs): (bool, i64, f64) = (r.get(0), r.get(1), r.get(2));
+        if active {
+            (bytes, Some(secs))
+        } else {
+            let newest = segments.iter().map(|s| s.modified_unix).max();
+            (bytes, newest.map(|m| (now_unix() - m) as f64))
+        }
+    }))
+}
+
+/// What `monitor` reports of the continuous archive.
+#[derive(serde::Serialize, Clone, Debug)]
+pub struct ArchiveLag {
+    pub bytes: Option<i64>,
+    pub seconds: Option<f64>,
+    pub max_seconds: f64,
+    /// Why the lag could not be read (no slot, no database).
+    pub error: Option<String>,
+}
+
+/// The lag of `env`'s continuous archive, for `monitor` (None when
+/// `backups.continuous` is off).
+pub fn archive_lag(env: &Env) -> Option<ArchiveLag> {
+    let t = Target::new(env, None).ok()?;
+    if !t.settings.continuous {
+        return None;
+    }
+    let max_seconds = parse_duration(&t.settings.max_archive_lag)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let read = || -> Result<Option<(i64, Option<f64>)>> {
+        let a = Archive::new(&t)?;
+        let seg = a
+            .bases()?
+            .first()
+            .map(|b| b.segment_bytes)
+            .unwrap_or(16 << 20);
+        lag(&a, &a.segments(seg)?)
+    };
+    Some(match read() {
+        Ok(Some((bytes, seconds))) => ArchiveLag {
+            bytes: Some(bytes),
+            seconds,
+            max_seconds,
+            error: None,
+        },
+        Ok(None) => ArchiveLag {
+            bytes: None,
+            seconds: None,
+            max_seconds,
+            error: Some(format!(
+                "no replication slot: `cargo xtask backup continuous start {}`",
+                env.name
+            )),
+        },
+        Err(e) => ArchiveLag {
+            bytes: None,
+            seconds: None,
+            max_seconds,
+            error: Some(format!("{e:#}")),
+        },
+    })
+}
+
 /// `backup status`: the report, then an error (exit 1) naming what to do
 /// when the archive cannot bring the database back to now.
 pub(super) fn status(env: &Env, out: &Output) -> Result<()> {
@@ -236,26 +315,8 @@ pub(super) fn status(env: &Env, out: &Output) -> Result<()> {
             env.name
         ));
     }
-    // The lag, as the server sees it: what the slot still holds back, and
-    // how long ago the archiver confirmed a flush.
-    let lag = t.connect(&t.settings.maintenance_db).and_then(|mut c| {
-        let row = c.query_opt(
-            "SELECT s.active, pg_wal_lsn_diff(pg_current_wal_lsn(), coalesce(r.flush_lsn, s.restart_lsn))::bigint, \
-                    extract(epoch FROM coalesce(r.flush_lag, interval '0'))::float8 \
-             FROM pg_replication_slots s LEFT JOIN pg_stat_replication r ON r.pid = s.active_pid \
-             WHERE s.slot_name = $1",
-            &[&a.slot],
-        )?;
-        Ok(row.map(|r| (r.get::<_, bool>(0), r.get::<_, i64>(1), r.get::<_, f64>(2))))
-    });
-    let (lag_bytes, lag_secs) = match &lag {
-        Ok(Some((true, bytes, secs))) => (Some(*bytes), Some(*secs)),
-        Ok(Some((false, bytes, _))) => {
-            let since = partial
-                .or(last)
-                .map(|s| (now_unix() - s.modified_unix) as f64);
-            (Some(*bytes), since)
-        }
+    let (lag_bytes, lag_secs) = match lag(&a, &segments) {
+        Ok(Some((bytes, secs))) => (Some(bytes), secs),
         Ok(None) => {
             problems.push(format!(
                 "the database has no replication slot `{}`: `cargo xtask backup continuous start {}`",

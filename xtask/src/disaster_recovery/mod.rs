@@ -18,8 +18,8 @@
 //! Split by concern: `manifest`, `pg_tools`, `store`, `create`, `verify`
 //! (and drill), `restore`, `assess` (damage), `incidents` (the records
 //! restores write), `schedule` (the timers), `continuous` (the archive),
-//! `archiving` (its commands), `pitr` (point-in-time restore); this file
-//! holds the command line.
+//! `archiving` (its commands), `pitr` and `replay` (point-in-time
+//! restore); this file holds the command line.
 
 mod archiving;
 mod assess;
@@ -30,6 +30,7 @@ mod manifest;
 mod offsite;
 mod pg_tools;
 mod pitr;
+mod replay;
 mod restore;
 mod schedule;
 mod server;
@@ -48,6 +49,7 @@ use manifest::{human_size, now_unix};
 use pg_tools::Target;
 use store::{list, prune};
 
+pub use archiving::{archive_lag, ArchiveLag};
 pub use assess::{assess, AssessArgs};
 pub use create::create_backup;
 pub(crate) use incidents::reason;

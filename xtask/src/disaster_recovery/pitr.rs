@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use crate::adapters::clock::{parse_instant, Utc};
-use crate::adapters::docker::{Docker, Job, Template};
+use crate::adapters::docker::{Job, Template};
 use crate::adapters::output::Output;
 use crate::config::{config_error, Ops};
 use crate::core::files::random_hex;
@@ -22,6 +22,7 @@ use crate::health_checks;
 use super::continuous::{segment_name, set_aside, Archive, Base, Segment, PGDATA};
 use super::manifest::human_size;
 use super::pg_tools::Target;
+use super::replay::{fill_volume, history_files, wait_promoted};
 use super::RestoreArgs;
 
 #[derive(Default)]
@@ -118,7 +119,16 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     let live_exists = docker.container(&a.container)?.is_some();
     let template: Template = match docker.template(&a.container)? {
         Some(t) => t,
-        None => a.unmask(base.container.clone()),
+        None => {
+            // The exact image the database ran, or its name when the engine
+            // no longer has it.
+            let mut t = a.unmask(base.container.clone());
+            if !docker.image_present(&t.image())? && !t.image_name.is_empty() {
+                let name = t.image_name.clone();
+                t.set_image(&name);
+            }
+            t
+        }
     };
     let Some(old_volume) = template.source_of(PGDATA) else {
         bail!(
@@ -218,8 +228,9 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     plan.step(
         "Put the base backup and the WAL into a new volume",
         format!(
-            "$ docker volume create {new_volume}; in a container from {}: tar -xf {}/base/{}/base.tar and pg_wal.tar, \
+            "$ docker volume create {new_volume}; in a container from {} ({}): tar -xf {}/base/{}/base.tar and pg_wal.tar, \
              copy {} WAL file(s) ({range}) into pg_wal, touch recovery.signal",
+            template.image_name,
             template.image(),
             a.root,
             base.name,
@@ -369,6 +380,17 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
                 wait_for,
                 Duration::from_millis(200),
                 || {
+                    if let Some(c) = docker
+                        .container(&a.container)?
+                        .filter(|c| c.state == "exited")
+                    {
+                        bail!(
+                            "the database container {} exited (code {}); its last lines:\n{}",
+                            a.container,
+                            c.exit_code.unwrap_or(-1),
+                            docker.log_tail(&a.container, 20).unwrap_or_default().trim()
+                        );
+                    }
                     Ok(
                         match t
                             .connect(&t.database)
@@ -456,154 +478,4 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     ));
     r.emit(out);
     Ok(())
-}
-
-/// The timeline history files in the archive (`00000002.history`).
-fn history_files(dir: &camino::Utf8Path) -> Result<Vec<String>> {
-    let mut list = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries {
-            let name = e
-                .with_context(|| format!("listing {dir}"))?
-                .file_name()
-                .to_string_lossy()
-                .into_owned();
-            if name.ends_with(".history") && name.len() == 16 {
-                list.push(name);
-            }
-        }
-    }
-    list.sort();
-    Ok(list)
-}
-
-/// Extract the base backup and copy the WAL files into `volume`, in a
-/// container from the database's image (as root: the files become the
-/// image's `postgres` user's).
-fn fill_volume(
-    a: &Archive,
-    docker: &Docker,
-    out: &Output,
-    template: &Template,
-    base: &Base,
-    volume: &str,
-    files: &[String],
-) -> Result<()> {
-    const SCRIPT: &str = "set -e; D=/var/lib/postgresql/data; A=/mre-archive; B=\"$1\"; shift; \
-        find \"$D\" -mindepth 1 -delete; tar -xf \"$A/base/$B/base.tar\" -C \"$D\"; \
-        tar -xf \"$A/base/$B/pg_wal.tar\" -C \"$D/pg_wal\"; \
-        for f in \"$@\"; do cp \"$A/wal/$f\" \"$D/pg_wal/${f%.partial}\"; done; \
-        touch \"$D/recovery.signal\"; chown -R postgres:postgres \"$D\"; chmod 700 \"$D\"";
-    let root = a
-        .root
-        .canonicalize_utf8()
-        .with_context(|| format!("resolving {}", a.root))?;
-    let mut cmd = vec![SCRIPT.to_string(), "sh".into(), base.name.clone()];
-    cmd.extend(files.iter().cloned());
-    let job = Job {
-        image: template.image(),
-        entrypoint: vec!["sh".into(), "-c".into()],
-        cmd,
-        user: Some("0:0".into()),
-        binds: vec![
-            format!("{volume}:{PGDATA}"),
-            format!("{root}:/mre-archive:ro"),
-        ],
-        network: Some("none".into()),
-        labels: vec![("org.mre-ops.pitr".into(), a.t.env.name.clone())],
-        ..Job::default()
-    };
-    let name = format!("{}-pitr-fill-{}", a.container, random_hex(3)?);
-    docker.start_job(&name, &job)?;
-    let waited = wait::until(
-        out,
-        "the base backup and WAL to be copied",
-        Duration::from_secs(6 * 3600),
-        Duration::from_millis(200),
-        || {
-            Ok(match docker.container(&name)? {
-                Some(c) if c.state == "exited" || c.state == "dead" => {
-                    Poll::Ready(c.exit_code.unwrap_or(-1))
-                }
-                Some(c) => Poll::Pending(c.state),
-                None => Poll::Ready(-1),
-            })
-        },
-    );
-    let logs = docker.log_tail(&name, 20).unwrap_or_default();
-    let _ = docker.remove_container(&name);
-    match waited? {
-        Waited::Ready(0) => Ok(()),
-        Waited::Ready(code) => bail!(
-            "copying the base backup into volume {volume} failed (exit code {code}):\n{}",
-            logs.trim()
-        ),
-        Waited::TimedOut(why) => bail!("copying the base backup did not finish: {why}"),
-    }
-}
-
-/// Wait until the recovery container has promoted; the time of the last
-/// transaction it replayed.
-fn wait_promoted(
-    t: &Target,
-    docker: &Docker,
-    out: &Output,
-    name: &str,
-    user: &str,
-) -> Result<String> {
-    let env: Vec<String> = t
-        .password
-        .iter()
-        .map(|p| format!("PGPASSWORD={p}"))
-        .collect();
-    let sql = "SELECT pg_is_in_recovery()::text || ' ' || coalesce(pg_last_xact_replay_timestamp()::text, 'none')";
-    let waited = wait::until(
-        out,
-        "the WAL to be replayed",
-        Duration::from_secs(6 * 3600),
-        Duration::from_millis(300),
-        || {
-            match docker.container(name)? {
-                Some(c) if c.state == "running" => {}
-                Some(c) => {
-                    let logs = docker.log_tail(name, 30).unwrap_or_default();
-                    bail!(
-                        "the recovery container {name} stopped ({}) before it reached the target; its last lines:\n{}",
-                        c.state,
-                        logs.trim()
-                    );
-                }
-                None => bail!("the recovery container {name} is gone"),
-            }
-            let mut buf = Vec::new();
-            let o = docker.exec(
-                name,
-                &[
-                    "psql",
-                    "-X",
-                    "-A",
-                    "-t",
-                    "-U",
-                    user,
-                    "-d",
-                    &t.settings.maintenance_db,
-                    "-c",
-                    sql,
-                ],
-                &env,
-                None,
-                &mut buf,
-            )?;
-            let text = String::from_utf8_lossy(&buf).trim().to_string();
-            Ok(match (o.exit_code, text.split_once(' ')) {
-                (0, Some(("false", at))) => Poll::Ready(at.to_string()),
-                (0, _) => Poll::Pending("replaying".into()),
-                _ => Poll::Pending(o.stderr.lines().last().unwrap_or("starting").to_string()),
-            })
-        },
-    )?;
-    match waited {
-        Waited::Ready(at) => Ok(at),
-        Waited::TimedOut(why) => bail!("the WAL replay did not finish: {why}"),
-    }
 }

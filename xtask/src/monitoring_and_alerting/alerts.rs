@@ -126,6 +126,28 @@ pub fn evaluate(env: &Env, sample: &Sample) -> Vec<Evaluation> {
             _ => {}
         }
     }
+    // The continuous archive's lag against `backups.max_archive_lag` (a
+    // duration already: it fires at once).
+    if let Some(l) = &sample.archive {
+        let value = l.seconds.unwrap_or(1e9);
+        out.push(Evaluation {
+            alert: "ArchiveLag",
+            instance: "archive".into(),
+            value,
+            threshold: l.max_seconds,
+            direction: Direction::Above,
+            breached: value > l.max_seconds,
+            severity: "critical".into(),
+            summary: match (&l.error, l.seconds) {
+                (Some(e), _) => e.clone(),
+                (None, Some(s)) => format!(
+                    "the WAL archive is {s:.1} s and {} bytes behind the database",
+                    l.bytes.unwrap_or(0)
+                ),
+                (None, None) => "nothing archived yet".into(),
+            },
+        });
+    }
     out
 }
 

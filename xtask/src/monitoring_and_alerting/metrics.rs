@@ -23,6 +23,8 @@ pub struct Sample {
     pub containers: Vec<ContainerStats>,
     pub database: Option<DbStats>,
     pub disks: Vec<DiskStats>,
+    /// The continuous archive's lag (`backups.continuous`).
+    pub archive: Option<crate::disaster_recovery::ArchiveLag>,
     /// Measurements that could not be taken, said plainly.
     pub notes: Vec<String>,
 }
@@ -130,7 +132,7 @@ pub fn measure(env: &Env) -> Sample {
             })
         })
         .collect();
-    let (probes, health, docker_part, db) = std::thread::scope(|sc| {
+    let (probes, health, docker_part, db, archive) = std::thread::scope(|sc| {
         let probes = sc.spawn(|| {
             probe_set
                 .iter()
@@ -147,11 +149,13 @@ pub fn measure(env: &Env) -> Sample {
         });
         let docker = sc.spawn(|| docker_metrics(env, window));
         let db = sc.spawn(|| env.settings.database.as_ref().map(|_| database(env)));
+        let archive = sc.spawn(|| crate::disaster_recovery::archive_lag(env));
         (
             probes.join().expect("probe thread"),
             health.join().expect("health thread"),
             docker.join().expect("docker thread"),
             db.join().expect("database thread"),
+            archive.join().expect("archive thread"),
         )
     });
     let (logs, containers, mut disks, mut notes) = docker_part;
@@ -188,6 +192,7 @@ pub fn measure(env: &Env) -> Sample {
         containers,
         database: db,
         disks,
+        archive,
         notes,
     }
 }

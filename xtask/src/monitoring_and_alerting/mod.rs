@@ -34,7 +34,8 @@ use metrics::Sample;
 /// the Docker data root and the backups folder. The recommended alerts
 /// (health check failures, high error rate, database connection failures,
 /// high memory/CPU, disk space low) use the thresholds in
-/// [environments.ENV.monitor.alerts]. Once: exit 1 on a breach. With
+/// [environments.ENV.monitor.alerts]; with backups.continuous, the WAL
+/// archive's lag against backups.max_archive_lag (ArchiveLag). Once: exit 1 on a breach. With
 /// --watch: a round every monitor.interval, alerts fire after their `for`
 /// and are sent to monitor.webhook (Alertmanager's payload), then resolved.
 #[derive(clap::Args, Debug)]
@@ -474,6 +475,27 @@ fn checks(env: &Env, s: &Sample, evals: &[Evaluation]) -> Vec<Check> {
                 ),
                 z,
             )
+        });
+    }
+    // ArchiveLag: its threshold is `backups.max_archive_lag`, not an
+    // alert rule of its own.
+    for e in evals.iter().filter(|e| e.alert == "ArchiveLag") {
+        let target = format!("archive lag above {} s", e.threshold);
+        c.push(if e.breached {
+            Check::fail(
+                e.alert.into(),
+                ALERTS,
+                target,
+                &format!("at most {} s", e.threshold),
+                e.summary.clone(),
+                format!(
+                    "`cargo xtask backup status {0}` says what to do; the threshold is backups.max_archive_lag",
+                    env.name
+                ),
+                z,
+            )
+        } else {
+            Check::pass(e.alert.into(), ALERTS, target, e.summary.clone(), z)
         });
     }
     c

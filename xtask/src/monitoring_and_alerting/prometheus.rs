@@ -119,6 +119,16 @@ pub fn render(prefix: &str, env: &str, sample: &Sample, evals: &[Evaluation]) ->
         "Replay lag of each replica.",
         "gauge",
     );
+    let archive_secs = fam(
+        "backup_archive_lag_seconds",
+        "How far the continuous WAL archive trails the database (backups.continuous).",
+        "gauge",
+    );
+    let archive_bytes = fam(
+        "backup_archive_lag_bytes",
+        "WAL bytes the archiver's replication slot still holds back.",
+        "gauge",
+    );
     let disk_free = fam("disk_free_bytes", "Free bytes of the file system.", "gauge");
     let disk_size = fam("disk_size_bytes", "Size of the file system.", "gauge");
     let folder = fam(
@@ -205,6 +215,14 @@ pub fn render(prefix: &str, env: &str, sample: &Sample, evals: &[Evaluation]) ->
                     .samples
                     .push((vec![e(), ("replica", name.clone())], *lag));
             }
+        }
+    }
+    if let Some(l) = &sample.archive {
+        if let Some(s) = l.seconds {
+            fams[archive_secs].samples.push((vec![e()], s));
+        }
+        if let Some(b) = l.bytes {
+            fams[archive_bytes].samples.push((vec![e()], b as f64));
         }
     }
     for d in &sample.disks {

@@ -38,8 +38,13 @@ pub struct Job {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Template {
     /// The Engine API's create body (Image, Env, Cmd, Labels, HostConfig,
-    /// NetworkingConfig), as JSON.
+    /// NetworkingConfig), as JSON. `Image` is the image's ID: the exact
+    /// image the container ran, even after its tag moved (a rebuilt or
+    /// pulled `postgres:15` may run as another user id).
     pub body: serde_json::Value,
+    /// The image's name as the container was created with it (`postgres:15`).
+    #[serde(default)]
+    pub image_name: String,
 }
 
 impl Template {
@@ -58,6 +63,10 @@ impl Template {
     }
     pub fn image(&self) -> String {
         self.body["Image"].as_str().unwrap_or_default().to_string()
+    }
+    /// Run `image` instead (the name, when the ID is gone from the engine).
+    pub fn set_image(&mut self, image: &str) {
+        self.body["Image"] = serde_json::json!(image);
     }
     pub fn binds(&self) -> Vec<String> {
         self.body["HostConfig"]["Binds"]
@@ -225,11 +234,16 @@ impl Docker {
                     .with_context(|| format!("inspecting container `{name}` on {}", self.host))
             }
         };
-        let mut body = serde_json::to_value(info.config.unwrap_or_default())
-            .context("reading the container's configuration")?;
+        let config = info.config.unwrap_or_default();
+        let image_name = config.image.clone().unwrap_or_default();
+        let mut body =
+            serde_json::to_value(config).context("reading the container's configuration")?;
         let obj = body
             .as_object_mut()
             .context("a container's configuration")?;
+        if let Some(id) = &info.image {
+            obj.insert("Image".into(), serde_json::json!(id));
+        }
         // Given by the engine to each container, not chosen.
         obj.remove("Hostname");
         let mut host = serde_json::to_value(info.host_config.unwrap_or_default())
@@ -270,7 +284,7 @@ impl Docker {
             "NetworkingConfig".into(),
             serde_json::json!({ "EndpointsConfig": endpoints }),
         );
-        Ok(Some(Template { body }))
+        Ok(Some(Template { body, image_name }))
     }
 
     /// Create (not start) container `name` as `template` says.
