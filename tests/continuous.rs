@@ -282,7 +282,8 @@ fn restore_to_latest_after_the_volume_is_lost_keeps_all_but_a_second() {
 
 /// PITR: a table dropped at T comes back whole with `--to-time T-1s`; rows
 /// of other tables written before that are kept, the old container is kept.
-/// Then, on the archive of the new timeline, a segment deleted: `backup
+/// Ctrl-C during the replay first leaves the old database serving and
+/// nothing of the restore behind. Then, on the archive of the new timeline, a segment deleted: `backup
 /// status` exits 1 and names it (one database for both: the suite is lean).
 #[test]
 fn restore_to_time_brings_back_a_dropped_table_and_status_finds_a_gap() {
@@ -303,6 +304,52 @@ fn restore_to_time_brings_back_a_dropped_table_and_status_finds_a_gap() {
         db.psql("SELECT count(*) FROM notes"),
         "2",
         "the dry run changed something"
+    );
+
+    // Ctrl-C while the WAL is replayed: every step undone, the old
+    // database serving as it was, nothing of the restore left.
+    let mut child = Command::new(XTASK)
+        .arg("--config")
+        .arg(&db.config)
+        .args(["restore", "t", "--to-time", &t, "--yes"])
+        .env("TEST_PG_PASSWORD", PASSWORD)
+        .env_remove("GITHUB_ACTIONS")
+        .env_remove("DOCKER_HOST")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting xtask restore");
+    let mut seen = String::new();
+    for line in BufReader::new(child.stderr.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("[3/") {
+            let pid = child.id().to_string();
+            Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        }
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert_eq!(db.psql("SELECT count(*) FROM notes"), "2", "{seen}");
+    let left = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("name={}-pitr", db.name),
+        "-q",
+    ]) + &docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name={}-pitr", db.name),
+    ]);
+    assert!(
+        left.is_empty(),
+        "the interrupted restore left {left}: {seen}"
     );
 
     let r = db.run(&["restore", "t", "--to-time", &t, "--yes"]);
