@@ -413,4 +413,11 @@ fn restore_to_time_brings_back_a_dropped_table_and_status_finds_a_gap() {
         r.all().contains("cargo xtask backup base t"),
         "no next step: {r:?}"
     );
+    // `assess` finds it too, among its checks.
+    let r = db.run(&["assess", "t"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.all().contains("WAL archive continuity") && r.all().contains(victim.as_str()),
+        "{r:?}"
+    );
 }

@@ -36,6 +36,10 @@ impl Utc {
         self.0.as_second()
     }
 
+    pub fn unix_ms(&self) -> i64 {
+        self.0.as_millisecond()
+    }
+
     /// `2025-01-27T00:00:00.000Z`
     pub fn rfc3339(&self) -> String {
         self.0.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
@@ -59,13 +63,18 @@ impl Utc {
 /// Seconds since the epoch of a date-time with its offset, as PostgreSQL
 /// reads one (`2026-11-29 14:01:59+00`, `2026-11-29T14:01:59.5Z`), or None.
 pub fn parse_instant(s: &str) -> Option<i64> {
+    parse_instant_ms(s).map(|ms| ms.div_euclid(1000))
+}
+
+/// `parse_instant` to the millisecond.
+pub fn parse_instant_ms(s: &str) -> Option<i64> {
     let s = s.trim();
     let padded = match s.rfind(['+', '-']) {
         // `+00` / `-05`: the minutes PostgreSQL lets one leave out.
         Some(i) if s.len() - i == 3 && s[..i].contains(':') => format!("{s}:00"),
         _ => s.to_string(),
     };
-    padded.parse::<Timestamp>().ok().map(|t| t.as_second())
+    padded.parse::<Timestamp>().ok().map(|t| t.as_millisecond())
 }
 
 /// Seconds since the epoch of an RFC 3339 date-time, or None.

@@ -536,10 +536,65 @@ fn backup_age(t: &Target) -> Check {
 /// ENV` knows (the last base backup, the last archived segment, gaps) and
 /// FAILs on a gap; until then it says there is no archive to check.
 fn wal_continuity(t: &Target) -> Check {
-    Check::skip(
-        "WAL archive continuity".into(),
+    use super::continuous::{lsn_value, segment_name, Archive};
+    let (name, kind, target) = (
+        "WAL archive continuity".to_string(),
         "backups",
         t.folder.to_string(),
-        "no continuous WAL archive configured: a restore goes back to a dump's time only".into(),
-    )
+    );
+    if !t.settings.continuous {
+        return Check::skip(
+            name,
+            kind,
+            target,
+            "no continuous WAL archive configured: a restore goes back to a dump's time only"
+                .into(),
+        );
+    }
+    let start = std::time::Instant::now();
+    let next = format!("`cargo xtask backup status {}` says what to do", t.env.name);
+    // (the missing segments, the base backup's timeline and segment size, how many are there)
+    type Found = (Vec<u64>, Option<(u32, u64)>, usize);
+    let found = (|| -> Result<Found> {
+        let a = Archive::new(t)?;
+        let bases = a.bases()?;
+        let Some(b) = bases.first() else {
+            return Ok((Vec::new(), None, 0));
+        };
+        let segments = a.segments(b.segment_bytes)?;
+        let from = lsn_value(&b.start_lsn).unwrap_or(0) / b.segment_bytes;
+        Ok((
+            Archive::gaps(&segments, from),
+            Some((b.timeline, b.segment_bytes)),
+            segments.len(),
+        ))
+    })();
+    match found {
+        Err(e) => Check::fail(name, kind, target, "a readable archive", format!("{e:#}"), next, start.elapsed()),
+        Ok((_, None, _)) => Check::fail(
+            name,
+            kind,
+            target,
+            "a base backup",
+            "none in the archive".into(),
+            format!("`cargo xtask backup base {}`", t.env.name),
+            start.elapsed(),
+        ),
+        Ok((gaps, Some((tli, seg)), _)) if !gaps.is_empty() => Check::fail(
+            name,
+            kind,
+            target,
+            "every WAL segment since the last base backup",
+            format!("{} missing (first: {})", gaps.len(), segment_name(tli, gaps[0], seg)),
+            next,
+            start.elapsed(),
+        ),
+        Ok((_, Some(_), count)) => Check::pass(
+            name,
+            kind,
+            target,
+            format!("{count} segment(s) since the last base backup, no gap: a restore reaches the last archived second"),
+            start.elapsed(),
+        ),
+    }
 }

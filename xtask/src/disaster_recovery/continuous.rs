@@ -48,6 +48,9 @@ pub(super) struct Base {
     pub(super) started_at: String,
     pub(super) started_unix: i64,
     pub(super) finished_unix: i64,
+    /// The same to the millisecond (records before it: None).
+    #[serde(default)]
+    pub(super) finished_ms: Option<i64>,
     pub(super) bytes: u64,
     pub(super) timeline: u32,
     pub(super) start_lsn: String,
@@ -467,11 +470,13 @@ impl<'t, 'a> Archive<'t, 'a> {
             )
             .context("reading wal_segment_size")?
             .get(0);
+        let finished = Utc::now();
         let base = Base {
             name: name.clone(),
             started_at: started.rfc3339(),
             started_unix: started.unix(),
-            finished_unix: Utc::now().unix(),
+            finished_unix: finished.unix(),
+            finished_ms: Some(finished.unix_ms()),
             bytes: crate::core::files::folder_size(&partial_dir),
             timeline: range["Timeline"].as_u64().unwrap_or(1) as u32,
             start_lsn: range["Start-LSN"].as_str().unwrap_or_default().to_string(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::adapters::clock::{parse_instant, Utc};
+use crate::adapters::clock::{parse_instant_ms, Utc};
 use crate::adapters::docker::{Job, Template};
 use crate::adapters::output::Output;
 use crate::config::{config_error, Ops};
@@ -41,6 +41,7 @@ struct PitrState {
 /// What to bring the database back to.
 enum Goal {
     Latest,
+    /// As written, and in milliseconds since the epoch.
     Time(String, i64),
 }
 
@@ -50,7 +51,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     let a = Archive::new(&t)?;
     let goal = match &args.to_time {
         Some(text) => {
-            let unix = parse_instant(text).ok_or_else(|| {
+            let unix = parse_instant_ms(text).ok_or_else(|| {
                 config_error(format!(
                     "--to-time `{text}` is not a time with its offset: write e.g. \"2026-11-29 14:01:59+00\""
                 ))
@@ -64,7 +65,12 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     let bases = a.bases()?;
     let base: Base = match &goal {
         Goal::Latest => bases.first().cloned(),
-        Goal::Time(_, unix) => bases.iter().find(|b| b.finished_unix < *unix).cloned(),
+        // To the millisecond: a base finished in the target's own second counts
+        // (a record without milliseconds, at the end of its second).
+        Goal::Time(_, ms) => bases
+            .iter()
+            .find(|b| b.finished_ms.unwrap_or(b.finished_unix * 1000 + 999) <= *ms)
+            .cloned(),
     }
     .ok_or_else(|| {
         config_error(format!(
