@@ -261,6 +261,18 @@ fn restore_to_latest_after_the_volume_is_lost_keeps_all_but_a_second() {
         rto.as_secs_f64()
     );
     assert!(lost <= 10, "{lost} rows lost (more than 1 s): {r:?}");
+    // The incident record names the base backup and the time reached.
+    let incidents = db.dir.path().join("backups/t/incidents");
+    let record = std::fs::read_dir(&incidents)
+        .unwrap_or_else(|e| panic!("{}: {e}", incidents.display()))
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .find(|t| t.contains("base backup"))
+        .expect("an incident record of the point-in-time restore");
+    assert!(
+        record.contains("success") && !record.contains(PASSWORD),
+        "{record}"
+    );
     // Archiving goes on, on the new timeline.
     let s = db.run(&["backup", "status", "t"]);
     assert_eq!(s.code, 0, "{s:?}");

@@ -446,7 +446,22 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     }
     let started = std::time::Instant::now();
     let mut state = PitrState::default();
+    let incident = crate::core::incident::Incident::begin(
+        args.via.as_deref().unwrap_or("restore"),
+        args.reason.as_deref(),
+        args.yes,
+    );
     let (result, timings) = plan.execute_timed(out, &mut state);
+    record(
+        &env,
+        out,
+        incident,
+        &state,
+        (&base.name, &range, &target_text),
+        &format!("the container `{replaced}` and its volume {old_volume}"),
+        &timings,
+        &result,
+    );
     if let Err(e) = result {
         let db = if state.created {
             format!(
@@ -484,4 +499,39 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     ));
     r.emit(out);
     Ok(())
+}
+
+/// The incident record of a point-in-time restore ("Document incident"):
+/// what was restored, the time reached, the data window lost (from it to
+/// now, kept in the replaced container), each step's time.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    env: &crate::config::Env,
+    out: &Output,
+    mut incident: crate::core::incident::Incident,
+    state: &PitrState,
+    (base, range, target): (&str, &str, &str),
+    kept_in: &str,
+    timings: &[crate::core::steps::Timing],
+    result: &Result<()>,
+) {
+    incident.restored = Some(format!(
+        "base backup {base} and WAL {range} (target: {target})"
+    ));
+    incident.steps = timings.to_vec();
+    let now = Utc::now();
+    incident.data_window = match (&state.reached, state.created) {
+        (Some(reached), true) => {
+            incident.point_in_time = Some(reached.clone());
+            serde_json::json!({
+                "from": reached, "to": now.rfc3339(),
+                "seconds": crate::adapters::clock::parse_instant(reached).map(|r| now.unix() - r),
+                "kept_in": kept_in,
+            })
+        }
+        _ => serde_json::json!({
+            "note": "nothing was swapped in: the database container holds what it held before",
+        }),
+    };
+    incident.write(env, out, result);
 }
