@@ -227,7 +227,7 @@ fn unhealthy_container_fails_with_its_healthcheck_output() {
         "1s",
         "--health-retries",
         "1",
-        "mre-demo-base:bookworm",
+        "mre-demo-base:bookworm-3",
         "sleep",
         "300",
     ]);

@@ -161,7 +161,7 @@ fn recover_starts_what_a_killed_operation_stopped() {
         "-d",
         "--name",
         &name,
-        "mre-demo-base:bookworm",
+        "mre-demo-base:bookworm-3",
         "sleep",
         "600",
     ]);

@@ -484,7 +484,7 @@ fn prisma_runner_execs_in_the_app_container() {
         &name,
         "--entrypoint",
         "sleep",
-        "mre-demo-base:bookworm",
+        "mre-demo-base:bookworm-3",
         "300",
     ]);
     let s = Setup::new(&format!("runner = \"prisma\"\ncontainer = \"{name}\"\n"));

@@ -133,6 +133,25 @@ fn release_cutover_rollback_and_no_lap_lost() {
         &s.container("app-blue"),
     ]);
     assert!(img.trim().ends_with(&v1), "{img}");
+
+    // Maintenance mode on nginx (an included file and a reload): the page
+    // with Retry-After, the health endpoint too; off again.
+    let r = s.run(&["maintenance", "on", "rel", "--message", "Back soon"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let page = std::process::Command::new("curl")
+        .args(["-si", &format!("http://127.0.0.1:{}/api/health", s.app)])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout).to_string();
+    assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    assert!(
+        page.contains("Retry-After: 30") && page.contains("Back soon"),
+        "{page}"
+    );
+    let r = s.run(&["maintenance", "off", "rel"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let health = s.run(&["health", "rel", "--wait", "10"]);
+    assert_eq!(health.code, 0, "{health:?}");
     wait_for_laps(&s, laps_before);
     let laps_after = assert_no_lap_lost(&s);
     assert!(
@@ -442,4 +461,225 @@ fn production_needs_a_confirmation_and_backs_up_first() {
         .as_str()
         .expect("the journal names the pre-release backup");
     assert!(std::path::Path::new(backup).exists(), "{backup}");
+}
+
+/// The live colour in HAProxy's file, and each server's state at runtime
+/// (`show servers state mre-app`: name → (operational, admin flags)).
+fn haproxy_servers(s: &ReleaseStack) -> std::collections::BTreeMap<String, (String, String)> {
+    let out = common::docker(&[
+        "exec",
+        &s.container("proxy"),
+        "sh",
+        "-c",
+        "echo 'show servers state mre-app' | socat stdio unix-connect:/run/haproxy/admin.sock",
+    ]);
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 6 && f[1] == "mre-app")
+        .map(|f| (f[3].to_string(), (f[5].to_string(), f[6].to_string())))
+        .collect()
+}
+
+fn live_colour_in(s: &ReleaseStack, path: &str) -> String {
+    common::docker(&["exec", &s.container("proxy"), "cat", path])
+        .lines()
+        .find_map(|l| l.strip_prefix("# live mre-app "))
+        .unwrap_or("none")
+        .trim()
+        .to_string()
+}
+
+/// Both loads at once: (kept-alive connections, a new connection per request).
+fn both_loads(port: u16, status: u16) -> (Load, Load) {
+    (
+        Load::keep_alive(port, 16, "/api/health", status),
+        Load::expecting(port, "/api/health", &status.to_string()),
+    )
+}
+
+/// `(ok, failed)` of both loads, asserting none failed.
+fn assert_none_failed(what: &str, loads: (Load, Load)) -> [(usize, usize); 2] {
+    let (kept, new) = (loads.0.finish(), loads.1.finish());
+    assert_eq!(
+        kept.1,
+        0,
+        "{what}: {} of {} kept-alive requests failed: {:?}",
+        kept.1,
+        kept.0 + kept.1,
+        &kept.2[..kept.2.len().min(5)]
+    );
+    assert_eq!(
+        new.1,
+        0,
+        "{what}: {} of {} new-connection requests failed: {:?}",
+        new.1,
+        new.0 + new.1,
+        &new.2[..new.2.len().min(5)]
+    );
+    assert!(
+        kept.0 > 100 && new.0 > 10,
+        "{what}: the loads ran: {kept:?} {new:?}"
+    );
+    [(kept.0, kept.1), (new.0, new.1)]
+}
+
+#[test]
+fn haproxy_switches_and_rolls_back_without_dropping_a_request_and_has_a_maintenance_mode() {
+    let s = ReleaseStack::with_proxy("rhap", "haproxy");
+    let cfg = "/etc/haproxy/mre/live.cfg";
+    let r = s.run(&["deploy", "rel", "--tag", &tag(&s, "v1")]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(live_colour_in(&s, cfg), "blue");
+
+    // A deploy and a rollback under kept-alive and new-connection load:
+    // HAProxy's runtime API, no reload, nothing dropped.
+    let loads = both_loads(s.app, 200);
+    let r = s.run(&["deploy", "rel", "--tag", &tag(&s, "v2")]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("Switch the proxy") || r.stderr.contains("Switch the proxy"),
+        "{r:?}"
+    );
+    let deploy = assert_none_failed("deploy", loads);
+    assert_eq!(live_colour_in(&s, cfg), "green");
+    let servers = haproxy_servers(&s);
+    assert_eq!(servers["green"].0, "2", "green serves: {servers:?}");
+
+    let loads = both_loads(s.app, 200);
+    let r = s.run(&["rollback", "rel"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let rollback = assert_none_failed("rollback", loads);
+    assert_eq!(live_colour_in(&s, cfg), "blue");
+    eprintln!("haproxy: deploy {deploy:?}, rollback {rollback:?} (kept-alive, new connection)");
+
+    // A restarted proxy comes up on the live colour from its file.
+    common::docker(&["restart", &s.container("proxy")]);
+    let health = s.run(&["health", "rel", "--wait", "30"]);
+    assert_eq!(health.code, 0, "{health:?}");
+    let servers = haproxy_servers(&s);
+    assert_eq!(
+        servers["blue"].0, "2",
+        "blue serves after a restart: {servers:?}"
+    );
+    assert_ne!(
+        servers["green"].1, "0",
+        "green stays out of service: {servers:?}"
+    );
+
+    // Maintenance mode: every request 503 with the page and Retry-After,
+    // the health endpoint too, none a connection error; off afterwards.
+    let r = s.run(&[
+        "maintenance",
+        "on",
+        "rel",
+        "--message",
+        "Restoring <data> & back at 10:00",
+        "--dry-run",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Turn maintenance mode on"), "{r:?}");
+    let r = s.run(&[
+        "maintenance",
+        "on",
+        "rel",
+        "--message",
+        "Restoring <data> & back at 10:00",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let loads = both_loads(s.app, 503);
+    let page = std::process::Command::new("curl")
+        .args(["-si", &format!("http://127.0.0.1:{}/api/health", s.app)])
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout).to_string();
+    assert!(page.starts_with("HTTP/1.1 503"), "{page}");
+    assert!(
+        page.to_ascii_lowercase().contains("retry-after: 30"),
+        "{page}"
+    );
+    assert!(
+        page.contains("Restoring &lt;data&gt; &amp; back at 10:00"),
+        "{page}"
+    );
+    let status = s.run(&["status", "rel"]);
+    assert!(
+        status.stdout.contains("MAINTENANCE MODE is on"),
+        "{status:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_none_failed("maintenance", loads);
+    let r = s.run(&["maintenance", "off", "rel"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let health = s.run(&["health", "rel"]);
+    assert_eq!(health.code, 0, "{health:?}");
+    let status = s.run(&["status", "rel"]);
+    assert!(!status.stdout.contains("MAINTENANCE"), "{status:?}");
+}
+
+/// docs/bench/proxy-switch.sh: nginx's reload against HAProxy's runtime
+/// API in one run, each through a deploy, a rollback and a release switched
+/// back by its undo (its ingestion service cannot start), under kept-alive
+/// and new-connection load. Prints one line per proxy and operation.
+#[test]
+#[ignore = "a benchmark: docs/bench/proxy-switch.sh"]
+fn bench_proxy_switch() {
+    let mut rows = Vec::new();
+    for proxy in ["nginx", "haproxy"] {
+        let s = ReleaseStack::with_proxy(&format!("bps{}", &proxy[..1]), proxy);
+        let r = s.run(&["deploy", "rel", "--tag", &tag(&s, "v1")]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let measure = |what: &str, args: &[&str], code: i32| {
+            let kept = Load::keep_alive(s.app, 64, "/api/health", 200);
+            let new = Load::expecting(s.app, "/api/health", "200");
+            std::thread::sleep(Duration::from_secs(1));
+            let t0 = std::time::Instant::now();
+            let r = s.run(args);
+            let took = t0.elapsed().as_secs_f64();
+            std::thread::sleep(Duration::from_secs(1));
+            let (k, n) = (kept.finish(), new.finish());
+            assert_eq!(r.code, code, "{r:?}");
+            let row = format!(
+                "{proxy:8} {what:24} kept-alive {:>7} failed {:>4} | new-connection {:>5} failed {:>4} | {took:.1} s | {:?} {:?}",
+                k.0 + k.1,
+                k.1,
+                n.0 + n.1,
+                n.1,
+                &k.2[..k.2.len().min(2)],
+                &n.2[..n.2.len().min(2)]
+            );
+            eprintln!("{row}");
+            row
+        };
+        rows.push(measure(
+            "deploy",
+            &["deploy", "rel", "--tag", &tag(&s, "v2")],
+            0,
+        ));
+        rows.push(measure("rollback", &["rollback", "rel"], 0));
+        let broken = s.dir.path().join("broken-ingestion");
+        std::fs::create_dir_all(&broken).unwrap();
+        std::fs::write(
+            broken.join("Dockerfile"),
+            format!(
+                "FROM {}/mre-demo-app:{}\nENTRYPOINT [\"false\"]\n",
+                s.registry,
+                tag(&s, "v1")
+            ),
+        )
+        .unwrap();
+        s.write_config(
+            &common::workspace_root()
+                .join("demo/docker/app")
+                .display()
+                .to_string(),
+            Some(&broken.display().to_string()),
+            "",
+        );
+        rows.push(measure(
+            "switched back (undo)",
+            &["deploy", "rel", "--tag", &tag(&s, "v3")],
+            1,
+        ));
+    }
+    println!("{}", rows.join("\n"));
 }

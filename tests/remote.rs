@@ -123,7 +123,7 @@ fn a_server_reached_only_over_ssh() {
     let mut host = SshHost::start(&engine);
     let project = format!("mre-rm-{}", std::process::id());
     // The server has only what the stack needs; the app is built there.
-    for image in ["mre-demo-base:bookworm", "mre-demo-postgres:15"] {
+    for image in ["mre-demo-base:bookworm-3", "mre-demo-postgres:15"] {
         copy_image(&registry(), &project, image, &engine.docker_host());
     }
     let dir = TempDir::new("remote");
@@ -381,7 +381,7 @@ fn releases_to_a_server_over_ssh() {
         );
         r
     };
-    for image in ["mre-demo-postgres:15", "mre-demo-proxy:1"] {
+    for image in ["mre-demo-postgres:15", "mre-demo-proxy:2"] {
         copy_image(&registry(), &s.project, image, &engine.docker_host());
     }
     // The same stand-in, on the server: ports on its loopback only.

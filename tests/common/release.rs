@@ -94,6 +94,9 @@ pub struct ReleaseStack {
     pub registry: String,
     /// A production-like environment: protected, with backups.
     pub protected: bool,
+    /// The proxy: `nginx` or `haproxy` (release.proxy.kind and the demo
+    /// proxy image's MRE_PROXY_KIND).
+    pub proxy: &'static str,
 }
 
 impl ReleaseStack {
@@ -114,8 +117,24 @@ impl ReleaseStack {
             postgres,
             registry: registry(),
             protected: false,
+            proxy: "nginx",
         };
         s.copy_migrations();
+        s.config = s.write_config(
+            &workspace_root()
+                .join("demo/docker/app")
+                .display()
+                .to_string(),
+            None,
+            "",
+        );
+        s
+    }
+
+    /// The stand-in behind `proxy` (`nginx` or `haproxy`).
+    pub fn with_proxy(tag: &str, proxy: &'static str) -> ReleaseStack {
+        let mut s = ReleaseStack::new(tag);
+        s.proxy = proxy;
         s.config = s.write_config(
             &workspace_root()
                 .join("demo/docker/app")
@@ -163,7 +182,7 @@ generate_secrets = ["POSTGRES_PASSWORD"]
 files = ["{compose}"]
 project = "{project}"
 pre_build = [["{xtask}", "-q", "demo", "prepare"]]
-env = {{ MRE_CONTAINER_PREFIX = "{prefix}", MRE_APP_PORT = "{app}", MRE_INGESTION_PORT = "{ingestion}", MRE_POSTGRES_PORT = "{postgres}" }}
+env = {{ MRE_CONTAINER_PREFIX = "{prefix}", MRE_APP_PORT = "{app}", MRE_INGESTION_PORT = "{ingestion}", MRE_POSTGRES_PORT = "{postgres}", MRE_PROXY_KIND = "{proxy}" }}
 [environments.rel.services.mre-app]
 container = "{prefix}-proxy"
 health = {{ url = "http://127.0.0.1:{app}/api/health", expect = "runbook-json" }}
@@ -185,7 +204,7 @@ registry = "{registry}"
 keep = 3
 health_timeout_secs = 25
 drain_secs = 1
-proxy = {{ service = "mre-proxy" }}
+proxy = {{ service = "mre-proxy", kind = "{proxy}" }}
 images = {{ mre-demo-app = {{ context = "{app_context}" }}{ingestion_ctx} }}
 {extra}
 [environments.rel.release.services.mre-app]
@@ -205,6 +224,7 @@ strategy = "stop-first"
                     ""
                 },
                 xtask = XTASK,
+                proxy = self.proxy,
             ),
         )
     }

@@ -57,7 +57,7 @@ impl SwarmStack {
         // proxy, both placed on the manager) exist only on this machine's
         // engine: loaded into the manager (no registry: no compression).
         load_image(
-            &["mre-demo-postgres:15", "mre-demo-proxy:1"],
+            &["mre-demo-postgres:15", "mre-demo-proxy:2"],
             &engine.docker_host(),
         );
         let mut s = SwarmStack {

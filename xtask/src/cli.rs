@@ -12,7 +12,7 @@ use crate::{
 
 /// The MRE deployment runbook, runnable: each command automates one section
 /// of the runbook (see README.md). Every command that changes something
-/// (deploy, rollback, recover, down, migrate deploy/resolve, backup
+/// (deploy, rollback, recover, down, maintenance, migrate deploy/resolve, backup
 /// create/verify/prune/schedule, restore, drill, assess, demo prepare, runbook) has --dry-run, which
 /// prints the steps that would run, from the plan that runs them.
 #[derive(Parser, Debug)]
@@ -80,6 +80,7 @@ pub enum Cmd {
     Recover(rollback_procedures::RecoverArgs),
     Lock(rollback_procedures::LockArgs),
     Down(rollback_procedures::DownArgs),
+    Maintenance(rollback_procedures::maintenance::MaintenanceArgs),
     Node(deployment_procedures::nodes::NodeArgs),
     /// Build the bundled demo stack's offline images (the stand-in for the
     /// MRE application).

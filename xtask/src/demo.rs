@@ -12,15 +12,17 @@ use crate::adapters::process::Command;
 use crate::config::workspace_root;
 use crate::core::steps::Plan;
 
-pub const BASE_IMAGE: &str = "mre-demo-base:bookworm";
+pub const BASE_IMAGE: &str = "mre-demo-base:bookworm-3";
 pub const POSTGRES_IMAGE: &str = "mre-demo-postgres:15";
-pub const PROXY_IMAGE: &str = "mre-demo-proxy:1";
+pub const PROXY_IMAGE: &str = "mre-demo-proxy:2";
 /// What the base image holds: PostgreSQL (the database image), wget (the
-/// runbook's container health check), nginx (the staging/production
-/// stand-ins' reverse proxy). A change here bumps BASE_VERSION, which makes
-/// `demo prepare` build the base image again.
-const BASE_PACKAGES: &str = "postgresql-15,wget,nginx-light";
-const BASE_VERSION: &str = "2";
+/// runbook's container health check), nginx or HAProxy and socat (the
+/// staging/production stand-ins' reverse proxy and its runtime API). A
+/// change here bumps BASE_VERSION, which makes `demo prepare` build the base
+/// image again; the version is in BASE_IMAGE's tag too, so that checkouts
+/// with different bases on one engine never rebuild each other's.
+const BASE_PACKAGES: &str = "postgresql-15,wget,nginx-light,haproxy,socat";
+const BASE_VERSION: &str = "3";
 const BASE_LABEL: &str = "org.mre-ops.demo-base";
 
 #[derive(clap::Args, Debug)]

@@ -100,6 +100,7 @@ fn run(cli: &Cli, out: &Output) -> anyhow::Result<()> {
         Cmd::Recover(args) => rollback_procedures::recover(&ops, out, args),
         Cmd::Lock(args) => rollback_procedures::lock_cmd(&ops, out, args),
         Cmd::Down(args) => rollback_procedures::down(&ops, out, args),
+        Cmd::Maintenance(args) => rollback_procedures::maintenance::maintenance(&ops, out, args),
         Cmd::Node(args) => deployment_procedures::nodes::node(&ops, out, args),
         Cmd::Health(args) => health_checks::health(&ops, out, args),
         Cmd::Status(args) => post_deployment_verification::status(&ops, out, args),

@@ -73,15 +73,50 @@ fn default_drain() -> u64 {
 #[derive(Deserialize, Serialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct ProxySettings {
-    /// The proxy's Compose service (nginx).
+    /// The proxy's Compose service.
     pub service: String,
-    /// The file mre-ops writes with the live upstreams, inside the proxy.
-    #[serde(default = "default_proxy_config")]
-    pub config_path: String,
+    /// Which proxy runs there: how a switch and maintenance mode reach it.
+    #[serde(default)]
+    pub kind: ProxyKind,
+    /// The file mre-ops writes with the live upstreams, inside the proxy
+    /// (default: by kind, see `config_path()`).
+    pub config_path: Option<String>,
 }
 
-fn default_proxy_config() -> String {
-    "/etc/nginx/mre/upstreams.conf".into()
+impl ProxySettings {
+    /// The file mre-ops writes inside the proxy: `config_path`, else
+    /// `/etc/nginx/mre/upstreams.conf` or `/etc/haproxy/mre/live.cfg`.
+    pub fn config_path(&self) -> &str {
+        match (&self.config_path, self.kind) {
+            (Some(p), _) => p,
+            (None, ProxyKind::Nginx) => "/etc/nginx/mre/upstreams.conf",
+            (None, ProxyKind::Haproxy) => "/etc/haproxy/mre/live.cfg",
+        }
+    }
+
+    /// The maintenance file beside the config file: nginx includes
+    /// `maintenance.inc` in every server; HAProxy reads `maintenance.map`.
+    pub fn maintenance_path(&self) -> String {
+        let path = self.config_path();
+        let dir = path.rsplit_once('/').map(|(d, _)| d).unwrap_or(".");
+        match self.kind {
+            ProxyKind::Nginx => format!("{dir}/maintenance.inc"),
+            ProxyKind::Haproxy => format!("{dir}/maintenance.map"),
+        }
+    }
+}
+
+/// The reverse proxy in front of the blue-green colours.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProxyKind {
+    /// nginx: a switch rewrites the upstream file and reloads (`nginx -s
+    /// reload`), which closes idle keep-alive client connections.
+    #[default]
+    Nginx,
+    /// HAProxy: both colours are servers of one backend; a switch sets
+    /// their states through the runtime API (stats socket), no reload.
+    Haproxy,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug)]

@@ -12,6 +12,7 @@ use crate::adapters::postgres;
 use crate::config::{config_error, Ops};
 use crate::core::files::random_hex;
 use crate::core::intent;
+use crate::core::maintenance;
 use crate::core::report::Report;
 use crate::core::session;
 use crate::core::steps::Plan;
@@ -124,11 +125,15 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         }
     }
     let wait = Duration::from_secs(args.wait.unwrap_or(env.settings.deploy.wait_secs));
+    // Behind a release's proxy, the proxy keeps running in maintenance
+    // mode (a 503 page, not connection errors) while the rest stops.
+    let proxy = crate::core::proxy::proxy_container_of(&env);
     let app: Vec<String> = env
         .settings
         .services
         .values()
         .filter_map(|s| s.container.clone())
+        .filter(|c| Some(c) != proxy.as_ref())
         .collect();
     let live = t.database.clone();
     let new_db = format!("{live}__mre_restore_{}", random_hex(4)?);
@@ -143,6 +148,12 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
 
     let mut plan: Plan<RestoreState> =
         Plan::new(format!("restore {} from {}", env.name, backup.name));
+    let maint = maintenance::on_step(
+        &mut plan,
+        &env,
+        out,
+        format!("the database of {} is being restored", env.name),
+    );
     plan.step(
         "Stop the application",
         if app.is_empty() {
@@ -262,6 +273,9 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
         },
         move |st: &mut RestoreState| start_again(t, st),
     );
+    if let Some(m) = &maint {
+        maintenance::off_step(&mut plan, &env, out, m);
+    }
     let e = &env;
     plan.step(
         "Verify functionality (health checks)",

@@ -129,13 +129,22 @@ pub fn show_status(env: &Env, out: &Output) -> Result<()> {
                 })
             })
             .collect();
+    // Maintenance mode of a release's proxy (unknown: not shown).
+    let maintenance = crate::core::proxy::maintenance_state(env).ok().flatten();
     let mut report = Report::new(serde_json::json!({
         "environment": env.name,
         "project": project,
         "docker_host": docker.host,
         "ok": bad.is_empty(),
         "services": services,
+        "maintenance": maintenance,
     }));
+    if let Some(m) = &maintenance {
+        report.line(format!(
+            "MAINTENANCE MODE is on: the proxy answers every request 503 (\"{m}\"). `cargo xtask maintenance off {}` ends it.",
+            env.name
+        ));
+    }
     {
         report.line(format!(
             "Services of `{}` (Compose project {project}, {}):",

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use crate::adapters::output::Output;
 use crate::config::{config_error, Env, Ops};
 use crate::core::journal;
+use crate::core::maintenance;
 use crate::core::session;
 use crate::core::steps::Plan;
 use crate::deployment_procedures::releases::plan::{self, RelState};
@@ -214,8 +215,28 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
             current.clone(),
             targets.clone(),
         );
+        // Users get a maintenance page while the database goes back, until
+        // the older code serves (then the post-deploy checks run through
+        // the proxy).
+        let maint = db_backup.as_ref().and_then(|_| {
+            maintenance::on_step(
+                &mut plan,
+                env,
+                out,
+                format!("rolling {} back to {v}", env.name),
+            )
+        });
         restore_step(&mut plan, ops, env, rel, out, db_backup, v, reason);
-        plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, false);
+        plan::cutover_steps(
+            &mut plan,
+            env,
+            rel,
+            out,
+            &targets,
+            &live,
+            false,
+            maint.as_ref(),
+        );
     }
     if args.dry_run {
         plan.print(out);

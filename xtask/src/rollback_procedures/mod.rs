@@ -5,6 +5,7 @@
 //! `down` is the runbook's `docker compose down`.
 
 pub mod application;
+pub mod maintenance;
 
 use std::time::Duration;
 
@@ -103,7 +104,18 @@ pub fn down(ops: &Ops, out: &Output, args: &DownArgs) -> Result<()> {
     let mut plan: Plan = Plan::new(format!("down {}", env.name));
     match &compose {
         Some(compose) => {
+            // Users get a maintenance page while the application stops,
+            // until the proxy itself goes.
+            let maint = crate::core::maintenance::on_step(
+                &mut plan,
+                &env,
+                out,
+                format!("{} is being stopped", env.name),
+            );
             plan.command("Stop and remove the containers", compose.cmd(&words), out);
+            if let Some(m) = &maint {
+                crate::core::maintenance::off_step(&mut plan, &env, out, m);
+            }
         }
         None => crate::deployment_procedures::releases::swarm_down_steps(
             &mut plan,

@@ -106,7 +106,7 @@ const SECTIONS: &[(&str, &[Subsection])] = &[
     ]),
     ("Disaster Recovery Procedures", &[
         ("Backup Strategy", &[plan(&["backup", "create"], &["backup", "create", "production", "--dry-run"], "database, backups"), plan(&["backup", "verify"], &["backup", "verify", "production", "latest", "--dry-run"], "database, backups"), cmd(&["backup", "prune"], "backups.keep_days, keep_min"), cmd(&["backup", "list"], "backups"), plan(&["backup", "schedule"], &["backup", "schedule", "install", "production", "--init", "systemd", "--dry-run"], "backups (the units run backup create, verify, prune and drill)"), cmd(&["backup", "continuous"], "backups.continuous, database.container"), cmd(&["backup", "base"], "backups, database.container"), cmd(&["backup", "status"], "backups.continuous, max_archive_lag")]),
-        ("Recovery Procedures", &[plan(&["assess"], &["assess", "production", "--install-amcheck", "--dry-run"], "database, backups"), plan(&["drill"], &["drill", "production", "--dry-run"], "database, backups"), cmd(&["recover"], "database, compose"), cmd(&["incidents"], "database, backups.dir")]),
+        ("Recovery Procedures", &[plan(&["assess"], &["assess", "production", "--install-amcheck", "--dry-run"], "database, backups"), plan(&["drill"], &["drill", "production", "--dry-run"], "database, backups"), cmd(&["recover"], "database, compose"), cmd(&["incidents"], "database, backups.dir"), plan(&["maintenance"], &["maintenance", "on", "production", "--dry-run"], "release.proxy")]),
     ]),
     ("Related Documentation", &[]),
 ];

@@ -3,31 +3,24 @@
 //! (`NAME-blue`, `NAME-green`); the new colour starts beside the live one,
 //! must be healthy twice over (Docker's health check and the service's own
 //! endpoint, asked directly), then the reverse proxy is pointed at it
-//! (`nginx -t`, then `nginx -s reload`: in-flight requests finish on the old
-//! workers). A stop-first service (one writer) is replaced in place.
+//! (proxy.rs: an nginx reload, or HAProxy's runtime API). A stop-first
+//! service (one writer) is replaced in place.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::adapters::compose::Compose;
 use crate::adapters::docker::Docker;
 use crate::adapters::http;
 use crate::adapters::output::Output;
 use crate::config::{Env, Expect, ReleaseSettings, ReleasedService, Strategy};
+use crate::core::proxy::Proxy;
 use crate::core::session;
 use crate::core::wait::{self, Poll, Waited};
 
-pub const COLOURS: [&str; 2] = ["blue", "green"];
-
-pub fn other(colour: &str) -> &'static str {
-    if colour == "blue" {
-        "green"
-    } else {
-        "blue"
-    }
-}
+pub use crate::core::proxy::{other, COLOURS};
 
 /// The target of a release: its Compose project, engine and proxy.
 pub struct Stage<'a> {
@@ -158,78 +151,28 @@ impl<'a> Stage<'a> {
             .collect())
     }
 
-    fn proxy_container(&self) -> Result<String> {
-        self.container_of(&self.rel.proxy.service)?.with_context(|| {
-            format!(
-                "the proxy service `{}` (release.proxy.service) has no container in Compose project `{}`",
-                self.rel.proxy.service,
-                self.env.project().unwrap_or("?")
-            )
-        })
+    fn proxy(&self) -> Result<Proxy<'a>> {
+        Proxy::new(self.env, self.rel)
     }
 
     /// The live colour of each blue-green service, as the proxy's file says.
     pub fn live_colours(&self) -> Result<BTreeMap<String, String>> {
-        let Ok(proxy) = self.proxy_container() else {
-            return Ok(BTreeMap::new());
-        };
-        let mut text = Vec::new();
-        let outcome = self.docker.exec(
-            &proxy,
-            &["cat", &self.rel.proxy.config_path],
-            &[],
-            None,
-            &mut text,
-        )?;
-        if outcome.exit_code != 0 {
-            return Ok(BTreeMap::new());
-        }
-        Ok(String::from_utf8_lossy(&text)
-            .lines()
-            .filter_map(|l| l.strip_prefix("# live "))
-            .filter_map(|l| l.split_once(' '))
-            .map(|(s, c)| (s.to_string(), c.trim().to_string()))
-            .collect())
+        self.proxy()?.live_colours()
     }
 
-    /// Point the proxy at `colours` (service → colour): write the file,
-    /// `nginx -t` (the old file comes back if it fails), `nginx -s reload`.
+    /// Point the proxy at `colours` (service → colour): core::proxy.
     pub fn switch(&self, colours: &BTreeMap<String, String>) -> Result<()> {
-        let proxy = self.proxy_container()?;
-        let mut conf = String::from(
-            "# Written by mre-ops at each cutover (cargo xtask deploy/rollback): do not edit.\n",
-        );
-        for (svc, colour) in colours {
-            conf.push_str(&format!("# live {svc} {colour}\n"));
-        }
-        for (svc, colour) in colours {
-            let s = &self.rel.services[svc];
-            let port = s.port.unwrap_or(80);
-            conf.push_str(&format!(
-                "server {{\n    listen {port};\n    location / {{\n        proxy_pass http://{svc}-{colour}:{port};\n    }}\n}}\n"
-            ));
-        }
-        let script = "set -e; f=\"$1\"; cat > \"$f.next\"; [ -f \"$f\" ] && cp \"$f\" \"$f.prev\"; mv \"$f.next\" \"$f\"; \
-                      if ! nginx -t 2>/tmp/mre-nginx-t; then [ -f \"$f.prev\" ] && mv \"$f.prev\" \"$f\"; cat /tmp/mre-nginx-t >&2; exit 1; fi; \
-                      nginx -s reload";
-        let mut input: &[u8] = conf.as_bytes();
-        let mut sink = Vec::new();
-        let outcome = self.docker.exec(
-            &proxy,
-            &["sh", "-c", script, "sh", &self.rel.proxy.config_path],
-            &[],
-            Some(&mut input),
-            &mut sink,
-        )?;
-        if outcome.exit_code != 0 {
-            bail!(
-                "the proxy `{proxy}` refused the new upstreams (its old ones stay): {}",
-                outcome.stderr.trim()
-            );
-        }
-        // New workers take over within moments of the reload.
-        std::thread::sleep(Duration::from_millis(100));
-        Ok(())
+        self.proxy()?.switch(colours)
+    }
+
+    /// Wait until the proxy has no request left on `from`, at most `limit`.
+    pub fn drain(
+        &self,
+        out: &Output,
+        from: &BTreeMap<String, String>,
+        limit: Duration,
+    ) -> Result<()> {
+        self.proxy()?.drain(out, from, limit)
     }
 
     /// Wait until `unit`'s container is healthy for Docker and, for a

@@ -306,7 +306,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
                 database_migrations::deploy(env, out, &o)
             },
         );
-        plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, true);
+        plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, true, None);
     }
     plan::prune_step(&mut plan, env, rel, out);
     run(

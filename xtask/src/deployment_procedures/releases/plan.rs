@@ -183,7 +183,9 @@ pub fn prune_step<'a>(
 }
 
 /// The cutover to `targets` (released service → image reference), from the
-/// `live` colours (empty on a first release).
+/// `live` colours (empty on a first release). `maintenance`: this run put
+/// the proxy in maintenance mode, turned off before the post-deploy checks.
+#[allow(clippy::too_many_arguments)]
 pub fn cutover_steps<'a>(
     plan: &mut Plan<'a, RelState>,
     env: &'a Env,
@@ -192,6 +194,7 @@ pub fn cutover_steps<'a>(
     targets: &BTreeMap<String, String>,
     live: &BTreeMap<String, String>,
     smoke: bool,
+    maintenance: Option<&crate::core::maintenance::Maintenance>,
 ) {
     let timeout = Duration::from_secs(rel.health_timeout_secs);
     let mut new_colours = BTreeMap::new();
@@ -273,21 +276,40 @@ pub fn cutover_steps<'a>(
             .map(|(s, c)| format!("{s} → {s}-{c}"))
             .collect();
         let (new2, old2) = (new_colours.clone(), old_colours.clone());
-        plan.step(
-            "Switch the proxy to the new colour",
-            format!(
-                "write {} ({}), nginx -t, nginx -s reload: no connection dropped",
-                rel.proxy.config_path,
+        let how = match rel.proxy.kind {
+            crate::config::ProxyKind::Nginx => format!(
+                "write {} ({}), nginx -t, nginx -s reload",
+                rel.proxy.config_path(),
                 shown.join(", ")
             ),
-            move |_| Stage::new(env, rel)?.switch(&new2),
-        )
-        .undo("point the proxy back at the previous colour", move |_| {
-            if old2.is_empty() {
-                return Ok(());
-            }
-            Stage::new(env, rel)?.switch(&old2)
-        });
+            crate::config::ProxyKind::Haproxy => format!(
+                "HAProxy's runtime API: the new colour's server ready, the old one drain ({}), no reload; {} written for a restart",
+                shown.join(", "),
+                rel.proxy.config_path()
+            ),
+        };
+        let drain = Duration::from_secs(rel.drain_secs.max(1));
+        plan.step("Switch the proxy to the new colour", how, move |_| {
+            Stage::new(env, rel)?.switch(&new2)
+        })
+        .undo(
+            format!(
+                "point the proxy back at the previous colour, and let the new one drain (at most {} s) before it is stopped",
+                drain.as_secs()
+            ),
+            move |_| {
+                if old2.is_empty() {
+                    return Ok(());
+                }
+                let stage = Stage::new(env, rel)?;
+                stage.switch(&old2)?;
+                let new3: BTreeMap<String, String> = old2
+                    .iter()
+                    .map(|(s, c)| (s.clone(), other(c).to_string()))
+                    .collect();
+                stage.drain(out, &new3, drain)
+            },
+        );
     }
     for (svc, s) in rel
         .services
@@ -329,15 +351,27 @@ pub fn cutover_steps<'a>(
         });
     }
     if !old_colours.is_empty() && rel.drain_secs > 0 {
-        let d = rel.drain_secs;
+        let d = Duration::from_secs(rel.drain_secs);
+        let old3 = old_colours.clone();
         plan.action(
             "Let the old colour drain",
-            format!("{d} s for requests already on the old colour to finish"),
-            move || {
-                crate::core::wait::sleep(Duration::from_secs(d))?;
-                Ok(())
+            match rel.proxy.kind {
+                crate::config::ProxyKind::Nginx => {
+                    format!(
+                        "{} s for requests already on the old colour to finish",
+                        d.as_secs()
+                    )
+                }
+                crate::config::ProxyKind::Haproxy => format!(
+                    "until HAProxy counts no request on the old colour, at most {} s",
+                    d.as_secs()
+                ),
             },
+            move || Stage::new(env, rel)?.drain(out, &old3, d),
         );
+    }
+    if let Some(m) = maintenance {
+        crate::core::maintenance::off_step(plan, env, out, m);
     }
     verify_steps(plan, env, out, timeout, smoke);
     for (svc, old) in &old_colours {
