@@ -461,6 +461,26 @@ fn production_needs_a_confirmation_and_backs_up_first() {
         .as_str()
         .expect("the journal names the pre-release backup");
     assert!(std::path::Path::new(backup).exists(), "{backup}");
+
+    // A restore puts the proxy in maintenance mode while it runs: every
+    // request is answered (the app, or the 503 page), none refused as when
+    // the restore stopped the proxy; off afterwards.
+    let load = Load::expecting(s.app, "/api/health", "200|503");
+    let r = s.run(&["restore", "rel", "latest", "--yes"]);
+    let (ok, failed, why) = load.finish();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("Maintenance mode on") && r.stdout.contains("Maintenance mode off"),
+        "{r:?}"
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests were not answered during the restore: {why:?}",
+        ok + failed
+    );
+    let status = s.run(&["status", "rel"]);
+    assert!(!status.stdout.contains("MAINTENANCE"), "{status:?}");
 }
 
 /// The live colour in HAProxy's file, and each server's state at runtime
@@ -629,7 +649,9 @@ fn bench_proxy_switch() {
         let r = s.run(&["deploy", "rel", "--tag", &tag(&s, "v1")]);
         assert_eq!(r.code, 0, "{r:?}");
         let measure = |what: &str, args: &[&str], code: i32| {
-            let kept = Load::keep_alive(s.app, 64, "/api/health", 200);
+            // 32: the demo app serves at most 64 connections at once (more
+            // are answered 503 BUSY, which is not the switch's doing).
+            let kept = Load::keep_alive(s.app, 32, "/api/health", 200);
             let new = Load::expecting(s.app, "/api/health", "200");
             std::thread::sleep(Duration::from_secs(1));
             let t0 = std::time::Instant::now();

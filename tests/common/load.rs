@@ -30,7 +30,8 @@ impl Load {
         Load::expecting_at(host, port, "/api/health", "200")
     }
 
-    /// GET `path` in a loop; any answer but `status` counts as failed.
+    /// GET `path` in a loop; any answer but `status` (or one of `200|503`)
+    /// counts as failed.
     pub fn expecting(port: u16, path: &str, status: &str) -> Load {
         Load::expecting_at("127.0.0.1", port, path, status)
     }
@@ -64,7 +65,11 @@ impl Load {
                     ])
                     .output()
                 {
-                    Ok(out) if String::from_utf8_lossy(&out.stdout) == want => {
+                    Ok(out)
+                        if want
+                            .split('|')
+                            .any(|w| String::from_utf8_lossy(&out.stdout) == w) =>
+                    {
                         o.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(out) => {
@@ -124,14 +129,17 @@ impl Load {
                                 Some(c) => Ok(c),
                                 None => KeptConn::open(port),
                             };
-                            match c.and_then(|mut c| c.get(&path).map(|(st, keep)| (c, st, keep))) {
-                                Ok((c, st, keep)) => {
+                            match c.and_then(|mut c| {
+                                c.get(&path).map(|(st, keep, body)| (c, st, keep, body))
+                            }) {
+                                Ok((c, st, keep, body)) => {
                                     if st == status {
                                         o.fetch_add(1, Ordering::SeqCst);
                                     } else {
                                         f.fetch_add(1, Ordering::SeqCst);
                                         at.lock().unwrap().push(sent);
-                                        why.lock().unwrap().push(format!("status {st}"));
+                                        let body: String = body.chars().take(80).collect();
+                                        why.lock().unwrap().push(format!("status {st}: {body}"));
                                     }
                                     if keep {
                                         conn = Some(c);
@@ -196,8 +204,9 @@ impl KeptConn {
         })
     }
 
-    /// GET `path`: the status, and whether the connection may be reused.
-    fn get(&mut self, path: &str) -> std::io::Result<(u16, bool)> {
+    /// GET `path`: the status, whether the connection may be reused, and
+    /// the body.
+    fn get(&mut self, path: &str) -> std::io::Result<(u16, bool, String)> {
         use std::io::{BufRead, Read, Write};
         let bad =
             |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
@@ -237,6 +246,6 @@ impl KeptConn {
         }
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body)?;
-        Ok((status, keep))
+        Ok((status, keep, String::from_utf8_lossy(&body).into_owned()))
     }
 }

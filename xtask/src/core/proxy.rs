@@ -96,6 +96,17 @@ impl<'a> Proxy<'a> {
             .collect())
     }
 
+    /// Whether the proxy's container runs the kind ops.toml names (its
+    /// stats socket, or nginx's pid file): false after `proxy.kind`
+    /// changed, so that Compose recreates it.
+    pub fn runs_its_kind(&self) -> Result<bool> {
+        let test = match self.kind() {
+            ProxyKind::Haproxy => "[ -S \"$1\" ] && echo yes || true",
+            ProxyKind::Nginx => "[ -f /run/nginx.pid ] && echo yes || true",
+        };
+        Ok(self.proxy_sh(test, &[SOCKET], b"")?.trim() == "yes")
+    }
+
     fn kind(&self) -> ProxyKind {
         self.rel.proxy.kind
     }

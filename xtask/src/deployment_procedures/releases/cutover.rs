@@ -102,7 +102,8 @@ impl<'a> Stage<'a> {
     }
 
     /// Whether every container of the project that is not released runs
-    /// (then Compose need not be asked, which takes seconds).
+    /// (then Compose need not be asked, which takes seconds), the proxy as
+    /// the kind `release.proxy.kind` names.
     pub fn base_running(&self) -> Result<bool> {
         let released = self.released_units();
         let base: Vec<_> = self
@@ -115,7 +116,8 @@ impl<'a> Stage<'a> {
             && base
                 .iter()
                 .any(|c| c.service.as_deref() == Some(self.rel.proxy.service.as_str()))
-            && base.iter().all(|c| c.state == "running"))
+            && base.iter().all(|c| c.state == "running")
+            && self.proxy()?.runs_its_kind()?)
     }
 
     /// Start `unit`'s existing container when it was made from `image`;
