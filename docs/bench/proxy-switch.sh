@@ -3,7 +3,7 @@
 # the release stand-in behind nginx (a reload per switch) and behind HAProxy
 # (its runtime API, no reload), each through a deploy, a rollback and a
 # release switched back by its undo (its ingestion service cannot start),
-# under 64 kept-alive connections (each reused request after request) and a
+# under 32 kept-alive connections (each reused request after request) and a
 # client opening a new connection per request (curl).
 # Needs what the release tests need (Docker, docker-registry; `cargo xtask
 # test --yes` installs them). Usage, from the workspace root:
