@@ -481,6 +481,25 @@ fn production_needs_a_confirmation_and_backs_up_first() {
     );
     let status = s.run(&["status", "rel"]);
     assert!(!status.stdout.contains("MAINTENANCE"), "{status:?}");
+
+    // `rollback --with-db`: maintenance mode from before the restore until
+    // the older code serves, off before the post-deploy checks.
+    let load = Load::expecting(s.app, "/api/health", "200|503");
+    let r = s.run(&["rollback", "rel", "--with-db", "pre-deploy", "--yes"]);
+    let (ok, failed, why) = load.finish();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("Maintenance mode on") && r.stdout.contains("Maintenance mode off"),
+        "{r:?}"
+    );
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests were not answered during the rollback: {why:?}",
+        ok + failed
+    );
+    let health = s.run(&["health", "rel"]);
+    assert_eq!(health.code, 0, "{health:?}");
 }
 
 /// The live colour in HAProxy's file, and each server's state at runtime

@@ -285,7 +285,28 @@ pub fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()> {
             wait.as_secs()
         ),
         move |_| {
-            let checks = health_checks::wait_until_healthy(e, out, wait);
+            // Maintenance mode still on (an operator's, or `rollback
+            // --with-db`'s around this restore): the services reached
+            // through the proxy answer its page; whoever turned it on
+            // checks them once it is off.
+            let behind: Vec<String> =
+                match (proxy.as_ref(), crate::core::proxy::maintenance_state(e)?) {
+                    (Some(p), Some(_)) => e
+                        .settings
+                        .services
+                        .iter()
+                        .filter(|(_, s)| s.container.as_ref() == Some(p))
+                        .map(|(name, _)| name.clone())
+                        .collect(),
+                    _ => Vec::new(),
+                };
+            if !behind.is_empty() {
+                out.line(&format!(
+                    "Maintenance mode stays on: {} answer(s) its page, not checked here",
+                    behind.join(", ")
+                ));
+            }
+            let checks = health_checks::wait_until_healthy_without(e, out, wait, &behind);
             crate::core::interrupt::check()?;
             if checks.iter().any(|c| !c.ok) {
                 bail!(

@@ -72,7 +72,18 @@ pub fn health(ops: &Ops, out: &Output, args: &HealthArgs) -> Result<()> {
 /// node that is down refuses a release unless `--allow-degraded`, and
 /// would otherwise fail every check of a release that chose to go on).
 pub fn wait_until_healthy(env: &Env, out: &Output, limit: Duration) -> Vec<Check> {
-    check::poll(&service_probes(env), out, "health", limit)
+    check::poll(&service_probes(env, &[]), out, "health", limit)
+}
+
+/// The same, without the HTTP checks of the services named in `skip`
+/// (reached through a proxy that answers a maintenance page).
+pub fn wait_until_healthy_without(
+    env: &Env,
+    out: &Output,
+    limit: Duration,
+    skip: &[String],
+) -> Vec<Check> {
+    check::poll(&service_probes(env, skip), out, "health", limit)
 }
 
 /// Every check of the environment, run concurrently, in a stable order:
@@ -84,7 +95,7 @@ pub fn run_all(env: &Env) -> Vec<Check> {
 /// The environment's health probes: HTTP endpoints, containers (on a
 /// swarm: each service's replicas, then each node), database.
 pub fn probes(env: &Env) -> Vec<Probe<'_>> {
-    let mut probes = service_probes(env);
+    let mut probes = service_probes(env, &[]);
     if env.settings.driver == crate::config::Driver::Swarm {
         probes.push(Box::new(move || {
             crate::health_checks::nodes::node_checks(env)
@@ -93,10 +104,14 @@ pub fn probes(env: &Env) -> Vec<Probe<'_>> {
     probes
 }
 
-/// The probes of the services alone (no swarm node checks).
-fn service_probes(env: &Env) -> Vec<Probe<'_>> {
+/// The probes of the services alone (no swarm node checks), without the
+/// HTTP checks of the services in `skip`.
+fn service_probes<'a>(env: &'a Env, skip: &[String]) -> Vec<Probe<'a>> {
     let mut probes: Vec<Probe<'_>> = Vec::new();
     for (svc, settings) in &env.settings.services {
+        if skip.contains(svc) {
+            continue;
+        }
         if let Some(h) = settings.health.as_ref() {
             probes.push(Box::new(move || vec![http_check(env, svc, h)]));
         }
