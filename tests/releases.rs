@@ -482,6 +482,30 @@ fn production_needs_a_confirmation_and_backs_up_first() {
     let status = s.run(&["status", "rel"]);
     assert!(!status.stdout.contains("MAINTENANCE"), "{status:?}");
 
+    // Ctrl-C during a restore: its undos turn maintenance mode off again.
+    let mut child = s.spawn(&["restore", "rel", "latest", "--yes"]);
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+    let on = lines.any(|l| l.is_ok_and(|l| l.contains("Maintenance mode on")));
+    assert!(on, "the restore turned maintenance mode on");
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{rest:?} {stderr}");
+    assert!(
+        rest.iter().any(|l| l.contains("Maintenance mode off")),
+        "{rest:?} {stderr}"
+    );
+    let status = s.run(&["status", "rel"]);
+    assert!(!status.stdout.contains("MAINTENANCE"), "{status:?}");
+    let health = s.run(&["health", "rel", "--wait", "30"]);
+    assert_eq!(health.code, 0, "{health:?}");
+
     // `rollback --with-db`: maintenance mode from before the restore until
     // the older code serves, off before the post-deploy checks.
     let load = Load::expecting(s.app, "/api/health", "200|503");
