@@ -182,11 +182,15 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     let new_volume = format!("{stem}-pitr-{stamp}");
     let recovery = format!("{}-pitr-{}", a.container, random_hex(3)?);
     let replaced = format!("{}__replaced_{stamp}", a.container);
+    // Behind a release's proxy, the proxy stays up in maintenance mode (a
+    // 503 page, not connection errors) while the rest stops.
+    let proxy = crate::core::proxy::proxy_container_of(&env);
     let app: Vec<String> = env
         .settings
         .services
         .values()
         .filter_map(|s| s.container.clone())
+        .filter(|c| Some(c) != proxy.as_ref())
         .collect();
     let wait_for = Duration::from_secs(args.wait.unwrap_or(env.settings.deploy.wait_secs));
     let mut recovery_args: Vec<String> = vec![
@@ -208,6 +212,12 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     let (recovery_args, user) = (&recovery_args, &user);
 
     let mut plan: Plan<PitrState> = Plan::new(format!("restore {} to {target_text}", env.name));
+    let maint = crate::core::maintenance::on_step(
+        &mut plan,
+        &env,
+        out,
+        format!("the database of {} is being restored", env.name),
+    );
     plan.step(
         "Stop the application",
         if app.is_empty() {
@@ -371,6 +381,9 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
             Ok(())
         },
     );
+    if let Some(m) = &maint {
+        crate::core::maintenance::off_step(&mut plan, &env, out, m);
+    }
     let e = &env;
     plan.step(
         "Verify functionality (health checks)",
