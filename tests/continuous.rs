@@ -364,6 +364,63 @@ fn restore_to_time_brings_back_a_dropped_table_and_status_finds_a_gap() {
         "the interrupted restore left {left}: {seen}"
     );
 
+    // kill -9 while the WAL is replayed: no undo ran; `recover` removes
+    // the replay's container and volume from the record written first.
+    let mut child = Command::new(XTASK)
+        .arg("--config")
+        .arg(&db.config)
+        .args(["restore", "t", "--to-time", &t, "--yes"])
+        .env("TEST_PG_PASSWORD", PASSWORD)
+        .env_remove("GITHUB_ACTIONS")
+        .env_remove("DOCKER_HOST")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting xtask restore");
+    let pitr_left = || {
+        docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name={}-pitr", db.name),
+            "-q",
+        ]) + &docker(&[
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            &format!("name={}-pitr", db.name),
+        ])
+    };
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("[3/") {
+        line.clear();
+    }
+    let waited = Instant::now();
+    while docker(&["ps", "-q", "--filter", &format!("name={}-pitr", db.name)]).is_empty()
+        && waited.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Command::new("kill")
+        .args(["-KILL", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = child.wait();
+    assert!(
+        !pitr_left().is_empty(),
+        "the kill came too late to leave anything"
+    );
+    let r = db.run(&["recover", "t"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        pitr_left().is_empty(),
+        "recover left {}: {r:?}",
+        pitr_left()
+    );
+    assert_eq!(db.psql("SELECT count(*) FROM notes"), "2", "{r:?}");
+
     let r = db.run(&["restore", "t", "--to-time", &t, "--yes"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("Base backup chosen"), "{r:?}");

@@ -23,6 +23,19 @@ pub struct Intent {
     /// Databases the operation created and that must be dropped if it did
     /// not finish (never the live one).
     pub scratch_databases: Vec<String>,
+    /// Containers it made for a while (a point-in-time restore's replay).
+    #[serde(default)]
+    pub scratch_containers: Vec<String>,
+    /// Volumes it made that hold nothing live yet.
+    #[serde(default)]
+    pub scratch_volumes: Vec<String>,
+    /// `[name, renamed to]`: a container set aside; put back when nothing
+    /// took its name.
+    #[serde(default)]
+    pub renamed: Vec<[String; 2]>,
+    /// What `recover` cannot do itself: the next commands to run.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 impl Intent {
@@ -36,6 +49,15 @@ impl Intent {
                 "left the database(s) {}",
                 self.scratch_databases.join(", ")
             ));
+        }
+        if !self.renamed.is_empty() || !self.scratch_containers.is_empty() {
+            let names: Vec<&str> = self
+                .renamed
+                .iter()
+                .map(|[from, _]| from.as_str())
+                .chain(self.scratch_containers.iter().map(String::as_str))
+                .collect();
+            parts.push(format!("left the container(s) {}", names.join(", ")));
         }
         if parts.is_empty() {
             parts.push("changed nothing yet".into());
@@ -64,13 +86,11 @@ pub fn pending(env: &Env) -> Option<Intent> {
 }
 
 /// The record of a running operation; kept on disk at every change.
-#[allow(dead_code)] // its first writer is restore (the recovery split lands next)
 pub struct Record {
     path: Utf8PathBuf,
     pub intent: Intent,
 }
 
-#[allow(dead_code)]
 impl Record {
     /// Start recording (under the environment's lock).
     pub fn begin(env: &Env, operation: &str) -> Result<Record> {
@@ -120,6 +140,53 @@ impl Record {
     /// Call once `name` is dropped, or has become the live database.
     pub fn database_done(&mut self, name: &str) -> Result<()> {
         self.intent.scratch_databases.retain(|c| c != name);
+        self.save()
+    }
+
+    /// Call before creating `name`, a container that goes at the end.
+    pub fn scratch_container(&mut self, name: &str) -> Result<()> {
+        self.intent.scratch_containers.push(name.to_string());
+        self.save()
+    }
+
+    /// Call once that container is removed.
+    pub fn container_done(&mut self, name: &str) -> Result<()> {
+        self.intent.scratch_containers.retain(|c| c != name);
+        self.save()
+    }
+
+    /// Call before creating the volume `name` (nothing live on it yet).
+    pub fn scratch_volume(&mut self, name: &str) -> Result<()> {
+        self.intent.scratch_volumes.push(name.to_string());
+        self.save()
+    }
+
+    /// Call once the volume is removed, or holds the live data.
+    pub fn volume_done(&mut self, name: &str) -> Result<()> {
+        self.intent.scratch_volumes.retain(|v| v != name);
+        self.save()
+    }
+
+    /// Call before renaming container `from` to `to`.
+    pub fn renaming(&mut self, from: &str, to: &str) -> Result<()> {
+        self.intent.renamed.push([from.to_string(), to.to_string()]);
+        self.save()
+    }
+
+    /// Call once `from` holds its name again, or its place was taken for good.
+    pub fn renamed_done(&mut self, from: &str) -> Result<()> {
+        self.intent.renamed.retain(|[f, _]| f != from);
+        self.save()
+    }
+
+    /// A next step for the operator should this run be killed.
+    pub fn note(&mut self, text: &str) -> Result<()> {
+        self.intent.notes.push(text.to_string());
+        self.save()
+    }
+
+    pub fn note_done(&mut self, text: &str) -> Result<()> {
+        self.intent.notes.retain(|n| n != text);
         self.save()
     }
 
@@ -192,12 +259,44 @@ pub fn recover(env: &Env, out: &crate::adapters::output::Output) -> Result<Optio
         .with_context(|| format!("dropping the staged database {db}"))?;
         out.line(&format!("Dropped {db}, staged by {}.", pending.operation));
     }
+    if !pending.scratch_containers.is_empty()
+        || !pending.renamed.is_empty()
+        || !pending.scratch_volumes.is_empty()
+    {
+        let docker = crate::core::session::docker(env)?;
+        for c in &pending.scratch_containers {
+            docker.remove_container(c)?;
+            out.line(&format!("Removed {c}, made by {}.", pending.operation));
+        }
+        // A container set aside whose name nothing took (the swap did not
+        // happen): back, and running. Where a new one holds the name, the
+        // swap was done: the set-aside one stays, kept.
+        for [from, to] in &pending.renamed {
+            if docker.container(from)?.is_none() && docker.container(to)?.is_some() {
+                docker.rename_container(to, from)?;
+                docker.start_container(from)?;
+                out.line(&format!("Renamed {to} back to {from} and started it."));
+            }
+        }
+        for v in &pending.scratch_volumes {
+            match docker.remove_volume(v) {
+                Ok(()) => out.line(&format!(
+                    "Removed the volume {v}, made by {}.",
+                    pending.operation
+                )),
+                Err(e) => out.warn(&format!("kept the volume {v}: {e:#}")),
+            }
+        }
+    }
     if !pending.stopped.is_empty() {
         let docker = crate::core::session::docker(env)?;
         for c in &pending.stopped {
             docker.start_container(c)?;
             out.line(&format!("Started {c}, stopped by {}.", pending.operation));
         }
+    }
+    for n in &pending.notes {
+        out.line(&format!("Next: {n}"));
     }
     clear(env)?;
     Ok(Some(pending))

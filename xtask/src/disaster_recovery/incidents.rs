@@ -186,3 +186,38 @@ pub fn incidents(ops: &Ops, out: &Output, args: &IncidentsArgs) -> Result<()> {
     r.emit(out);
     Ok(())
 }
+
+/// The incident record of a point-in-time restore ("Document incident"):
+/// what was restored, the time reached, the data window lost (from it to
+/// now, kept in the replaced container), each step's time.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn record_pitr(
+    env: &Env,
+    out: &Output,
+    mut incident: Incident,
+    reached: Option<&str>,
+    (base, range, target): (&str, &str, &str),
+    kept_in: &str,
+    timings: &[crate::core::steps::Timing],
+    result: &Result<()>,
+) {
+    incident.restored = Some(format!(
+        "base backup {base} and WAL {range} (target: {target})"
+    ));
+    incident.steps = timings.to_vec();
+    let now = Utc::now();
+    incident.data_window = match reached {
+        Some(reached) => {
+            incident.point_in_time = Some(reached.to_string());
+            serde_json::json!({
+                "from": reached, "to": now.rfc3339(),
+                "seconds": crate::adapters::clock::parse_instant(reached).map(|r| now.unix() - r),
+                "kept_in": kept_in,
+            })
+        }
+        None => serde_json::json!({
+            "note": "nothing was swapped in: the database container holds what it held before",
+        }),
+    };
+    incident.write(env, out, result);
+}

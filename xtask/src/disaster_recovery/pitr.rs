@@ -36,6 +36,20 @@ struct PitrState {
     renamed: bool,
     /// A new container holds the database's name.
     created: bool,
+    /// What a `kill -9` would leave, for `recover`.
+    record: Option<crate::core::intent::Record>,
+}
+
+impl PitrState {
+    fn note(
+        &mut self,
+        f: impl FnOnce(&mut crate::core::intent::Record) -> Result<()>,
+    ) -> Result<()> {
+        match self.record.as_mut() {
+            Some(r) => f(r),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What to bring the database back to.
@@ -210,6 +224,11 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     let (new_volume, recovery, replaced, app, files, template) =
         (&new_volume, &recovery, &replaced, &app, &files, &template);
     let (recovery_args, user) = (&recovery_args, &user);
+    let archiver_note = format!(
+        "the WAL archiver was stopped: `cargo xtask backup continuous start {}` starts it again",
+        env.name
+    );
+    let archiver_note = &archiver_note;
 
     let mut plan: Plan<PitrState> = Plan::new(format!("restore {} to {target_text}", env.name));
     let maint = crate::core::maintenance::on_step(
@@ -228,6 +247,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
         move |st: &mut PitrState| {
             for c in app {
                 if docker.container(c)?.is_some_and(|c| c.state == "running") {
+                    st.note(|r| r.stopping(c))?;
                     st.stopped.push(c.clone());
                     docker.stop_container(c, 10)?;
                 }
@@ -238,6 +258,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     .undo("start the containers this restore stopped", move |st| {
         for c in std::mem::take(&mut st.stopped) {
             docker.start_container(&c)?;
+            st.note(|r| r.started(&c))?;
         }
         Ok(())
     });
@@ -253,6 +274,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
             files.len()
         ),
         move |st: &mut PitrState| {
+            st.note(|r| r.scratch_volume(new_volume))?;
             docker.create_volume(new_volume, &[("org.mre-ops.restored-from", &base.name)])?;
             st.volume = true;
             fill_volume(a, docker, out, template, base, new_volume, files)
@@ -264,6 +286,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
             if st.volume && !st.created {
                 docker.remove_volume(new_volume)?;
                 st.volume = false;
+                st.note(|r| r.volume_done(new_volume))?;
             }
             Ok(())
         },
@@ -289,6 +312,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
                 .as_str()
                 .filter(|u| !u.is_empty())
                 .map(str::to_string);
+            st.note(|r| r.scratch_container(recovery))?;
             docker.start_job(recovery, &job)?;
             st.recovering = true;
             let reached = wait_promoted(t, docker, out, recovery, user)?;
@@ -296,12 +320,14 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
             docker.stop_container(recovery, 60)?;
             docker.remove_container(recovery)?;
             st.recovering = false;
-            Ok(())
+            st.note(|r| r.container_done(recovery))
         },
     )
     .undo(format!("$ docker rm -f {recovery}"), move |st| {
         if st.recovering {
             docker.remove_container(recovery)?;
+            st.recovering = false;
+            st.note(|r| r.container_done(recovery))?;
         }
         Ok(())
     });
@@ -313,6 +339,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
         ),
         move |st: &mut PitrState| {
             if a.archiver_running(docker)? {
+                st.note(|r| r.note(archiver_note))?;
                 a.stop_archiver()?;
                 st.archiver_stopped = true;
             }
@@ -322,6 +349,8 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     .undo("start the archiver again", move |st| {
         if st.archiver_stopped {
             a.start_archiver(out)?;
+            st.archiver_stopped = false;
+            st.note(|r| r.note_done(archiver_note))?;
         }
         Ok(())
     });
@@ -342,6 +371,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
         move |st: &mut PitrState| {
             if live_exists {
                 docker.stop_container(&a.container, 30)?;
+                st.note(|r| r.renaming(&a.container, replaced))?;
                 docker.rename_container(&a.container, replaced)?;
                 st.renamed = true;
             }
@@ -349,6 +379,9 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
             spec.set_bind(PGDATA, new_volume);
             docker.create_from_template(&a.container, &spec)?;
             st.created = true;
+            // The new volume is live now; the old container stays set aside.
+            st.note(|r| r.volume_done(new_volume))?;
+            st.note(|r| r.renamed_done(&a.container))?;
             docker.start_container(&a.container)
         },
     )
@@ -358,6 +391,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
             if st.created {
                 docker.remove_container(&a.container)?;
                 st.created = false;
+                st.note(|r| r.scratch_volume(new_volume))?;
             }
             if st.renamed {
                 docker.rename_container(replaced, &a.container)?;
@@ -377,6 +411,7 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
         move |st: &mut PitrState| {
             for c in std::mem::take(&mut st.stopped) {
                 docker.start_container(&c)?;
+                st.note(|r| r.started(&c))?;
             }
             Ok(())
         },
@@ -458,18 +493,33 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
         return Ok(());
     }
     let started = std::time::Instant::now();
-    let mut state = PitrState::default();
+    let mut state = PitrState {
+        record: Some(crate::core::intent::Record::begin(
+            &env,
+            &format!("restore {} to {target_text}", env.name),
+        )?),
+        ..PitrState::default()
+    };
     let incident = crate::core::incident::Incident::begin(
         args.via.as_deref().unwrap_or("restore"),
         args.reason.as_deref(),
         args.yes,
     );
     let (result, timings) = plan.execute_timed(out, &mut state);
-    record(
+    // Done, or every undo ran: nothing is left for `recover`.
+    let settled = state.stopped.is_empty()
+        && !state.recovering
+        && (state.created || !(state.renamed || state.volume));
+    if settled {
+        if let Some(r) = state.record.take() {
+            r.finish()?;
+        }
+    }
+    super::incidents::record_pitr(
         &env,
         out,
         incident,
-        &state,
+        state.reached.as_deref().filter(|_| state.created),
         (&base.name, &range, &target_text),
         &format!("the container `{replaced}` and its volume {old_volume}"),
         &timings,
@@ -512,39 +562,4 @@ pub(super) fn restore(ops: &Ops, out: &Output, args: &RestoreArgs) -> Result<()>
     ));
     r.emit(out);
     Ok(())
-}
-
-/// The incident record of a point-in-time restore ("Document incident"):
-/// what was restored, the time reached, the data window lost (from it to
-/// now, kept in the replaced container), each step's time.
-#[allow(clippy::too_many_arguments)]
-fn record(
-    env: &crate::config::Env,
-    out: &Output,
-    mut incident: crate::core::incident::Incident,
-    state: &PitrState,
-    (base, range, target): (&str, &str, &str),
-    kept_in: &str,
-    timings: &[crate::core::steps::Timing],
-    result: &Result<()>,
-) {
-    incident.restored = Some(format!(
-        "base backup {base} and WAL {range} (target: {target})"
-    ));
-    incident.steps = timings.to_vec();
-    let now = Utc::now();
-    incident.data_window = match (&state.reached, state.created) {
-        (Some(reached), true) => {
-            incident.point_in_time = Some(reached.clone());
-            serde_json::json!({
-                "from": reached, "to": now.rfc3339(),
-                "seconds": crate::adapters::clock::parse_instant(reached).map(|r| now.unix() - r),
-                "kept_in": kept_in,
-            })
-        }
-        _ => serde_json::json!({
-            "note": "nothing was swapped in: the database container holds what it held before",
-        }),
-    };
-    incident.write(env, out, result);
 }
