@@ -277,6 +277,29 @@ fn restore_to_latest_after_the_volume_is_lost_keeps_all_but_a_second() {
     let s = db.run(&["backup", "status", "t"]);
     assert_eq!(s.code, 0, "{s:?}");
     assert!(s.stdout.contains("timeline 2"), "{s:?}");
+    // A deploy whose Compose file names the volume from before the restore
+    // is refused before `docker compose up` could recreate the database on
+    // it; nothing is started.
+    db.dir.write(
+        "unused.yml",
+        "services:\n  db:\n    image: mre-demo-postgres:15\n    volumes: [\"pgdata:/var/lib/postgresql/data\"]\nvolumes:\n  pgdata: {}\n",
+    );
+    let d = db.run(&["deploy", "t"]);
+    assert_eq!(d.code, 2, "{d:?}");
+    assert!(
+        d.stderr.contains("since a point-in-time restore") && d.stderr.contains("external: true"),
+        "{d:?}"
+    );
+    assert!(
+        docker(&[
+            "ps",
+            "-aq",
+            "--filter",
+            "label=com.docker.compose.project=unused-t"
+        ])
+        .is_empty(),
+        "{d:?}"
+    );
     // `monitor` exports the lag and evaluates ArchiveLag.
     let prom = db.dir.path().join("metrics.prom");
     let m = db.run(&[

@@ -250,7 +250,14 @@ pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
         plan.action(
             title,
             format!("$ {}", compose.cmd(words).display()),
-            move || session::compose(&fresh()?)?.cmd(words).run(out),
+            move || {
+                let env = fresh()?;
+                if words[0] == "up" {
+                    // Never back onto the data from before a point-in-time restore.
+                    crate::disaster_recovery::check_restored_volume(&env)?;
+                }
+                session::compose(&env)?.cmd(words).run(out)
+            },
         );
     }
     if env.settings.database.is_some() {

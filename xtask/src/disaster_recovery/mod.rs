@@ -54,6 +54,7 @@ pub use assess::{assess, AssessArgs};
 pub use create::create_backup;
 pub(crate) use incidents::reason;
 pub use incidents::{incidents, IncidentsArgs};
+pub use replay::check_restored_volume;
 pub use restore::restore;
 pub use verify::drill;
 

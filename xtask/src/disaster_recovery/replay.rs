@@ -1,6 +1,7 @@
 //! Database Rollback to a point in time, the two long steps: the base
 //! backup and the WAL put into a new volume, and the WAL replayed there by
-//! a container from the database's image until it promotes.
+//! a container from the database's image until it promotes; and the guard
+//! that keeps `docker compose up` off the data from before a restore.
 
 use std::time::Duration;
 
@@ -162,4 +163,48 @@ pub(super) fn wait_promoted(
         Waited::Ready(at) => Ok(at),
         Waited::TimedOut(why) => bail!("the WAL replay did not finish: {why}"),
     }
+}
+
+/// Before `docker compose up` may recreate the database container: refuse
+/// when a point-in-time restore moved it to a volume of its own
+/// (`...-pitr-UTC`) that the Compose file does not name, because Compose
+/// would recreate it on the volume the file names, which holds the data
+/// from before the restore.
+pub fn check_restored_volume(env: &crate::config::Env) -> Result<()> {
+    let Some(c) = env
+        .settings
+        .database
+        .as_ref()
+        .and_then(|d| d.container.clone())
+    else {
+        return Ok(());
+    };
+    let docker = crate::core::session::docker(env)?;
+    let Some(spec) = docker
+        .specs(std::slice::from_ref(&c))
+        .pop()
+        .expect("one name")?
+    else {
+        return Ok(());
+    };
+    let Some((volume, _)) = spec
+        .volumes
+        .iter()
+        .find(|(n, d)| n.contains("-pitr-") && d == super::continuous::PGDATA)
+    else {
+        return Ok(());
+    };
+    let config = crate::core::session::compose(env)?
+        .cmd(&["config"])
+        .read()
+        .context("reading the Compose configuration (`docker compose config`)")?;
+    if config.contains(volume.as_str()) {
+        return Ok(());
+    }
+    Err(crate::config::config_error(format!(
+        "the database container `{c}` runs on volume {volume} since a point-in-time restore, and the Compose file \
+         names another volume for it: `docker compose up` would recreate it on the data from before the restore. \
+         Point the Compose file at {volume} (under `volumes:`, `pgdata: {{ external: true, name: {volume} }}`), \
+         then run this again (docs/disaster-recovery.md)"
+    )))
 }

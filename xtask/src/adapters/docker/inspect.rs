@@ -31,6 +31,8 @@ pub struct Spec {
     /// Where volumes and bind mounts appear inside the container
     /// (Mounts[].Destination).
     pub mounts: Vec<String>,
+    /// Its named volumes: (volume name, where it appears inside).
+    pub volumes: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -162,6 +164,13 @@ async fn inspect_spec(client: &bollard::Docker, name: &str) -> Result<Option<Spe
             .iter()
             .flatten()
             .filter_map(|m| m.destination.clone())
+            .collect(),
+        volumes: info
+            .mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.typ.as_deref() == Some("volume"))
+            .filter_map(|m| Some((m.name.clone()?, m.destination.clone()?)))
             .collect(),
     }))
 }

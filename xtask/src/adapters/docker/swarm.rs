@@ -254,6 +254,7 @@ impl Docker {
                         .flatten()
                         .filter_map(|m| m.target.clone())
                         .collect(),
+                    volumes: Vec::new(),
                 }
             })
             .collect();

@@ -70,6 +70,8 @@ pub fn begin_base<'a>(
             if base.is_empty() {
                 return Ok(());
             }
+            // Never back onto the data from before a point-in-time restore.
+            crate::disaster_recovery::check_restored_volume(env)?;
             stage.up(out, &base, &stage.image_vars(&BTreeMap::new())?)
         },
     );
