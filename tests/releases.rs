@@ -615,6 +615,25 @@ fn haproxy_switches_and_rolls_back_without_dropping_a_request_and_has_a_maintena
     assert_eq!(live_colour_in(&s, cfg), "blue");
     eprintln!("haproxy: deploy {deploy:?}, rollback {rollback:?} (kept-alive, new connection)");
 
+    // `monitor` reads what HAProxy counted per colour: both served.
+    let prom = s.dir.path().join("proxy.prom");
+    let m = s.run(&["monitor", "rel", "--prometheus", prom.to_str().unwrap()]);
+    assert!(m.code == 0 || m.code == 1, "{m:?}");
+    assert!(m.stdout.contains("mre-app blue (proxy)"), "{m:?}");
+    let text = std::fs::read_to_string(&prom).unwrap_or_default();
+    for colour in ["blue", "green"] {
+        let served: f64 = text
+            .lines()
+            .find(|l| {
+                l.starts_with("mre_proxy_requests_total{")
+                    && l.contains(&format!("colour=\"{colour}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no requests of {colour} in:\n{text}"));
+        assert!(served > 0.0, "{colour} served nothing:\n{text}");
+    }
+
     // A restarted proxy comes up on the live colour from its file.
     common::docker(&["restart", &s.container("proxy")]);
     let health = s.run(&["health", "rel", "--wait", "30"]);

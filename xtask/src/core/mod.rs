@@ -16,6 +16,7 @@ pub mod lock;
 pub mod maintenance;
 pub mod prerequisites;
 pub mod proxy;
+pub mod proxy_stats;
 pub mod report;
 pub mod secrets;
 pub mod session;

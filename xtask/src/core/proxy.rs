@@ -462,6 +462,19 @@ fn stage_of(env: &Env) -> Option<Result<Proxy<'_>>> {
     Some(Proxy::new(env, rel))
 }
 
+/// HAProxy's `show stat` (CSV) of `env`'s proxy: None when it has no
+/// running HAProxy (nginx keeps no per-server counters to read).
+pub fn stat_csv(env: &Env) -> Option<Result<String>> {
+    let stage = match stage_of(env)? {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    if stage.kind() != ProxyKind::Haproxy || stage.container().is_err() {
+        return None;
+    }
+    Some(stage.runtime("show stat"))
+}
+
 /// Whether `env` has a proxy maintenance mode can be set on.
 pub fn maintenance_applies(env: &Env) -> bool {
     stage_of(env).is_some()

@@ -25,6 +25,8 @@ pub struct Sample {
     pub disks: Vec<DiskStats>,
     /// The continuous archive's lag (`backups.continuous`).
     pub archive: Option<crate::disaster_recovery::ArchiveLag>,
+    /// Each colour of the released services, as HAProxy counts it.
+    pub proxy: Vec<crate::core::proxy_stats::ColourStat>,
     /// Measurements that could not be taken, said plainly.
     pub notes: Vec<String>,
 }
@@ -132,7 +134,7 @@ pub fn measure(env: &Env) -> Sample {
             })
         })
         .collect();
-    let (probes, health, docker_part, db, archive) = std::thread::scope(|sc| {
+    let (probes, health, docker_part, db, archive, proxy) = std::thread::scope(|sc| {
         let probes = sc.spawn(|| {
             probe_set
                 .iter()
@@ -150,15 +152,25 @@ pub fn measure(env: &Env) -> Sample {
         let docker = sc.spawn(|| docker_metrics(env, window));
         let db = sc.spawn(|| env.settings.database.as_ref().map(|_| database(env)));
         let archive = sc.spawn(|| crate::disaster_recovery::archive_lag(env));
+        let proxy = sc.spawn(|| crate::core::proxy_stats::colour_stats(env));
         (
             probes.join().expect("probe thread"),
             health.join().expect("health thread"),
             docker.join().expect("docker thread"),
             db.join().expect("database thread"),
             archive.join().expect("archive thread"),
+            proxy.join().expect("proxy thread"),
         )
     });
     let (logs, containers, mut disks, mut notes) = docker_part;
+    let proxy = match proxy {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            notes.push(format!("proxy per colour: {e:#}"));
+            Vec::new()
+        }
+        None => Vec::new(),
+    };
     if let Some(b) = &env.settings.backups {
         let dir = env.dir.join(&b.dir);
         match files::disk_space(&dir) {
@@ -193,6 +205,7 @@ pub fn measure(env: &Env) -> Sample {
         database: db,
         disks,
         archive,
+        proxy,
         notes,
     }
 }

@@ -28,7 +28,8 @@ use metrics::Sample;
 ///
 /// Measures the runbook's recommended metrics: response time p50/p95 and
 /// error rate over monitor.probes requests to each health URL, request and
-/// 5xx counts from the services' logs, container CPU and memory (Docker
+/// 5xx counts from the services' logs, each colour's requests, 5xx and
+/// response time as HAProxy counts them, container CPU and memory (Docker
 /// stats), database connections against max_connections, slow queries,
 /// database size and replication lag, container health, and free disk of
 /// the Docker data root and the backups folder. The recommended alerts
@@ -283,6 +284,18 @@ fn checks(env: &Env, s: &Sample, evals: &[Evaluation]) -> Vec<Check> {
                 env.settings.monitor.log_window,
                 l.requests_total,
                 l.errors_total
+            ),
+            z,
+        ));
+    }
+    for p in &s.proxy {
+        c.push(Check::pass(
+            format!("{} {} (proxy)", p.service, p.colour),
+            APP,
+            format!("{}/{}", p.service, p.colour),
+            format!(
+                "{}: {} requests, {} 5xx, avg {} ms, {} in flight",
+                p.status, p.requests, p.responses_5xx, p.avg_response_ms, p.active
             ),
             z,
         ));

@@ -129,6 +129,26 @@ pub fn render(prefix: &str, env: &str, sample: &Sample, evals: &[Evaluation]) ->
         "WAL bytes the archiver's replication slot still holds back.",
         "gauge",
     );
+    let px_req = fam(
+        "proxy_requests_total",
+        "Requests the proxy sent to each colour of a blue-green service (HAProxy).",
+        "counter",
+    );
+    let px_5xx = fam(
+        "proxy_responses_5xx_total",
+        "5xx answers of each colour, as the proxy saw them (HAProxy).",
+        "counter",
+    );
+    let px_time = fam(
+        "proxy_response_time_seconds",
+        "Average response time of each colour's last 1,024 requests (HAProxy).",
+        "gauge",
+    );
+    let px_live = fam(
+        "proxy_colour_serving",
+        "1 when the proxy sends a colour new requests (UP), else 0 (DRAIN, MAINT, DOWN).",
+        "gauge",
+    );
     let disk_free = fam("disk_free_bytes", "Free bytes of the file system.", "gauge");
     let disk_size = fam("disk_size_bytes", "Size of the file system.", "gauge");
     let folder = fam(
@@ -224,6 +244,22 @@ pub fn render(prefix: &str, env: &str, sample: &Sample, evals: &[Evaluation]) ->
         if let Some(b) = l.bytes {
             fams[archive_bytes].samples.push((vec![e()], b as f64));
         }
+    }
+    for c in &sample.proxy {
+        let lab = vec![
+            e(),
+            ("service", c.service.clone()),
+            ("colour", c.colour.clone()),
+        ];
+        fams[px_req].samples.push((lab.clone(), c.requests as f64));
+        fams[px_5xx]
+            .samples
+            .push((lab.clone(), c.responses_5xx as f64));
+        fams[px_time]
+            .samples
+            .push((lab.clone(), c.avg_response_ms as f64 / 1000.0));
+        let up = if c.status.starts_with("UP") { 1.0 } else { 0.0 };
+        fams[px_live].samples.push((lab, up));
     }
     for d in &sample.disks {
         let lab = vec![e(), ("disk", d.label.clone()), ("path", d.path.clone())];
