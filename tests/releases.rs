@@ -696,6 +696,45 @@ fn haproxy_switches_and_rolls_back_without_dropping_a_request_and_has_a_maintena
     assert_eq!(health.code, 0, "{health:?}");
     let status = s.run(&["status", "rel"]);
     assert!(!status.stdout.contains("MAINTENANCE"), "{status:?}");
+
+    // The bake period: a release failing every 5th request of its index
+    // page (its health checks and smoke tests pass) is switched back by
+    // the bake on its own; the old colour was never stopped.
+    let faulty = s.dir.path().join("fail-every-5");
+    std::fs::create_dir_all(&faulty).unwrap();
+    std::fs::write(
+        faulty.join("Dockerfile"),
+        format!(
+            "FROM {}/mre-demo-app:{}\nENV MRE_DEMO_FAIL_EVERY=5\n",
+            s.registry,
+            tag(&s, "v1")
+        ),
+    )
+    .unwrap();
+    s.write_config(&faulty.display().to_string(), None, "");
+    let traffic = Load::keep_alive(s.app, 4, "/", 200);
+    let r = s.run(&["deploy", "rel", "--tag", &tag(&s, "v3"), "--bake", "60s"]);
+    let seen = traffic.finish();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("the bake found the new release worse"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("max_error_rate"), "{r:?}");
+    assert_eq!(live_colour_in(&s, cfg), "blue", "switched back: {r:?}");
+    assert!(seen.1 > 0, "the faulty colour took traffic: {seen:?}");
+    let l = s.run(&["--json", "releases", "rel"]);
+    assert!(l.stdout.contains("rolled-back"), "{l:?}");
+    // A good release bakes and stays.
+    let app = common::workspace_root().join("demo/docker/app");
+    s.write_config(&app.display().to_string(), None, "");
+    let traffic = Load::keep_alive(s.app, 4, "/", 200);
+    let r = s.run(&["deploy", "rel", "--tag", &tag(&s, "v4"), "--bake", "3s"]);
+    let seen = traffic.finish();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Baked 3 s"), "{r:?}");
+    assert_eq!(seen.1, 0, "{seen:?}");
+    assert_eq!(live_colour_in(&s, cfg), "green");
 }
 
 /// docs/bench/proxy-switch.sh: nginx's reload against HAProxy's runtime

@@ -81,6 +81,21 @@ struct App {
     fault: Fault,
     auth_fault: AuthFault,
     session_lifetime: Duration,
+    /// `MRE_DEMO_FAIL_EVERY=N`: every Nth request for the index page is
+    /// answered 500 (a release that fails some of its traffic while its
+    /// health check and smoke tests pass: what a bake period catches).
+    fail_every: u64,
+    served: std::sync::atomic::AtomicU64,
+}
+
+fn fail_every() -> Result<u64, String> {
+    match std::env::var("MRE_DEMO_FAIL_EVERY") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("MRE_DEMO_FAIL_EVERY {v:?} is not a whole number")),
+        _ => Ok(0),
+    }
 }
 
 pub fn run(port: u16, url: String) -> Result<(), String> {
@@ -91,6 +106,8 @@ pub fn run(port: u16, url: String) -> Result<(), String> {
         fault,
         auth_fault,
         session_lifetime: session_lifetime()?,
+        fail_every: fail_every()?,
+        served: std::sync::atomic::AtomicU64::new(0),
     };
     crate::log(&format!(
         "mre-demo app listening on 0.0.0.0:{port} (database {}, health fault {fault:?}, auth fault {auth_fault:?})",
@@ -165,6 +182,20 @@ impl App {
         let m = req.method.as_str();
         let p = req.path.as_str();
         match (m, p) {
+            ("GET", "/")
+                if self.fail_every > 0 && {
+                    let n = self
+                        .served
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    n % self.fail_every == self.fail_every - 1
+                } =>
+            {
+                err(
+                    500,
+                    "INTERNAL_ERROR",
+                    "injected fault (MRE_DEMO_FAIL_EVERY)",
+                )
+            }
             ("GET", "/") => Response::raw(200, "text/html; charset=utf-8", INDEX_HTML),
             ("GET", "/api/health") => self.health(),
             (_, "/api/health") => err(405, "METHOD_NOT_ALLOWED", "Method not allowed"),

@@ -51,6 +51,32 @@ pub struct ReleaseSettings {
     /// container: a rehearsal points it at the copy.
     #[serde(default = "default_database_url_var")]
     pub database_url_var: String,
+    /// The bake period (`"5m"`): after the switch, the new colour is
+    /// watched through the proxy's own counters (HAProxy) this long while
+    /// the old one stays ready; a breach of `max_error_rate` or
+    /// `max_latency_ratio` switches back. Unset: no bake.
+    pub bake: Option<String>,
+    /// The bake's verdict: at most this share of the new colour's requests
+    /// may be answered 5xx.
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// The bake's verdict: the new colour's average response time may be at
+    /// most this many times the old colour's.
+    #[serde(default = "default_max_latency_ratio")]
+    pub max_latency_ratio: f64,
+    /// No verdict on fewer requests than this (the bake goes on to its end).
+    #[serde(default = "default_bake_min_requests")]
+    pub bake_min_requests: u64,
+}
+
+fn default_max_error_rate() -> f64 {
+    0.01
+}
+fn default_max_latency_ratio() -> f64 {
+    3.0
+}
+fn default_bake_min_requests() -> u64 {
+    20
 }
 
 fn default_true() -> bool {

@@ -94,10 +94,19 @@ pub struct DeployArgs {
     /// elsewhere; refused otherwise, naming the node).
     #[arg(long)]
     pub allow_degraded: bool,
+    /// Bake the new release for this long after the switch (`30s`, `5m`;
+    /// default: release.bake): HAProxy's counters of the new colour against
+    /// release.max_error_rate and max_latency_ratio; a breach, or Ctrl-C,
+    /// switches back to the old colour, which stays ready meanwhile.
+    #[arg(long, value_name = "DURATION")]
+    pub bake: Option<String>,
 }
 
 pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     let mut env = session::env(ops, out, &args.env)?;
+    if let (Some(b), Some(rel)) = (&args.bake, env.settings.release.as_mut()) {
+        rel.bake = Some(b.clone());
+    }
     if env.settings.release.is_some() {
         // Staging and production: versioned images and a cutover without
         // downtime (crate::releases).

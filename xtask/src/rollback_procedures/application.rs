@@ -236,6 +236,7 @@ pub fn rollback(ops: &Ops, out: &Output, args: &RollbackArgs) -> Result<()> {
             &live,
             false,
             maint.as_ref(),
+            None,
         );
     }
     if args.dry_run {

@@ -4,6 +4,7 @@
 //! `rollback` to a kept release in seconds. `deploy ENV` comes here when the
 //! environment has `[environments.ENV.release]` in ops.toml.
 
+mod bake;
 mod cutover;
 mod images;
 pub(crate) mod plan;
@@ -306,7 +307,8 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
                 database_migrations::deploy(env, out, &o)
             },
         );
-        plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, true, None);
+        let bake = rel.bake.as_deref().and_then(crate::config::parse_duration);
+        plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, true, None, bake);
     }
     plan::prune_step(&mut plan, env, rel, out);
     run(
@@ -550,6 +552,19 @@ pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
 /// Refuse, before anything runs, what cannot work.
 pub fn check_settings(env: &Env) -> Result<()> {
     let rel = settings(env)?;
+    if let Some(b) = &rel.bake {
+        let field = format!("environments.{}.release.bake (or --bake)", env.name);
+        if crate::config::parse_duration(b).is_none() {
+            bail!(config_error(format!(
+                "{field} = \"{b}\" is not a duration (`30s`, `5m`)"
+            )));
+        }
+        if rel.proxy.kind != crate::config::ProxyKind::Haproxy || env.settings.swarm.is_some() {
+            bail!(config_error(format!(
+                "{field}: the bake reads HAProxy's counters of each colour, so it needs release.proxy.kind = \"haproxy\" on Compose"
+            )));
+        }
+    }
     for (svc, s) in &rel.services {
         if !rel.images.contains_key(&s.image) {
             bail!(config_error(format!(

@@ -197,6 +197,7 @@ pub fn cutover_steps<'a>(
     live: &BTreeMap<String, String>,
     smoke: bool,
     maintenance: Option<&crate::core::maintenance::Maintenance>,
+    bake: Option<Duration>,
 ) {
     let timeout = Duration::from_secs(rel.health_timeout_secs);
     let mut new_colours = BTreeMap::new();
@@ -376,6 +377,16 @@ pub fn cutover_steps<'a>(
         crate::core::maintenance::off_step(plan, env, out, m);
     }
     verify_steps(plan, env, out, timeout, smoke);
+    if let (Some(period), false) = (bake, old_colours.is_empty()) {
+        let new4 = new_colours.clone();
+        plan.action(
+            format!("Bake the new release for {} s", period.as_secs()),
+            "HAProxy's counters of the new colour each second against release.max_error_rate and \
+             max_latency_ratio (once bake_min_requests were seen); the old colour stays ready: a breach \
+             or Ctrl-C switches back",
+            move || super::bake::watch(env, rel, out, &new4, period),
+        );
+    }
     for (svc, old) in &old_colours {
         let unit = format!("{svc}-{old}");
         let u = unit.clone();
