@@ -697,9 +697,10 @@ fn haproxy_switches_and_rolls_back_without_dropping_a_request_and_has_a_maintena
     let status = s.run(&["status", "rel"]);
     assert!(!status.stdout.contains("MAINTENANCE"), "{status:?}");
 
-    // The bake period: a release failing every 5th request of its index
-    // page (its health checks and smoke tests pass) is switched back by
-    // the bake on its own; the old colour was never stopped.
+    // A canary with a bake period: a release failing every 5th request of
+    // its index page (its health checks and smoke tests pass) takes half
+    // of the requests, and the bake sends them all back to the old colour
+    // on its own; the old colour was never stopped.
     let faulty = s.dir.path().join("fail-every-5");
     std::fs::create_dir_all(&faulty).unwrap();
     std::fs::write(
@@ -713,7 +714,16 @@ fn haproxy_switches_and_rolls_back_without_dropping_a_request_and_has_a_maintena
     .unwrap();
     s.write_config(&faulty.display().to_string(), None, "");
     let traffic = Load::keep_alive(s.app, 4, "/", 200);
-    let r = s.run(&["deploy", "rel", "--tag", &tag(&s, "v3"), "--bake", "60s"]);
+    let r = s.run(&[
+        "deploy",
+        "rel",
+        "--tag",
+        &tag(&s, "v3"),
+        "--canary",
+        "50%",
+        "--bake",
+        "60s",
+    ]);
     let seen = traffic.finish();
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
@@ -735,6 +745,25 @@ fn haproxy_switches_and_rolls_back_without_dropping_a_request_and_has_a_maintena
     assert!(r.stdout.contains("Baked 3 s"), "{r:?}");
     assert_eq!(seen.1, 0, "{seen:?}");
     assert_eq!(live_colour_in(&s, cfg), "green");
+    // A good canary is promoted to 100 %.
+    let traffic = Load::keep_alive(s.app, 4, "/", 200);
+    let r = s.run(&[
+        "deploy",
+        "rel",
+        "--tag",
+        &tag(&s, "v5"),
+        "--canary",
+        "25",
+        "--bake",
+        "3s",
+    ]);
+    let seen = traffic.finish();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("Baked 3 s"), "{r:?}");
+    assert_eq!(seen.1, 0, "{seen:?}");
+    assert_eq!(live_colour_in(&s, cfg), "blue");
+    let servers = haproxy_servers(&s);
+    assert_eq!(servers["blue"].0, "2", "blue serves: {servers:?}");
 }
 
 /// docs/bench/proxy-switch.sh: nginx's reload against HAProxy's runtime

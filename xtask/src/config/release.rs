@@ -67,6 +67,10 @@ pub struct ReleaseSettings {
     /// No verdict on fewer requests than this (the bake goes on to its end).
     #[serde(default = "default_bake_min_requests")]
     pub bake_min_requests: u64,
+    /// `deploy --canary PCT`: the share the new colour takes during the
+    /// bake, before the full switch (not a file setting).
+    #[serde(skip)]
+    pub canary: Option<u32>,
 }
 
 fn default_max_error_rate() -> f64 {

@@ -190,8 +190,22 @@ impl<'a> Proxy<'a> {
     /// through the runtime API, and the file written for a restart; a
     /// reload only when the backends themselves change (the first release).
     pub fn switch(&self, colours: &BTreeMap<String, String>) -> Result<()> {
+        self.switch_share(colours, None)
+    }
+
+    /// `switch`, or with `share` (1 to 99, HAProxy only) a canary: both
+    /// colours ready, weighted `share` to `100 - share`, the file left
+    /// naming the old colour (a restarted proxy serves the old one only).
+    pub fn switch_share(
+        &self,
+        colours: &BTreeMap<String, String>,
+        share: Option<u32>,
+    ) -> Result<()> {
         let conf = self.render(colours);
         let path = self.rel.proxy.config_path();
+        if share.is_some() && self.kind() != ProxyKind::Haproxy {
+            bail!("a canary share needs release.proxy.kind = \"haproxy\" (its weights at runtime)");
+        }
         match self.kind() {
             ProxyKind::Nginx => {
                 self.write_checked(path, &conf, true)?;
@@ -205,10 +219,12 @@ impl<'a> Proxy<'a> {
                 let same_backends = !live.is_empty()
                     && live.keys().eq(colours.keys())
                     && current == self.render(&live);
-                if !same_backends {
+                if !same_backends && share.is_none() {
                     return self.write_checked(path, &conf, true);
                 }
-                self.write_checked(path, &conf, false)?;
+                if share.is_none() {
+                    self.write_checked(path, &conf, false)?;
+                }
                 let (mut addrs, mut states) = (Vec::new(), Vec::new());
                 for (svc, colour) in colours {
                     let port = self.rel.services[svc].port.unwrap_or(80);
@@ -223,8 +239,15 @@ impl<'a> Proxy<'a> {
                     {
                         addrs.push(format!("set server {svc}/{colour} addr {ip} port {port}"));
                     }
+                    let old = other(colour);
+                    let (w_new, w_old, old_state) = match share {
+                        Some(p) => (p.clamp(1, 99), 100 - p.clamp(1, 99), "ready"),
+                        None => (1, 1, "drain"),
+                    };
+                    states.push(format!("set weight {svc}/{colour} {w_new}"));
+                    states.push(format!("set weight {svc}/{old} {w_old}"));
                     states.push(format!("set server {svc}/{colour} state ready"));
-                    states.push(format!("set server {svc}/{} state drain", other(colour)));
+                    states.push(format!("set server {svc}/{old} state {old_state}"));
                 }
                 // An address change answers what it did; a state change
                 // answers nothing unless it failed.

@@ -100,12 +100,28 @@ pub struct DeployArgs {
     /// switches back to the old colour, which stays ready meanwhile.
     #[arg(long, value_name = "DURATION")]
     pub bake: Option<String>,
+    /// A canary before the full switch: this share of the requests (`10`
+    /// or `10%`) goes to the new colour for the bake period, judged beside
+    /// the old one; good, promoted to 100 %; bad, back to 0 % and the
+    /// release is rolled back. Needs a bake period and HAProxy.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_share)]
+    pub canary: Option<u32>,
+}
+
+fn parse_share(s: &str) -> std::result::Result<u32, String> {
+    s.trim()
+        .trim_end_matches('%')
+        .parse::<u32>()
+        .map_err(|_| format!("`{s}` is not a share like 10 or 10%"))
 }
 
 pub fn deploy(ops: &Ops, out: &Output, args: &DeployArgs) -> Result<()> {
     let mut env = session::env(ops, out, &args.env)?;
-    if let (Some(b), Some(rel)) = (&args.bake, env.settings.release.as_mut()) {
-        rel.bake = Some(b.clone());
+    if let Some(rel) = env.settings.release.as_mut() {
+        if let Some(b) = &args.bake {
+            rel.bake = Some(b.clone());
+        }
+        rel.canary = args.canary;
     }
     if env.settings.release.is_some() {
         // Staging and production: versioned images and a cutover without

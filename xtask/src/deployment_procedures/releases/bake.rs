@@ -13,8 +13,31 @@ use anyhow::{bail, Result};
 
 use crate::adapters::output::Output;
 use crate::config::{Env, ReleaseSettings};
+
 use crate::core::proxy_stats::{colour_stats, ColourStat};
 use crate::core::wait::{self, Poll, Waited};
+
+/// A bake, and the canary share before the full switch (None: the bake
+/// watches the new colour at 100 %, after the switch).
+#[derive(Clone, Copy, Debug)]
+pub struct BakePlan {
+    pub period: Duration,
+    pub canary: Option<u32>,
+}
+
+impl BakePlan {
+    /// From `release.bake` (or `--bake`) and `--canary`.
+    pub fn of(rel: &ReleaseSettings) -> Option<BakePlan> {
+        let period = rel
+            .bake
+            .as_deref()
+            .and_then(crate::config::parse_duration)?;
+        Some(BakePlan {
+            period,
+            canary: rel.canary,
+        })
+    }
+}
 
 /// How the new colours did over the bake, service by service.
 #[derive(Clone, Debug, PartialEq)]

@@ -167,6 +167,12 @@ impl<'a> Stage<'a> {
         self.proxy()?.switch(colours)
     }
 
+    /// A canary: `share` % of the requests to `colours`, the rest to the
+    /// other colour (HAProxy's weights; both ready).
+    pub fn canary(&self, colours: &BTreeMap<String, String>, share: u32) -> Result<()> {
+        self.proxy()?.switch_share(colours, Some(share))
+    }
+
     /// Wait until the proxy has no request left on `from`, at most `limit`.
     pub fn drain(
         &self,

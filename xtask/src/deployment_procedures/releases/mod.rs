@@ -4,7 +4,7 @@
 //! `rollback` to a kept release in seconds. `deploy ENV` comes here when the
 //! environment has `[environments.ENV.release]` in ops.toml.
 
-mod bake;
+pub(crate) mod bake;
 mod cutover;
 mod images;
 pub(crate) mod plan;
@@ -307,7 +307,7 @@ pub fn deploy(ops: &Ops, out: &Output, mut env: Env, opts: &ReleaseOptions) -> R
                 database_migrations::deploy(env, out, &o)
             },
         );
-        let bake = rel.bake.as_deref().and_then(crate::config::parse_duration);
+        let bake = bake::BakePlan::of(rel);
         plan::cutover_steps(&mut plan, env, rel, out, &targets, &live, true, None, bake);
     }
     plan::prune_step(&mut plan, env, rel, out);
@@ -552,6 +552,17 @@ pub fn releases(ops: &Ops, out: &Output, args: &ReleasesArgs) -> Result<()> {
 /// Refuse, before anything runs, what cannot work.
 pub fn check_settings(env: &Env) -> Result<()> {
     let rel = settings(env)?;
+    if let (Some(p), None) = (rel.canary, &rel.bake) {
+        bail!(config_error(format!(
+            "--canary {p} needs a bake period to judge it: add --bake 5m (or environments.{}.release.bake)",
+            env.name
+        )));
+    }
+    if let Some(p) = rel.canary.filter(|p| !(1..=99).contains(p)) {
+        bail!(config_error(format!(
+            "--canary {p}: a share from 1 to 99 (%)"
+        )));
+    }
     if let Some(b) = &rel.bake {
         let field = format!("environments.{}.release.bake (or --bake)", env.name);
         if crate::config::parse_duration(b).is_none() {

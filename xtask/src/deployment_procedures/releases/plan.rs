@@ -197,7 +197,7 @@ pub fn cutover_steps<'a>(
     live: &BTreeMap<String, String>,
     smoke: bool,
     maintenance: Option<&crate::core::maintenance::Maintenance>,
-    bake: Option<Duration>,
+    bake: Option<super::bake::BakePlan>,
 ) {
     let timeout = Duration::from_secs(rel.health_timeout_secs);
     let mut new_colours = BTreeMap::new();
@@ -292,6 +292,20 @@ pub fn cutover_steps<'a>(
             ),
         };
         let drain = Duration::from_secs(rel.drain_secs.max(1));
+        if let (Some(b), false) = (bake, old_colours.is_empty()) {
+            if let Some(share) = b.canary {
+                canary_steps(
+                    plan,
+                    env,
+                    rel,
+                    out,
+                    &new_colours,
+                    &old_colours,
+                    share,
+                    b.period,
+                );
+            }
+        }
         plan.step("Switch the proxy to the new colour", how, move |_| {
             Stage::new(env, rel)?.switch(&new2)
         })
@@ -377,7 +391,14 @@ pub fn cutover_steps<'a>(
         crate::core::maintenance::off_step(plan, env, out, m);
     }
     verify_steps(plan, env, out, timeout, smoke);
-    if let (Some(period), false) = (bake, old_colours.is_empty()) {
+    if let (
+        Some(super::bake::BakePlan {
+            period,
+            canary: None,
+        }),
+        false,
+    ) = (bake, old_colours.is_empty())
+    {
         let new4 = new_colours.clone();
         plan.action(
             format!("Bake the new release for {} s", period.as_secs()),
@@ -400,6 +421,48 @@ pub fn cutover_steps<'a>(
             },
         );
     }
+}
+
+/// The canary's steps, before the full switch: `share` % of the requests
+/// to the new colour (both ready, HAProxy's weights), then the bake,
+/// judging the new colour beside the old one. A breach or Ctrl-C undoes
+/// the share: every request back to the old colour, the new one drained.
+#[allow(clippy::too_many_arguments)]
+fn canary_steps<'a>(
+    plan: &mut Plan<'a, RelState>,
+    env: &'a Env,
+    rel: &'a ReleaseSettings,
+    out: &'a Output,
+    new: &BTreeMap<String, String>,
+    old: &BTreeMap<String, String>,
+    share: u32,
+    period: Duration,
+) {
+    let (new1, new2, new3, old1) = (new.clone(), new.clone(), new.clone(), old.clone());
+    let drain = Duration::from_secs(rel.drain_secs.max(1));
+    plan.step(
+        format!("Send {share}% of the requests to the new colour (canary)"),
+        format!(
+            "HAProxy's runtime API: both colours ready, weights {share} (new) and {} (old); the file still names the old colour",
+            100 - share
+        ),
+        move |_| Stage::new(env, rel)?.canary(&new1, share),
+    )
+    .undo(
+        "every request back to the old colour; the new one drains",
+        move |_| {
+            let stage = Stage::new(env, rel)?;
+            stage.switch(&old1)?;
+            stage.drain(out, &new2, drain)
+        },
+    );
+    plan.action(
+        format!("Bake the canary for {} s", period.as_secs()),
+        "HAProxy's counters of the new colour each second against release.max_error_rate and \
+         max_latency_ratio (the old colour's average), once bake_min_requests were seen: good, promote \
+         to 100 %; a breach or Ctrl-C, back to 0 %",
+        move || super::bake::watch(env, rel, out, &new3, period),
+    );
 }
 
 /// How long the smoke tests may keep failing after a switch before the
