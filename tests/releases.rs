@@ -835,3 +835,56 @@ fn bench_proxy_switch() {
     }
     println!("{}", rows.join("\n"));
 }
+
+/// docs/bench/rollback-switch.sh: how soon after `rollback` starts the
+/// proxy sends the traffic to the previous release, with the previous
+/// colour stopped (kept, today's default) and kept running
+/// (`release.keep_previous_running`), behind HAProxy, under kept-alive
+/// load, in one run. Prints one line per mode.
+#[test]
+#[ignore = "a benchmark: docs/bench/rollback-switch.sh"]
+fn bench_rollback_to_traffic() {
+    for (mode, extra) in [("stopped", ""), ("running", "keep_previous_running = true")] {
+        let s = ReleaseStack::with_proxy(&format!("brb{}", &mode[..1]), "haproxy");
+        let app = common::workspace_root().join("demo/docker/app");
+        s.write_config(&app.display().to_string(), None, extra);
+        for v in ["v1", "v2"] {
+            let r = s.run(&["deploy", "rel", "--tag", &tag(&s, v)]);
+            assert_eq!(r.code, 0, "{r:?}");
+        }
+        let kept = Load::keep_alive(s.app, 16, "/api/health", 200);
+        std::thread::sleep(Duration::from_secs(1));
+        let t0 = std::time::Instant::now();
+        let mut child = std::process::Command::new(common::XTASK)
+            .arg("--config")
+            .arg(&s.config)
+            .args(["rollback", "rel"])
+            .env_remove("GITHUB_ACTIONS")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Blue (v1) takes the traffic when HAProxy has it ready and green
+        // draining.
+        let switched = loop {
+            let servers = haproxy_servers(&s);
+            let admin = |c: &str| servers.get(c).map(|x| x.1.clone()).unwrap_or_default();
+            if admin("blue") == "0" && admin("green") != "0" {
+                break t0.elapsed();
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "{servers:?}");
+        };
+        let status = child.wait().unwrap();
+        let total = t0.elapsed();
+        std::thread::sleep(Duration::from_secs(1));
+        let (ok, failed, why) = kept.finish();
+        assert!(status.success());
+        eprintln!(
+            "rollback previous-{mode:8} traffic on the previous release after {:.2} s, command {:.2} s | kept-alive {} failed {failed} {:?}",
+            switched.as_secs_f64(),
+            total.as_secs_f64(),
+            ok + failed,
+            &why[..why.len().min(2)]
+        );
+    }
+}

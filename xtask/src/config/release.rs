@@ -67,6 +67,11 @@ pub struct ReleaseSettings {
     /// No verdict on fewer requests than this (the bake goes on to its end).
     #[serde(default = "default_bake_min_requests")]
     pub bake_min_requests: u64,
+    /// Leave the previous colour running after a release (instead of
+    /// stopped, kept): it costs its memory, and makes `rollback` a switch
+    /// of the proxy to a colour that already answers.
+    #[serde(default)]
+    pub keep_previous_running: bool,
     /// `deploy --canary PCT`: the share the new colour takes during the
     /// bake, before the full switch (not a file setting).
     #[serde(skip)]

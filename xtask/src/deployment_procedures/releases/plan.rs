@@ -411,6 +411,17 @@ pub fn cutover_steps<'a>(
     for (svc, old) in &old_colours {
         let unit = format!("{svc}-{old}");
         let u = unit.clone();
+        if rel.keep_previous_running {
+            plan.action(
+                format!("Keep {unit} running (release.keep_previous_running)"),
+                format!(
+                    "nothing stops it: `cargo xtask rollback {}` is a switch of the proxy",
+                    env.name
+                ),
+                || Ok(()),
+            );
+            continue;
+        }
         plan.action(
             format!("Stop {unit} (kept for rollback)"),
             format!("compose stop {unit}: the container stays, `cargo xtask rollback {}` starts it in seconds", env.name),
