@@ -145,6 +145,13 @@ fn offsite_copies_are_encrypted_drilled_fetched_and_pruned_over_ssh() {
     assert!(left.is_empty(), "{left:?}");
 
     // `backup fetch` brings it back, checked; then it verifies as any backup.
+    let r = run(&config, &["backup", "fetch", "t", "--dry-run"], id);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("would fetch latest from ssh://"), "{r:?}");
+    assert!(
+        files(&local, ".dump").is_empty(),
+        "the dry run fetched: {r:?}"
+    );
     let r = run(&config, &["backup", "fetch", "t", "latest"], id);
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(files(&local, ".dump").len(), 1, "{r:?}");

@@ -745,7 +745,13 @@ fn haproxy_switches_and_rolls_back_without_dropping_a_request_and_has_a_maintena
     assert!(r.stdout.contains("Baked 3 s"), "{r:?}");
     assert_eq!(seen.1, 0, "{seen:?}");
     assert_eq!(live_colour_in(&s, cfg), "green");
-    // A good canary is promoted to 100 %.
+    // A good canary is promoted to 100 %; with keep_previous_running the
+    // colour it replaced keeps running (rollback is then a switch).
+    s.write_config(
+        &app.display().to_string(),
+        None,
+        "keep_previous_running = true",
+    );
     let traffic = Load::keep_alive(s.app, 4, "/", 200);
     let r = s.run(&[
         "deploy",
@@ -764,6 +770,18 @@ fn haproxy_switches_and_rolls_back_without_dropping_a_request_and_has_a_maintena
     assert_eq!(live_colour_in(&s, cfg), "blue");
     let servers = haproxy_servers(&s);
     assert_eq!(servers["blue"].0, "2", "blue serves: {servers:?}");
+    assert!(r.all().contains("Keep mre-app-green running"), "{r:?}");
+    let green = common::docker(&[
+        "inspect",
+        "-f",
+        "{{.State.Running}}",
+        &s.container("app-green"),
+    ]);
+    assert_eq!(
+        green.trim(),
+        "true",
+        "the replaced colour keeps running: {r:?}"
+    );
 }
 
 /// docs/bench/proxy-switch.sh: nginx's reload against HAProxy's runtime

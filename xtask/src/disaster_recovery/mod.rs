@@ -116,6 +116,9 @@ pub enum BackupCmd {
         /// A name (as `backup list` shows it) or `latest`.
         #[arg(default_value = "latest")]
         backup: String,
+        /// Print the steps without running them.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// The automated backup schedule (runbook: Backup Strategy, "Automated
     /// backup schedule"): a systemd timer and service (or a cron entry where
@@ -409,9 +412,29 @@ pub fn backup(ops: &Ops, out: &Output, args: &BackupArgs) -> Result<()> {
             }
             Ok(())
         }
-        BackupCmd::Fetch { env, backup } => {
+        BackupCmd::Fetch {
+            env,
+            backup,
+            dry_run,
+        } => {
             let env = session::env(ops, out, env)?;
             let t = Target::new(&env, None)?;
+            if *dry_run {
+                let Some((dest, _, path)) = t.offsite_ssh()? else {
+                    return Err(config_error(format!(
+                        "`backup fetch` needs environments.{}.backups.offsite = \"ssh://...\"",
+                        env.name
+                    )));
+                };
+                out.line(&format!(
+                    "would fetch {backup} from ssh://{dest}{path}/{}/ through `age --decrypt` (the identity in ${}), \
+                     check its SHA-256 and size against its manifest, and keep it in {} (nothing is kept if they differ)",
+                    env.name,
+                    t.settings.offsite_identity_env.as_deref().unwrap_or("?"),
+                    t.folder
+                ));
+                return Ok(());
+            }
             manifest::create_dir_private(&t.folder)?;
             let b = t.fetch_offsite(backup, &t.folder, out)?;
             let m = b.manifest.as_ref().expect("fetched");
